@@ -1,0 +1,68 @@
+"""The synthetic outgoing assistant track for aiortc.
+
+``AssistantTrack.recv()`` returns 20 ms mono s16 frames at 48 kHz (what
+aiortc's Opus encoder takes, so its own resampler does nothing), paced by one
+monotonic clock, with contiguous pts and silence when the playout buffer is
+idle. Each ``recv()`` reads exactly 480 samples (20 ms at 24 kHz) from the
+:class:`~media.playout.PlayoutBuffer`: those are the samples handed to the
+transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from fractions import Fraction
+from typing import Callable
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from .playout import PlayoutBuffer
+from .resample import ExactResampler
+
+FRAME_MS = 20
+OUT_RATE = 48000
+
+
+class AssistantTrack(MediaStreamTrack):
+    kind = "audio"
+
+    def __init__(
+        self,
+        playout: PlayoutBuffer,
+        clock: Callable[[], float] = time.monotonic,
+        out_rate: int = OUT_RATE,
+    ) -> None:
+        super().__init__()
+        self.playout = playout
+        self._clock = clock
+        self.out_rate = out_rate
+        self._in_per_frame = playout.rate * FRAME_MS // 1000
+        self._out_per_frame = out_rate * FRAME_MS // 1000
+        self._upsample = ExactResampler(playout.rate, out_rate)
+        self._time_base = Fraction(1, out_rate)
+        self._start: float | None = None
+        self._pts = 0
+        self.frames_sent = 0
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = self._clock()
+        else:
+            due = self._start + self._pts / self.out_rate
+            wait = due - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        pcm = self.playout.read(self._in_per_frame)
+        out = self._upsample.process(pcm)
+        frame = av.AudioFrame.from_ndarray(out.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.out_rate
+        frame.pts = self._pts
+        frame.time_base = self._time_base
+        self._pts += self._out_per_frame
+        self.frames_sent += 1
+        return frame

@@ -1,0 +1,171 @@
+"""Call events: what one call's runtime tells the outside world.
+
+The :class:`~worker.call.CallSession` publishes these dataclasses to its
+listeners (the RTVI data channel, logs, metrics, tests). They are transport
+and protocol neutral; ``worker.rtvi`` turns them into RTVI messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+AgentState = Literal["initializing", "listening", "thinking", "speaking", "ended"]
+
+
+@dataclass
+class AgentStateChanged:
+    state: AgentState
+    previous: AgentState
+
+
+@dataclass
+class UserStartedSpeaking:
+    sample: int  # input sample position (at the call's input rate) of the onset
+
+
+@dataclass
+class UserStoppedSpeaking:
+    sample: int
+
+
+@dataclass
+class BotStartedSpeaking:
+    item_id: str
+
+
+@dataclass
+class BotStoppedSpeaking:
+    item_id: str
+
+
+@dataclass
+class BotInterrupted:
+    item_id: str
+    played_ms: int  # what the caller heard of the item; the truncation point
+    deleted: bool  # nothing was heard: the item was deleted instead
+
+
+@dataclass
+class FalseInterruption:
+    item_id: str
+
+
+@dataclass
+class UserTranscript:
+    text: str
+    final: bool
+    item_id: str = ""
+
+
+@dataclass
+class BotTranscript:
+    """A sentence (or the whole text) of the assistant's answer, as produced."""
+
+    text: str
+    item_id: str = ""
+
+
+@dataclass
+class BotOutput:
+    """Assistant text paced to audible playout.
+
+    ``text`` is the newly spoken part. When ``final`` the item is over; if it
+    was interrupted, ``spoken`` is all that was heard and ``unspoken`` the rest.
+    """
+
+    item_id: str
+    text: str
+    final: bool = False
+    interrupted: bool = False
+    spoken: str = ""
+    unspoken: str = ""
+
+
+@dataclass
+class BotLLMStarted:
+    response_id: str
+
+
+@dataclass
+class BotLLMStopped:
+    response_id: str
+    status: str
+
+
+@dataclass
+class BotLLMText:
+    text: str
+    item_id: str = ""
+
+
+@dataclass
+class FunctionCallStarted:
+    call_id: str
+    name: str
+
+
+@dataclass
+class FunctionCallInProgress:
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    client_side: bool = False
+
+
+@dataclass
+class FunctionCallStopped:
+    call_id: str
+    name: str
+    result: Any = None
+    cancelled: bool = False
+
+
+@dataclass
+class Metrics:
+    """ttfb_ms: end of caller speech -> first reply sample handed to the transport."""
+
+    ttfb_ms: float | None = None
+    barge_in_ms: float | None = None
+    processor: str = "v2v"
+
+
+@dataclass
+class CallError:
+    message: str
+    fatal: bool = False
+
+
+@dataclass
+class DtmfReceived:
+    digit: str
+
+
+@dataclass
+class CallEnded:
+    reason: str
+
+
+CallEvent = Union[
+    AgentStateChanged,
+    UserStartedSpeaking,
+    UserStoppedSpeaking,
+    BotStartedSpeaking,
+    BotStoppedSpeaking,
+    BotInterrupted,
+    FalseInterruption,
+    UserTranscript,
+    BotTranscript,
+    BotOutput,
+    BotLLMStarted,
+    BotLLMStopped,
+    BotLLMText,
+    FunctionCallStarted,
+    FunctionCallInProgress,
+    FunctionCallStopped,
+    Metrics,
+    CallError,
+    DtmfReceived,
+    CallEnded,
+]
+

@@ -1,0 +1,157 @@
+"""A WAV-file transport: run a whole call from a WAV (or array) with no network.
+
+The caller's audio is fed in 20 ms frames and the assistant's playout is read
+20 ms at a time, in lockstep: one step is one 20 ms frame each way, exactly as
+a live transport would exchange them. By default steps run as fast as the
+model allows (virtual time, for tests); ``realtime=True`` paces them with the
+monotonic clock (for models behind real I/O, and for the headless client).
+After the input ends, silence keeps flowing for ``tail_s`` seconds (a live
+caller's client sends packets while it listens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from media.playout import PlayoutBuffer
+
+from . import events as ev
+from .call import CallConfig, CallSession
+from .models.base import ModelFactory, SessionConfig
+from .tools import ToolRegistry
+
+STEP_MS = 20
+OUT_RATE = 24000
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """Mono int16 samples and rate of a 16-bit PCM WAV (channels averaged)."""
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2:
+            raise ValueError(f"{path}: only 16-bit PCM WAV is supported")
+        rate, ch = w.getframerate(), w.getnchannels()
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    if ch > 1:
+        data = (data.reshape(-1, ch).astype(np.int32).sum(axis=1) // ch).astype(np.int16)
+    return data.astype(np.int16), rate
+
+
+def write_wav(path: str | Path, pcm: np.ndarray, rate: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.asarray(pcm, dtype="<i2").tobytes())
+
+
+@dataclass
+class TimedEvent:
+    step: int  # 20 ms step index at which the event was published
+    position: int  # caller input sample position then
+    event: ev.CallEvent
+
+
+@dataclass
+class WavCallResult:
+    output: np.ndarray  # assistant audio as sent, 24 kHz, one 480-sample frame per step
+    input_rate: int
+    steps: int
+    events: list[TimedEvent] = field(default_factory=list)
+    call: CallSession | None = None
+
+    def of_type(self, cls: type) -> list[TimedEvent]:
+        return [t for t in self.events if isinstance(t.event, cls)]
+
+    def frame(self, step: int) -> np.ndarray:
+        n = OUT_RATE * STEP_MS // 1000
+        return self.output[step * n : (step + 1) * n]
+
+
+async def run_wav_call(
+    model: ModelFactory,
+    audio: str | Path | np.ndarray,
+    rate: int | None = None,
+    *,
+    config: CallConfig | None = None,
+    session_config: SessionConfig | None = None,
+    tools: ToolRegistry | None = None,
+    tail_s: float = 3.0,
+    realtime: bool = False,
+    record: str | Path | None = None,
+    call_id: str = "wav",
+    on_step: Any = None,
+    stop_when_idle: bool = False,
+) -> WavCallResult:
+    """Run one call over ``audio`` (a WAV path or an int16 array at ``rate``).
+
+    ``on_step(step, call)`` (optional, may be async) runs before each step, for
+    tests that act mid-call. ``stop_when_idle`` ends the tail early once the
+    assistant has nothing left to say.
+    """
+    if isinstance(audio, (str, Path)):
+        pcm, rate = read_wav(audio)
+    else:
+        if rate is None:
+            raise ValueError("rate is required for array input")
+        pcm = np.asarray(audio, dtype=np.int16)
+    assert rate is not None
+    playout = PlayoutBuffer(OUT_RATE)
+    call = CallSession(call_id, model, config or CallConfig(), playout, tools, session_config)
+    call.input_rate = rate
+    result = WavCallResult(np.zeros(0, np.int16), rate, 0, call=call)
+    step = 0
+    call.add_listener(lambda e: result.events.append(TimedEvent(step, call.position, e)))
+    in_step = rate * STEP_MS // 1000
+    out_step = OUT_RATE * STEP_MS // 1000
+    total_steps = -(-len(pcm) // in_step) + int(tail_s * 1000 / STEP_MS)
+    out_frames: list[np.ndarray] = []
+    silence = np.zeros(in_step, dtype=np.int16)
+    await call.start()
+    t0 = time.monotonic()
+    try:
+        for step in range(total_steps):
+            if call.ended.is_set():
+                break
+            if on_step is not None:
+                r = on_step(step, call)
+                if asyncio.iscoroutine(r):
+                    await r
+            frame = pcm[step * in_step : (step + 1) * in_step]
+            if len(frame) < in_step:
+                frame = np.concatenate([frame, silence[: in_step - len(frame)]]) if len(frame) else silence
+            await call.feed(frame)
+            if realtime:
+                due = t0 + (step + 1) * STEP_MS / 1000
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            else:
+                await _settle()
+            out_frames.append(call.playout.read(out_step))
+            if (
+                stop_when_idle and step * in_step >= len(pcm)
+                and not call._assistant_active() and not call._user_speaking and not call._tasks - _model_tasks(call)
+            ):
+                break
+    finally:
+        result.steps = len(out_frames)
+        result.output = np.concatenate(out_frames) if out_frames else np.zeros(0, np.int16)
+        await call.close("input-ended")
+    if record is not None:
+        write_wav(record, result.output, OUT_RATE)
+    return result
+
+
+def _model_tasks(call: CallSession) -> set:
+    return {call._model_task} if call._model_task else set()
+
+
+async def _settle(rounds: int = 8) -> None:
+    """Let in-process model tasks run (virtual time: no wall-clock wait)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
