@@ -1,0 +1,818 @@
+/* v2v demo page: WebRTC to POST /api/offer plus an RTVI 2.1 data channel.
+ *
+ * Plain browser JavaScript, no build step, no external resources.
+ * A small test hook is exposed as window.v2v (state, transcripts, stats()).
+ */
+"use strict";
+
+(function () {
+  const RTVI_LABEL = "rtvi-ai";
+  const RTVI_VERSION = "2.1.0";
+  const OFFER_URL = "/api/offer";
+  const ICE_GATHER_TIMEOUT_MS = 3000;
+  const LEVEL_INTERVAL_MS = 50;
+  const AUDIBLE_LEVEL = 0.02; // RMS (full scale = 1) above which reply audio counts as heard
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    conn: $("conn"), connText: $("conn-text"),
+    orb: $("orb"), agentState: $("agent-state"),
+    connect: $("connect"), hangup: $("hangup"), mute: $("mute"),
+    notice: $("notice"), noticeTitle: $("notice-title"), noticeText: $("notice-text"),
+    noticeClose: $("notice-close"),
+    inLevel: $("in-level"), outLevel: $("out-level"), inDb: $("in-db"), outDb: $("out-db"),
+    latServer: $("lat-server"), latHeard: $("lat-heard"), turns: $("turns"),
+    transcript: $("transcript"), empty: $("empty"), clear: $("clear"),
+    form: $("text-form"), text: $("text"), send: $("send"),
+    audio: $("remote-audio"),
+  };
+
+  // ---------------------------------------------------------------- state
+  const S = {
+    connection: "idle", // idle | requesting-mic | connecting | connected | closing | failed
+    state: "offline", // agent state from the server: initializing|listening|thinking|speaking
+    pcId: null,
+    pc: null,
+    dc: null,
+    mic: null,
+    remote: null,
+    audioCtx: null,
+    inAnalyser: null,
+    outAnalyser: null,
+    levelTimer: null,
+    pingTimer: null,
+    msgId: 0,
+    ready: false,
+    muted: false,
+    transcripts: [], // {role, text, final, interrupted, spoken, unspoken, itemId, typed}
+    events: [], // RTVI message types received, in order
+    turns: [], // {n, ttfbMs, heardMs}
+    errors: [],
+    userSpeaking: false,
+    botSpeaking: false,
+    userStoppedAt: null, // performance.now() of the last user-stopped-speaking
+    awaitingReply: false,
+    sawBotOutput: false,
+    pending: new Map(), // RTVI request id -> callback
+    stats: {
+      inputLevel: 0, inputLevelMax: 0,
+      outputLevel: 0, outputLevelMax: 0,
+      outputAudibleMs: 0, inputAudibleMs: 0,
+      firstOutputAudioAt: null, connectedAt: null,
+      bytesReceived: 0, packetsReceived: 0,
+    },
+  };
+
+  // ---------------------------------------------------------------- helpers
+  function newId() {
+    S.msgId += 1;
+    return "c" + Date.now().toString(36) + "-" + S.msgId;
+  }
+
+  function setConnection(c, text) {
+    S.connection = c;
+    ui.conn.dataset.conn = c;
+    ui.connText.textContent = text;
+    const live = c === "connecting" || c === "connected" || c === "requesting-mic";
+    ui.connect.hidden = live;
+    ui.hangup.hidden = !live;
+    ui.mute.disabled = c !== "connected";
+    ui.text.disabled = c !== "connected";
+    ui.send.disabled = c !== "connected";
+    ui.connect.disabled = c === "closing";
+  }
+
+  const STATE_TEXT = {
+    offline: "offline",
+    connecting: "connecting…",
+    initializing: "starting up…",
+    listening: "listening",
+    thinking: "thinking…",
+    speaking: "speaking",
+    ended: "call ended",
+  };
+
+  function setAgentState(state) {
+    S.state = state;
+    ui.agentState.textContent = STATE_TEXT[state] || state;
+    ui.agentState.dataset.state = state;
+    ui.orb.dataset.state = state;
+  }
+
+  function showNotice(title, text, kind) {
+    ui.noticeTitle.textContent = title;
+    ui.noticeText.textContent = text;
+    ui.notice.dataset.kind = kind || "error";
+    ui.notice.hidden = false;
+  }
+
+  function hideNotice() {
+    ui.notice.hidden = true;
+  }
+
+  function reportError(message, fatal) {
+    S.errors.push({ message: String(message), fatal: !!fatal, at: Date.now() });
+    showNotice(fatal ? "Call error" : "Error", String(message), "error");
+    console.warn("v2v error:", message);
+  }
+
+  // ---------------------------------------------------------------- microphone
+  function micErrorMessage(err) {
+    const name = err && err.name;
+    if (name === "NotAllowedError" || name === "SecurityError" || name === "PermissionDeniedError") {
+      return ["Microphone blocked",
+        "The browser denied access to the microphone. Allow microphone access for this site " +
+        "(the icon in the address bar) and press Connect again."];
+    }
+    if (name === "NotFoundError" || name === "DevicesNotFoundError" || name === "OverconstrainedError") {
+      return ["No microphone", "No microphone was found. Plug one in (or enable it) and press Connect again."];
+    }
+    if (name === "NotReadableError" || name === "TrackStartError" || name === "AbortError") {
+      return ["Microphone busy",
+        "The microphone could not be opened; another application may be using it."];
+    }
+    return ["Microphone unavailable", (err && err.message) || String(err)];
+  }
+
+  async function openMic() {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      const e = new Error(
+        window.isSecureContext === false
+          ? "This page is not a secure context: open it over https:// or http://localhost to use the microphone."
+          : "This browser does not support microphone capture (getUserMedia).");
+      e.name = "Unsupported";
+      throw e;
+    }
+    return navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
+      video: false,
+    });
+  }
+
+  // ---------------------------------------------------------------- audio levels
+  function ensureAudioCtx() {
+    if (!S.audioCtx) {
+      const Ctx = window.AudioContext || window.webkitAudioContext;
+      S.audioCtx = new Ctx();
+    }
+    if (S.audioCtx.state === "suspended") S.audioCtx.resume().catch(() => {});
+    return S.audioCtx;
+  }
+
+  function analyserFor(stream) {
+    const ctx = ensureAudioCtx();
+    const src = ctx.createMediaStreamSource(stream);
+    const an = ctx.createAnalyser();
+    an.fftSize = 1024;
+    an.smoothingTimeConstant = 0;
+    src.connect(an); // not connected to the destination: the <audio> element plays the reply
+    return { src, an, buf: new Float32Array(an.fftSize) };
+  }
+
+  function rms(a) {
+    if (!a) return 0;
+    a.an.getFloatTimeDomainData(a.buf);
+    let sum = 0;
+    const b = a.buf;
+    for (let i = 0; i < b.length; i++) sum += b[i] * b[i];
+    return Math.sqrt(sum / b.length);
+  }
+
+  function levelToPct(level) {
+    if (level <= 0) return 0;
+    const db = 20 * Math.log10(level);
+    return Math.max(0, Math.min(100, ((db + 60) / 60) * 100));
+  }
+
+  function fmtDb(level) {
+    if (level <= 0.0005) return "—";
+    return Math.round(20 * Math.log10(level)) + " dB";
+  }
+
+  function tickLevels() {
+    const st = S.stats;
+    const li = S.muted ? 0 : rms(S.inAnalyser);
+    const lo = rms(S.outAnalyser);
+    st.inputLevel = li;
+    st.outputLevel = lo;
+    if (li > st.inputLevelMax) st.inputLevelMax = li;
+    if (lo > st.outputLevelMax) st.outputLevelMax = lo;
+    if (li > AUDIBLE_LEVEL) st.inputAudibleMs += LEVEL_INTERVAL_MS;
+    if (lo > AUDIBLE_LEVEL) {
+      st.outputAudibleMs += LEVEL_INTERVAL_MS;
+      const now = performance.now();
+      if (st.firstOutputAudioAt === null) st.firstOutputAudioAt = now;
+      if (S.awaitingReply && S.userStoppedAt !== null) {
+        S.awaitingReply = false;
+        recordHeard(now - S.userStoppedAt);
+      }
+    }
+    ui.inLevel.style.width = levelToPct(li) + "%";
+    ui.outLevel.style.width = levelToPct(lo) + "%";
+    ui.inDb.textContent = fmtDb(li);
+    ui.outDb.textContent = fmtDb(lo);
+  }
+
+  // ---------------------------------------------------------------- latency per turn
+  function currentTurn() {
+    let t = S.turns[S.turns.length - 1];
+    if (!t || (t.closed)) {
+      t = { n: S.turns.length + 1, ttfbMs: null, heardMs: null, closed: false };
+      S.turns.push(t);
+    }
+    return t;
+  }
+
+  function renderTurns() {
+    const last = S.turns.slice(-8);
+    ui.turns.textContent = "";
+    for (const t of last) {
+      if (t.ttfbMs === null && t.heardMs === null) continue;
+      const li = document.createElement("li");
+      const n = document.createElement("span");
+      n.className = "turn-n";
+      n.textContent = "#" + t.n;
+      const bar = document.createElement("span");
+      bar.className = "turn-bar";
+      const fill = document.createElement("span");
+      const ms = t.heardMs !== null ? t.heardMs : t.ttfbMs;
+      fill.style.width = Math.min(100, (ms / 2000) * 100) + "%";
+      fill.className = ms < 500 ? "good" : ms < 1200 ? "ok" : "slow";
+      bar.appendChild(fill);
+      const v = document.createElement("span");
+      v.className = "turn-v";
+      v.textContent = (t.ttfbMs !== null ? Math.round(t.ttfbMs) : "—") + " · " +
+        (t.heardMs !== null ? Math.round(t.heardMs) : "—");
+      li.append(n, bar, v);
+      ui.turns.appendChild(li);
+    }
+    const t = S.turns[S.turns.length - 1];
+    ui.latServer.textContent = t && t.ttfbMs !== null ? Math.round(t.ttfbMs) : "—";
+    ui.latHeard.textContent = t && t.heardMs !== null ? Math.round(t.heardMs) : "—";
+  }
+
+  function recordTtfb(ms) {
+    const t = currentTurn();
+    t.ttfbMs = ms;
+    renderTurns();
+  }
+
+  function recordHeard(ms) {
+    const t = currentTurn();
+    t.heardMs = ms;
+    renderTurns();
+  }
+
+  // ---------------------------------------------------------------- transcript view
+  let userBubble = null; // {entry, el} of the user turn being built
+  let botBubble = null; // {entry, el} of the answer being spoken
+
+  function scrollDown() {
+    ui.transcript.scrollTop = ui.transcript.scrollHeight;
+  }
+
+  function addBubble(role, opts) {
+    ui.empty.hidden = true;
+    const entry = {
+      role, text: "", final: false, interrupted: false,
+      spoken: "", unspoken: "", produced: "", itemId: (opts && opts.itemId) || "",
+      typed: !!(opts && opts.typed), at: Date.now(),
+    };
+    S.transcripts.push(entry);
+    const el = document.createElement("div");
+    el.className = "msg " + role;
+    const who = document.createElement("div");
+    who.className = "who";
+    who.textContent = role === "user" ? (entry.typed ? "You (typed)" : "You") : "Assistant";
+    const body = document.createElement("div");
+    body.className = "bubble";
+    el.append(who, body);
+    ui.transcript.appendChild(el);
+    const b = { entry, el, body };
+    renderBubble(b);
+    scrollDown();
+    return b;
+  }
+
+  function renderBubble(b) {
+    const e = b.entry;
+    const body = b.body;
+    body.textContent = "";
+    b.el.classList.toggle("interim", e.role === "user" && !e.final);
+    b.el.classList.toggle("interrupted", e.interrupted);
+    if (e.role === "user") {
+      if (e.text) {
+        body.textContent = e.text;
+      } else if (!e.final) {
+        body.appendChild(dots());
+      } else {
+        const m = document.createElement("span");
+        m.className = "muted";
+        m.textContent = "(speech, no transcript)";
+        body.appendChild(m);
+      }
+      return;
+    }
+    // assistant: spoken part, then the struck-out unspoken part after an interruption
+    const spoken = e.spoken || (!S.sawBotOutput ? e.produced : "");
+    if (spoken) {
+      const s = document.createElement("span");
+      s.className = "spoken";
+      s.textContent = spoken;
+      body.appendChild(s);
+    }
+    if (e.interrupted && e.unspoken) {
+      if (spoken) body.appendChild(document.createTextNode(" "));
+      const u = document.createElement("del");
+      u.className = "unspoken";
+      u.title = "Not spoken: interrupted";
+      u.textContent = e.unspoken;
+      body.appendChild(u);
+    }
+    if (e.interrupted) {
+      const tag = document.createElement("span");
+      tag.className = "tag";
+      tag.textContent = "interrupted";
+      body.appendChild(tag);
+    }
+    if (!spoken && !(e.interrupted && e.unspoken)) {
+      if (e.final) {
+        const m = document.createElement("span");
+        m.className = "muted";
+        m.textContent = "(audio reply)";
+        body.insertBefore(m, body.firstChild);
+      } else {
+        body.insertBefore(dots(), body.firstChild);
+      }
+    }
+    e.text = spoken;
+  }
+
+  function dots() {
+    const d = document.createElement("span");
+    d.className = "dots";
+    d.setAttribute("aria-label", "…");
+    d.append(document.createElement("i"), document.createElement("i"), document.createElement("i"));
+    return d;
+  }
+
+  function userBubbleNow() {
+    if (!userBubble) userBubble = addBubble("user");
+    return userBubble;
+  }
+
+  function botBubbleFor(itemId) {
+    if (botBubble && itemId && botBubble.entry.itemId && botBubble.entry.itemId !== itemId) {
+      finishBot();
+    }
+    if (!botBubble) {
+      // the user's turn is over once the assistant answers
+      if (userBubble) finishUser();
+      botBubble = addBubble("assistant", { itemId });
+    } else if (itemId && !botBubble.entry.itemId) {
+      botBubble.entry.itemId = itemId;
+    }
+    return botBubble;
+  }
+
+  function finishUser() {
+    if (!userBubble) return;
+    userBubble.entry.final = true;
+    renderBubble(userBubble);
+    userBubble = null;
+  }
+
+  function finishBot() {
+    if (!botBubble) return;
+    botBubble.entry.final = true;
+    renderBubble(botBubble);
+    botBubble = null;
+  }
+
+  function joinText(a, b) {
+    if (!a) return b;
+    if (!b) return a;
+    if (/\s$/.test(a) || /^[\s.,;:!?)]/.test(b)) return a + b;
+    return a + " " + b;
+  }
+
+  // ---------------------------------------------------------------- RTVI
+  function send(obj) {
+    if (!S.dc || S.dc.readyState !== "open") return false;
+    S.dc.send(JSON.stringify(obj));
+    return true;
+  }
+
+  function rtvi(type, data, onReply) {
+    const id = newId();
+    if (onReply) S.pending.set(id, onReply);
+    send({ label: RTVI_LABEL, type, id, data: data || {} });
+    return id;
+  }
+
+  function onDataMessage(ev) {
+    const raw = typeof ev.data === "string" ? ev.data : "";
+    if (!raw || raw.startsWith("ping")) return;
+    let msg;
+    try {
+      msg = JSON.parse(raw);
+    } catch (_) {
+      return;
+    }
+    if (msg.type === "signalling" && msg.message) {
+      onSignalling(msg.message);
+      return;
+    }
+    if (msg.label !== RTVI_LABEL) return;
+    S.events.push(msg.type);
+    if (S.events.length > 500) S.events.splice(0, S.events.length - 500);
+    try {
+      handleRtvi(msg);
+    } catch (err) {
+      console.error("v2v: failed to handle", msg, err);
+    }
+  }
+
+  function handleRtvi(msg) {
+    const d = msg.data || {};
+    switch (msg.type) {
+      case "bot-ready":
+        S.ready = true;
+        // The agent may have changed state before the channel opened: ask for it.
+        rtvi("client-message", { t: "get-state", d: {} });
+        break;
+      case "server-message":
+        if (d.type === "agent-state" && d.state) setAgentState(d.state);
+        break;
+      case "server-response": {
+        const cb = S.pending.get(msg.id);
+        S.pending.delete(msg.id);
+        if (cb) cb(d);
+        if (d.t === "get-state" && d.d && d.d.state) setAgentState(d.d.state);
+        break;
+      }
+      case "error-response":
+        S.pending.delete(msg.id);
+        reportError(d.error || "request failed", false);
+        break;
+      case "error":
+        reportError(d.error || d.message || "server error", !!d.fatal);
+        break;
+      case "user-started-speaking":
+        S.userSpeaking = true;
+        document.body.classList.add("user-speaking");
+        userBubbleNow();
+        currentTurn();
+        break;
+      case "user-stopped-speaking":
+        S.userSpeaking = false;
+        document.body.classList.remove("user-speaking");
+        S.userStoppedAt = performance.now();
+        S.awaitingReply = true;
+        if (botBubble && !S.botSpeaking) finishBot();
+        // close the previous turn's latency row, open this one
+        if (S.turns.length && (S.turns[S.turns.length - 1].ttfbMs !== null ||
+            S.turns[S.turns.length - 1].heardMs !== null)) {
+          S.turns[S.turns.length - 1].closed = true;
+        }
+        currentTurn();
+        break;
+      case "user-transcription": {
+        const b = userBubbleNow();
+        const text = (d.text || "").trim();
+        if (d.final) {
+          // finals of one turn accumulate; an interim is replaced by the final
+          b.entry.text = joinText(b.entry.finalText || "", text);
+          b.entry.finalText = b.entry.text;
+        } else {
+          b.entry.text = joinText(b.entry.finalText || "", text);
+        }
+        renderBubble(b);
+        if (d.final && !S.userSpeaking) finishUser();
+        scrollDown();
+        break;
+      }
+      case "bot-started-speaking":
+        S.botSpeaking = true;
+        if (botBubble && botBubble.entry.interrupted) finishBot();
+        document.body.classList.add("bot-speaking");
+        botBubbleFor(d.item_id || "");
+        break;
+      case "bot-stopped-speaking":
+        S.botSpeaking = false;
+        document.body.classList.remove("bot-speaking");
+        if (botBubble && !botBubble.entry.interrupted) {
+          // keep the bubble open a moment for a late final bot-output of the same item
+          const b = botBubble;
+          setTimeout(() => { if (botBubble === b && !S.botSpeaking) finishBot(); }, 1500);
+        }
+        break;
+      case "bot-interrupted":
+        if (botBubble) {
+          const e = botBubble.entry;
+          e.interrupted = true;
+          // until the server says what was heard, strike out what was produced but not yet shown
+          if (!e.unspoken && e.produced && e.produced.startsWith(e.spoken)) {
+            e.unspoken = e.produced.slice(e.spoken.length).trim();
+          }
+          renderBubble(botBubble);
+        }
+        break;
+      case "bot-transcription": {
+        const b = botBubbleFor(d.item_id || "");
+        b.entry.produced = joinText(b.entry.produced, (d.text || "").trim());
+        renderBubble(b);
+        scrollDown();
+        break;
+      }
+      case "bot-output":
+        onBotOutput(d);
+        break;
+      case "metrics":
+        onMetrics(d);
+        break;
+      default:
+        break;
+    }
+  }
+
+  /* bot-output (RTVI 2.1): data {text, spoken: bool, aggregated_by}. text is the newly
+   * spoken part, paced to playout. v2v extensions, used at the end of an item:
+   * {final: true, interrupted: bool, spoken_text?: str, unspoken: str, item_id}.
+   * A string `spoken` is accepted as the full heard text too. */
+  function onBotOutput(d) {
+    S.sawBotOutput = true;
+    const b = botBubbleFor(d.item_id || "");
+    const e = b.entry;
+    const text = typeof d.text === "string" ? d.text : "";
+    if (typeof d.spoken === "string") {
+      e.spoken = d.spoken.trim();
+    } else if (typeof d.spoken_text === "string") {
+      e.spoken = d.spoken_text.trim();
+    } else if (text && d.spoken !== false) {
+      e.spoken = joinText(e.spoken, text.trim());
+    }
+    if (d.interrupted) e.interrupted = true;
+    if (typeof d.unspoken === "string") e.unspoken = d.unspoken.trim();
+    renderBubble(b);
+    if (d.final && !S.botSpeaking) finishBot();
+    scrollDown();
+  }
+
+  /* metrics (Pipecat shape): data {ttfb: [{processor, value (seconds)}], ...}. */
+  function onMetrics(d) {
+    const list = Array.isArray(d.ttfb) ? d.ttfb : [];
+    for (const m of list) {
+      if (m && typeof m.value === "number") recordTtfb(m.value * 1000);
+    }
+    if (typeof d.ttfb_ms === "number") recordTtfb(d.ttfb_ms);
+  }
+
+  function onSignalling(m) {
+    if (m.type === "peerLeft") {
+      hangup("The server ended the call.");
+    } else if (m.type === "renegotiate") {
+      negotiate().catch((err) => reportError("Renegotiation failed: " + err.message, false));
+    }
+  }
+
+  // ---------------------------------------------------------------- WebRTC
+  function waitIceGathering(pc) {
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        pc.removeEventListener("icegatheringstatechange", check);
+        clearTimeout(timer);
+        resolve();
+      };
+      const check = () => { if (pc.iceGatheringState === "complete") done(); };
+      const timer = setTimeout(done, ICE_GATHER_TIMEOUT_MS);
+      pc.addEventListener("icegatheringstatechange", check);
+    });
+  }
+
+  async function postOffer(body) {
+    let res;
+    try {
+      res = await fetch(OFFER_URL, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      });
+    } catch (err) {
+      throw new Error("Could not reach the server (" + err.message + ").");
+    }
+    let json = null;
+    try { json = await res.json(); } catch (_) { /* not JSON */ }
+    if (!res.ok) {
+      const why = (json && json.error) || res.statusText || "request failed";
+      if (res.status === 503) throw new Error("The server is busy (" + why + "). Try again shortly.");
+      throw new Error("The server refused the call: " + why + " (HTTP " + res.status + ").");
+    }
+    if (!json || !json.sdp) throw new Error("The server sent an invalid answer.");
+    return json;
+  }
+
+  async function negotiate() {
+    const pc = S.pc;
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    await waitIceGathering(pc);
+    const body = { sdp: pc.localDescription.sdp, type: pc.localDescription.type };
+    if (S.pcId) body.pc_id = S.pcId;
+    const answer = await postOffer(body);
+    if (S.pc !== pc) return; // hung up meanwhile
+    S.pcId = answer.pc_id || S.pcId;
+    await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type || "answer" });
+  }
+
+  async function connect() {
+    if (S.pc || S.connection === "requesting-mic") return;
+    hideNotice();
+    ensureAudioCtx(); // inside the click: browsers allow audio output from here on
+    setConnection("requesting-mic", "Waiting for microphone…");
+    let mic;
+    try {
+      mic = await openMic();
+    } catch (err) {
+      const [title, text] = micErrorMessage(err);
+      S.errors.push({ message: title + ": " + text, fatal: true, at: Date.now(), mic: true });
+      setConnection("failed", "Microphone unavailable");
+      setAgentState("offline");
+      showNotice(title, text, "error");
+      return;
+    }
+    S.mic = mic;
+    S.inAnalyser = analyserFor(mic);
+    setConnection("connecting", "Connecting…");
+    setAgentState("connecting");
+
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    S.pc = pc;
+    for (const track of mic.getAudioTracks()) pc.addTrack(track, mic);
+    // receive the assistant's audio even if the mic track were absent
+    if (!mic.getAudioTracks().length) pc.addTransceiver("audio", { direction: "recvonly" });
+
+    pc.ontrack = (ev) => {
+      const stream = ev.streams && ev.streams[0] ? ev.streams[0] : new MediaStream([ev.track]);
+      S.remote = stream;
+      // Chromium feeds WebAudio silence for a remote stream unless a media element plays it too.
+      ui.audio.srcObject = stream;
+      ui.audio.muted = false;
+      ui.audio.play().catch(() => {
+        showNotice("Audio blocked", "The browser blocked audio playback. Click anywhere on the page to hear the assistant.", "warn");
+        document.addEventListener("click", () => { ui.audio.play().catch(() => {}); hideNotice(); }, { once: true });
+      });
+      S.outAnalyser = analyserFor(stream);
+    };
+
+    pc.onconnectionstatechange = () => {
+      const st = pc.connectionState;
+      if (S.pc !== pc) return;
+      if (st === "connected") {
+        S.stats.connectedAt = performance.now();
+        setConnection("connected", "Connected");
+      } else if (st === "failed") {
+        reportError("The connection to the server failed.", true);
+        teardown("failed", "Connection failed");
+      } else if (st === "disconnected") {
+        setConnection("connecting", "Reconnecting…");
+      }
+    };
+
+    const dc = pc.createDataChannel("chat", { ordered: true });
+    S.dc = dc;
+    dc.onopen = () => {
+      rtvi("client-ready", { version: RTVI_VERSION, about: { library: "v2v-demo", library_version: "0.1.0", platform: navigator.platform || "web" } });
+      S.pingTimer = setInterval(() => {
+        if (dc.readyState === "open") dc.send("ping: " + Date.now());
+      }, 1000);
+    };
+    dc.onmessage = onDataMessage;
+    dc.onclose = () => {
+      if (S.dc === dc && S.connection === "connected") hangup("The server ended the call.");
+    };
+
+    S.levelTimer = setInterval(tickLevels, LEVEL_INTERVAL_MS);
+
+    try {
+      await negotiate();
+    } catch (err) {
+      reportError(err.message, true);
+      teardown("failed", "Not connected");
+    }
+  }
+
+  function teardown(conn, text) {
+    const pc = S.pc;
+    S.pc = null;
+    if (S.dc) { try { S.dc.close(); } catch (_) {} }
+    S.dc = null;
+    if (pc) { try { pc.close(); } catch (_) {} }
+    if (S.mic) S.mic.getTracks().forEach((t) => t.stop());
+    S.mic = null;
+    for (const a of [S.inAnalyser, S.outAnalyser]) {
+      if (a) { try { a.src.disconnect(); } catch (_) {} }
+    }
+    S.inAnalyser = null;
+    S.outAnalyser = null;
+    clearInterval(S.levelTimer);
+    clearInterval(S.pingTimer);
+    S.levelTimer = S.pingTimer = null;
+    ui.audio.srcObject = null;
+    S.remote = null;
+    S.ready = false;
+    S.pcId = null;
+    S.userSpeaking = S.botSpeaking = false;
+    document.body.classList.remove("user-speaking", "bot-speaking");
+    finishUser();
+    finishBot();
+    ui.inLevel.style.width = ui.outLevel.style.width = "0%";
+    ui.inDb.textContent = ui.outDb.textContent = "—";
+    setAgentState(conn === "failed" ? "offline" : "ended");
+    setConnection(conn, text);
+  }
+
+  async function hangup(reason) {
+    if (!S.pc && S.connection !== "requesting-mic") return;
+    const pcId = S.pcId;
+    setConnection("closing", "Hanging up…");
+    if (pcId) {
+      try {
+        await fetch(OFFER_URL + "/" + encodeURIComponent(pcId), { method: "DELETE", keepalive: true });
+      } catch (_) { /* the peer connection close below ends the call too */ }
+    }
+    teardown("idle", "Not connected");
+    if (reason) showNotice("Call ended", reason, "info");
+  }
+
+  function toggleMute() {
+    if (!S.mic) return;
+    S.muted = !S.muted;
+    S.mic.getAudioTracks().forEach((t) => { t.enabled = !S.muted; });
+    ui.mute.setAttribute("aria-pressed", String(S.muted));
+    ui.mute.querySelector("span").textContent = S.muted ? "Unmute" : "Mute";
+    send({ type: "signalling", message: { type: "trackStatus", receiver_index: 0, enabled: !S.muted } });
+  }
+
+  function sendText(text) {
+    text = (text || "").trim();
+    if (!text || !S.dc || S.dc.readyState !== "open") return false;
+    if (botBubble) finishBot();
+    finishUser();
+    const b = addBubble("user", { typed: true });
+    b.entry.text = text;
+    b.entry.final = true;
+    renderBubble(b);
+    rtvi("send-text", { content: text, options: { run_immediately: true, audio_response: true } });
+    // latency of a typed turn: from sending to hearing the reply
+    S.turns.length && (S.turns[S.turns.length - 1].closed = true);
+    currentTurn();
+    S.userStoppedAt = performance.now();
+    S.awaitingReply = true;
+    return true;
+  }
+
+  // ---------------------------------------------------------------- wiring
+  ui.connect.addEventListener("click", () => { connect(); });
+  ui.hangup.addEventListener("click", () => { hangup(); });
+  ui.mute.addEventListener("click", toggleMute);
+  ui.noticeClose.addEventListener("click", hideNotice);
+  ui.clear.addEventListener("click", () => {
+    ui.transcript.querySelectorAll(".msg").forEach((el) => el.remove());
+    userBubble = botBubble = null;
+    S.transcripts.length = 0;
+    ui.empty.hidden = false;
+  });
+  ui.form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    if (sendText(ui.text.value)) ui.text.value = "";
+  });
+  window.addEventListener("pagehide", () => {
+    if (S.pcId) {
+      try { fetch(OFFER_URL + "/" + encodeURIComponent(S.pcId), { method: "DELETE", keepalive: true }); } catch (_) {}
+    }
+  });
+
+  setConnection("idle", "Not connected");
+  setAgentState("offline");
+
+  // ---------------------------------------------------------------- test hook
+  window.v2v = {
+    get state() { return S.state; },
+    get connection() { return S.connection; },
+    get pcId() { return S.pcId; },
+    get ready() { return S.ready; },
+    get transcripts() { return S.transcripts.map((e) => Object.assign({}, e)); },
+    get events() { return S.events.slice(); },
+    get turns() { return S.turns.map((t) => ({ n: t.n, ttfbMs: t.ttfbMs, heardMs: t.heardMs })); },
+    get errors() { return S.errors.slice(); },
+    stats() {
+      return Object.assign({}, S.stats, {
+        audibleLevel: AUDIBLE_LEVEL,
+        audioElementPlaying: !!ui.audio.srcObject && !ui.audio.paused,
+      });
+    },
+    connect, hangup, sendText,
+  };
+})();
