@@ -1,0 +1,30 @@
+"""Shared pytest fixtures: fixture audio paths and leak checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fixture_path(name: str) -> Path:
+    return FIXTURES / name
+
+
+def load_wav(name: str) -> tuple[np.ndarray, int]:
+    from worker.wavcall import read_wav
+
+    return read_wav(FIXTURES / name)
+
+
+def manifest() -> dict:
+    return json.loads((FIXTURES / "manifest.json").read_text())["files"]
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return FIXTURES
