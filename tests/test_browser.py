@@ -1,0 +1,176 @@
+"""The demo page in a real browser (Debian's chromium via Playwright) against the real `v2v serve`.
+
+Chromium's fake audio device plays a committed speech WAV (looped) as the
+microphone. The page's test hook `window.v2v` exposes the agent state, the
+RTVI events received, the rendered transcripts and the audio levels measured
+with WebAudio AnalyserNodes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.browser_util import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    LAPTOP,
+    PHONE,
+    Server,
+    active_webrtc_calls,
+    fake_audio_args,
+    run_server,
+    speech_wav,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+AUDIBLE = 0.02  # RMS, full scale 1.0 (about -34 dBFS)
+
+
+@pytest.fixture(scope="module")
+def tmp_module(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("browser")
+
+
+@pytest.fixture(scope="module")
+def echo_server(tmp_module: Path) -> Iterator[Server]:
+    with run_server("echo", tmp_module) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def playwright_instance():
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright_instance, tmp_module: Path) -> Iterator[Browser]:
+    b = playwright_instance.chromium.launch(
+        executable_path=CHROMIUM, headless=True, args=fake_audio_args(speech_wav(tmp_module))
+    )
+    yield b
+    b.close()
+
+
+def open_page(browser: Browser, url: str, viewport: dict) -> tuple[Page, list[str]]:
+    """A fresh context and page; returns the page and a live list of page problems."""
+    ctx = browser.new_context(viewport=viewport)
+    page = ctx.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("console", lambda m: problems.append(f"console error: {m.text}") if m.type == "error" else None)
+    page.on(
+        "response",
+        lambda r: problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None,
+    )
+    page.goto(url)
+    return page, problems
+
+
+def js(page: Page, expr: str, timeout_s: float, what: str) -> None:
+    try:
+        page.wait_for_function(expr, timeout=timeout_s * 1000)
+    except Exception as e:  # the page's view of the call makes the failure readable
+        snap = page.evaluate(
+            "JSON.stringify({state: v2v.state, connection: v2v.connection, events: v2v.events.slice(-30),"
+            " transcripts: v2v.transcripts, errors: v2v.errors, stats: v2v.stats(), turns: v2v.turns})"
+        )
+        raise AssertionError(f"timed out waiting for {what}: {snap}") from e
+
+
+def screenshot(page: Page, name: str, full_page: bool = False) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=full_page)
+    return path
+
+
+def hang_up_and_check(page: Page, server: Server) -> None:
+    page.click("#hangup")
+    js(page, "v2v.connection === 'idle' && v2v.pcId === null", 5, "the page to hang up")
+    assert page.is_visible("#connect")
+    wait_until(lambda: active_webrtc_calls(server.url) == 0, 5.0, "v2v_active_calls{transport=webrtc} to be 0")
+
+
+def test_echo_call_in_browser(browser: Browser, echo_server: Server) -> None:
+    page, problems = open_page(browser, echo_server.url + "/", LAPTOP)
+    try:
+        assert page.title().startswith("v2v")
+        assert active_webrtc_calls(echo_server.url) == 0
+        page.click("#connect")
+
+        js(page, "v2v.state === 'listening'", 20, "agent state listening")
+        assert "bot-ready" in page.evaluate("v2v.events")
+        assert active_webrtc_calls(echo_server.url) == 1
+
+        # the fake microphone says "Hello, what time is it?": the local VAD makes it a turn
+        js(page, "v2v.events.includes('user-started-speaking')", 15, "user-started-speaking")
+        js(page, "v2v.events.includes('user-stopped-speaking')", 15, "user-stopped-speaking")
+        assert page.evaluate("v2v.stats().inputLevelMax") > AUDIBLE
+
+        # the echo model plays the turn back: audio reaches the page's AnalyserNode
+        js(page, f"v2v.stats().outputLevelMax > {AUDIBLE}", 15, "reply audio in the page")
+        js(page, "v2v.events.includes('bot-started-speaking')", 5, "bot-started-speaking")
+        js(page, "v2v.events.includes('bot-stopped-speaking')", 15, "bot-stopped-speaking")
+        js(page, "v2v.turns.some(t => t.heardMs !== null)", 5, "a per-turn latency")
+
+        # the turn renders: the user's bubble and the assistant's reply bubble
+        assert page.locator(".msg.user").count() >= 1
+        assert page.locator(".msg.assistant").count() >= 1
+        js(page, "v2v.state === 'listening'", 10, "back to listening after the reply")
+        # the echo model transcribes nothing: the user's bubble says so
+        js(page, "v2v.transcripts.some(e => e.role === 'user' && e.final)", 10, "a final user turn")
+
+        # typed text: mute the microphone (in the silence after the spoken turn) so the looped
+        # speech does not talk over it; the echo model answers with a tone per word and the text
+        page.click("#mute")
+        assert page.get_attribute("#mute", "aria-pressed") == "true"
+        page.fill("#text", "hello there friend")
+        page.click("#send")
+        js(page, "v2v.transcripts.some(e => e.role === 'user' && e.typed && e.text === 'hello there friend')",
+           2, "the typed message bubble")
+        js(page, "v2v.transcripts.some(e => e.role === 'assistant' && e.text === 'hello there friend')",
+           15, "the assistant's text, paced to its audio")
+        assert page.locator(".msg.assistant .spoken", has_text="hello there friend").count() == 1
+
+        screenshot(page, "browser_echo_laptop.png")
+        page.set_viewport_size(PHONE)
+        screenshot(page, "browser_echo_phone.png", full_page=True)
+        page.set_viewport_size(LAPTOP)
+
+        hang_up_and_check(page, echo_server)
+        assert page.evaluate("v2v.errors") == []
+        assert problems == []
+    finally:
+        page.context.close()
+
+
+def test_microphone_denied_shows_message(playwright_instance, echo_server: Server) -> None:
+    # No --use-fake-ui-for-media-stream: the permission request goes to the (headless) prompt,
+    # which denies it since the context grants no permission.
+    b = playwright_instance.chromium.launch(
+        executable_path=CHROMIUM, headless=True, args=["--use-fake-device-for-media-stream", *CHROMIUM_ARGS]
+    )
+    try:
+        ctx = b.new_context(viewport=LAPTOP, permissions=[])
+        page = ctx.new_page()
+        page.goto(echo_server.url + "/")
+        page.click("#connect")
+        page.wait_for_selector("#notice:not([hidden])", timeout=10_000)
+        text = page.inner_text("#notice")
+        assert "Microphone blocked" in text
+        assert "denied" in text
+        assert page.evaluate("v2v.connection") == "failed"
+        assert page.evaluate("v2v.pcId") is None
+        assert page.is_visible("#connect")
+        assert active_webrtc_calls(echo_server.url) == 0
+        screenshot(page, "browser_mic_denied.png")
+    finally:
+        b.close()
