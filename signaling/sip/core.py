@@ -1,0 +1,704 @@
+"""The SIP user agent server: transactions, dialogs, and call setup/teardown.
+
+Transport neutral: UDP, TCP and WebSocket servers hand every received message
+to :meth:`SipCore.receive` with a :class:`Conn` saying how to answer (UDP:
+back to the source address, rport/received style; TCP and WS: the same
+connection). Media is somebody else's job: a :data:`MediaFactory` turns an
+INVITE's SDP offer into a :class:`SipMedia` (plain RTP or WebRTC).
+
+Implemented: OPTIONS, REGISTER (digest when users are configured), INVITE
+(100, 180 + ring delay, 200 with SDP; 2xx retransmitted over UDP until ACK),
+ACK, BYE both ways, CANCEL (200 + 487), re-INVITE/UPDATE (hold/unhold,
+session timers), INFO dtmf-relay; retransmitted requests get the cached
+response; malformed requests get 400 when they can be answered at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from .digest import DigestAuth
+from .message import (
+    Headers, NameAddr, SipMessage, SipParseError, SipRequest, SipResponse, Via, make_response, parse,
+)
+from .profiles import pick_profile
+
+log = logging.getLogger("v2v.sip")
+
+T1 = 0.5
+T2 = 4.0
+TX_LINGER = 32.0
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, REGISTER"
+SERVER = "v2v"
+
+
+@dataclass
+class Conn:
+    """Where a message came from, and how to send back."""
+
+    transport: str  # UDP | TCP | WS
+    remote: tuple[str, int]
+    local: tuple[str, int]
+    send: Callable[[bytes], None]
+    is_open: Callable[[], bool] = lambda: True
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != "UDP"
+
+    @property
+    def label(self) -> str:
+        return {"UDP": "sip_udp", "TCP": "sip_tcp", "WS": "sip_ws", "WSS": "sip_ws"}[self.transport]
+
+
+class SipReject(Exception):
+    def __init__(self, status: int, reason: str | None = None) -> None:
+        super().__init__(f"{status} {reason or ''}")
+        self.status = status
+        self.reason = reason
+
+
+class SipMedia(ABC):
+    """One call's media + worker, created from an offer (see MediaFactory)."""
+
+    answer_sdp: str
+    ended: asyncio.Event
+    end_reason: str = ""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """The 200 OK went out: start sending media and the call itself."""
+
+    @abstractmethod
+    async def reoffer(self, sdp: str) -> str:
+        """A re-INVITE/UPDATE offer (hold, unhold, new address) -> answer SDP."""
+
+    @abstractmethod
+    async def dtmf(self, digit: str) -> None: ...
+
+    @abstractmethod
+    async def close(self, reason: str) -> None: ...
+
+
+@dataclass
+class CallRequest:
+    call_id: str
+    transport: str  # sip_udp | sip_tcp | sip_ws
+    profile: str
+    user: str
+    offer_sdp: str
+    remote: tuple[str, int]
+    from_uri: str
+
+
+MediaFactory = Callable[[CallRequest], Awaitable[SipMedia]]
+
+
+@dataclass
+class Dialog:
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    invite: SipRequest
+    conn: Conn
+    remote_target: str
+    local_cseq: int = 0
+    remote_cseq: int = 0
+    route_set: list[str] = field(default_factory=list)
+    media: SipMedia | None = None
+    state: str = "early"  # early | confirmed | terminated
+    acked: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    final_sent: bool = False
+    task: asyncio.Task | None = None
+    watch: asyncio.Task | None = None
+    session_expires: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.call_id, self.local_tag
+
+
+@dataclass
+class _ServerTx:
+    response: bytes | None
+    conn: Conn
+    created: float
+    dialog: Dialog | None = None
+
+
+def _branch() -> str:
+    return "z9hG4bK" + secrets.token_hex(8)
+
+
+def _tag() -> str:
+    return secrets.token_hex(6)
+
+
+def tx_key(msg: SipMessage) -> tuple[str, str, str]:
+    """(branch, method, sent-by); ACK and CANCEL map onto their INVITE's branch."""
+    top = msg.vias[0]
+    _, method = msg.cseq
+    sent_by = f"{top.host}:{top.port or ''}"
+    return top.branch or msg.call_id + msg.header("CSeq"), method, sent_by
+
+
+_HDR = re.compile(r"(?im)^(via|v|from|f|to|t|call-id|i|cseq)[ \t]*:[ \t]*(.*?)[ \t]*$")
+
+
+def salvage_bad_request(data: bytes) -> SipResponse | None:
+    """Build a 400 for a request we could not parse, if it can be answered at all."""
+    try:
+        text = data[:8192].decode("utf-8", "strict")
+    except UnicodeDecodeError:
+        return None
+    first = text.split("\r\n", 1)[0]
+    if first.startswith("SIP/2.0") or not re.match(r"^[A-Z]+ \S+ SIP/2\.0$", first):
+        return None
+    if first.startswith("ACK "):
+        return None
+    found: dict[str, str] = {}
+    vias: list[str] = []
+    names = {"v": "via", "f": "from", "t": "to", "i": "call-id"}
+    for m in _HDR.finditer(text.split("\r\n\r\n", 1)[0]):
+        name = names.get(m.group(1).lower(), m.group(1).lower())
+        if name == "via":
+            vias.append(m.group(2))
+        else:
+            found.setdefault(name, m.group(2))
+    if not vias or not all(k in found for k in ("from", "to", "call-id", "cseq")):
+        return None
+    try:
+        Via.parse(vias[0].split(",")[0])
+    except SipParseError:
+        return None
+    h = Headers()
+    for v in vias:
+        h.add("Via", v)
+    for k, n in (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq")):
+        h.add(n, found[k])
+    return SipResponse(h, b"", status=400, reason="Bad Request")
+
+
+class SipCore:
+    def __init__(
+        self,
+        media_factory: MediaFactory,
+        *,
+        public_host: str,
+        auth: DigestAuth | None = None,
+        ring_ms: int = 0,
+        profiles: dict[str, str] | None = None,
+        default_profile: str = "default",
+        ports: dict[str, int] | None = None,
+    ) -> None:
+        self.media_factory = media_factory
+        self.public_host = public_host
+        self.auth = auth if auth and auth.enabled else None
+        self.ring_ms = ring_ms
+        self.profiles = profiles or {}
+        self.default_profile = default_profile
+        self.ports = ports or {}
+        self.dialogs: dict[tuple[str, str], Dialog] = {}
+        self.registrations: dict[str, tuple[str, float]] = {}
+        self._invite_txs: dict[tuple[str, str, str], _ServerTx] = {}
+        self._txs: dict[tuple[str, str, str], _ServerTx] = {}
+        self._client_txs: dict[str, asyncio.Future[SipResponse]] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._closing = False
+        self.stats = {"bad": 0, "dropped": 0}
+
+    # ------------------------------------------------------------ plumbing
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        t = asyncio.create_task(coro, name=name)
+        self._tasks.add(t)
+        t.add_done_callback(self._task_done)
+        return t
+
+    def _task_done(self, t: asyncio.Task) -> None:
+        self._tasks.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("sip task %s failed", t.get_name(), exc_info=t.exception())
+
+    def _send(self, conn: Conn, msg: SipMessage) -> bytes:
+        data = msg.serialize()
+        if conn.is_open():
+            try:
+                conn.send(data)
+            except Exception as e:  # connection went away under us
+                log.debug("sip send failed: %s", e)
+        return data
+
+    def _respond(self, req: SipRequest, conn: Conn, status: int, reason: str | None = None, *,
+                 to_tag: str | None = None, body: bytes = b"", extra: list[tuple[str, str]] | None = None,
+                 cache: bool = True) -> SipResponse:
+        extra = list(extra or [])
+        extra.append(("Server", SERVER))
+        if body:
+            extra.append(("Content-Type", "application/sdp"))
+        resp = make_response(req, status, reason, to_tag=to_tag, body=body, extra=extra)
+        data = self._send(conn, resp)
+        if cache and req.method not in ("ACK",):
+            key = tx_key(req)
+            table = self._invite_txs if req.method == "INVITE" else self._txs
+            tx = table.get(key)
+            if tx is None:
+                table[key] = _ServerTx(data, conn, time.monotonic())
+            elif status >= 101 or tx.response is None:
+                tx.response = data
+        return resp
+
+    def _purge(self) -> None:
+        now = time.monotonic()
+        for table in (self._txs, self._invite_txs):
+            for k in [k for k, tx in table.items() if now - tx.created > TX_LINGER]:
+                del table[k]
+
+    def contact(self, conn: Conn) -> str:
+        if conn.transport in ("WS", "WSS"):
+            return f"<sip:v2v@{self.public_host};transport=ws>"
+        port = self.ports.get(conn.transport, conn.local[1])
+        host = f"[{self.public_host}]" if ":" in self.public_host else self.public_host
+        return f"<sip:v2v@{host}:{port};transport={conn.transport.lower()}>"
+
+    # ------------------------------------------------------------ entry
+    def receive(self, data: bytes, conn: Conn) -> None:
+        """Handle one message (never raises)."""
+        if not data.strip():
+            return  # keep-alive
+        try:
+            msg = parse(data, stream=conn.reliable)
+            if isinstance(msg, SipRequest):
+                msg.vias  # validate all Vias now
+                msg.from_, msg.to
+        except (SipParseError, ValueError) as e:
+            self.stats["bad"] += 1
+            resp = salvage_bad_request(data)
+            if resp is not None:
+                resp.reason = f"Bad Request ({str(e)[:60]})".replace("\r", " ").replace("\n", " ")
+                self._send(conn, resp)
+            else:
+                self.stats["dropped"] += 1
+            log.info("sip: malformed message from %s:%s (%s)%s", conn.remote[0], conn.remote[1], e,
+                     "" if resp else ", dropped")
+            return
+        try:
+            if isinstance(msg, SipResponse):
+                self._on_response(msg)
+            else:
+                self._fix_via(msg, conn)
+                self._on_request(msg, conn)
+        except (SipParseError, ValueError) as e:
+            log.info("sip: bad %s: %s", getattr(msg, "method", "response"), e)
+            if isinstance(msg, SipRequest) and msg.method != "ACK":
+                self._respond(msg, conn, 400, f"Bad Request ({str(e)[:60]})", cache=False)
+
+    def _fix_via(self, req: SipRequest, conn: Conn) -> None:
+        """RFC 3261 18.2.1 received + RFC 3581 rport on the top Via."""
+        if conn.transport in ("WS", "WSS"):
+            return
+        vias = req.headers.get_all("Via")
+        top = Via.parse(vias[0])
+        changed = False
+        if top.host.strip("[]") != conn.remote[0]:
+            top.params["received"] = conn.remote[0]
+            changed = True
+        if "rport" in top.params and top.params["rport"] is None:
+            top.params["rport"] = str(conn.remote[1])
+            top.params.setdefault("received", conn.remote[0])
+            changed = True
+        if changed:
+            rest = vias[1:]
+            req.headers.remove("Via")
+            req.headers.items.insert(0, ("Via", str(top)))
+            for i, v in enumerate(rest):
+                req.headers.items.insert(1 + i, ("Via", v))
+
+    def _on_response(self, resp: SipResponse) -> None:
+        branch = resp.vias[0].branch or ""
+        fut = self._client_txs.get(branch)
+        if fut is not None and not fut.done() and resp.status >= 200:
+            fut.set_result(resp)
+
+    def _on_request(self, req: SipRequest, conn: Conn) -> None:
+        self._purge()
+        m = req.method
+        if m == "ACK":
+            self._on_ack(req)
+            return
+        key = tx_key(req)
+        table = self._invite_txs if m == "INVITE" else self._txs
+        if m != "CANCEL" and key in table:  # retransmission
+            tx = table[key]
+            if tx.response is not None:
+                if conn.is_open():
+                    conn.send(tx.response)
+            return
+        if self._closing and m in ("INVITE", "REGISTER"):
+            self._respond(req, conn, 503, extra=[("Retry-After", "5")])
+            return
+        handler = {
+            "OPTIONS": self._on_options, "REGISTER": self._on_register, "INVITE": self._on_invite,
+            "BYE": self._on_bye, "CANCEL": self._on_cancel, "UPDATE": self._on_update, "INFO": self._on_info,
+        }.get(m)
+        if handler is None:
+            if self._find_dialog(req) is None and req.to.tag:
+                self._respond(req, conn, 481)
+            else:
+                self._respond(req, conn, 501 if m not in ("MESSAGE", "SUBSCRIBE", "NOTIFY", "REFER", "PRACK", "PUBLISH") else 405,
+                              extra=[("Allow", ALLOW)])
+            return
+        handler(req, conn)
+
+    # ------------------------------------------------------------ simple methods
+    def _on_options(self, req: SipRequest, conn: Conn) -> None:
+        self._respond(req, conn, 200, to_tag=None if req.to.tag else _tag(),
+                      extra=[("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", "timer"),
+                             ("Contact", self.contact(conn))])
+
+    def _authorized(self, req: SipRequest, conn: Conn) -> bool:
+        if self.auth is None:
+            return True
+        ok, stale, _user = self.auth.check(req.method, req.headers.get("Authorization"))
+        if ok:
+            return True
+        self._respond(req, conn, 401, to_tag=_tag(), extra=[("WWW-Authenticate", self.auth.challenge(stale))])
+        return False
+
+    def _on_register(self, req: SipRequest, conn: Conn) -> None:
+        if not self._authorized(req, conn):
+            return
+        extra: list[tuple[str, str]] = []
+        default_exp = req.headers.get("Expires")
+        aor = req.to.uri
+        for raw in req.headers.get_all("Contact"):
+            if raw.strip() == "*":
+                self.registrations.pop(aor, None)
+                continue
+            c = NameAddr.parse(raw)
+            exp_s = c.params.get("expires") or default_exp or "3600"
+            exp = min(int(exp_s), 86400) if exp_s.isdigit() else 3600
+            if exp == 0:
+                self.registrations.pop(aor, None)
+                continue
+            c.params["expires"] = str(exp)
+            self.registrations[aor] = (c.uri, time.time() + exp)
+            extra.append(("Contact", str(c)))
+            extra.append(("Expires", str(exp)))
+        self._respond(req, conn, 200, to_tag=None if req.to.tag else _tag(), extra=extra)
+
+    def _find_dialog(self, req: SipRequest) -> Dialog | None:
+        tag = req.to.tag
+        if not tag:
+            return None
+        return self.dialogs.get((req.call_id, tag))
+
+    def _on_info(self, req: SipRequest, conn: Conn) -> None:
+        d = self._find_dialog(req)
+        if d is None:
+            self._respond(req, conn, 481)
+            return
+        ctype = req.content_type
+        digit = None
+        body = req.body.decode("utf-8", "replace")
+        if ctype == "application/dtmf-relay":
+            m = re.search(r"(?im)^\s*signal\s*=\s*(\S+)", body)
+            digit = m.group(1) if m else None
+        elif ctype == "application/dtmf":
+            digit = body.strip() or None
+        if digit is not None:
+            digit = {"10": "*", "11": "#"}.get(digit, digit).upper()
+            if len(digit) != 1 or digit not in "0123456789*#ABCD":
+                self._respond(req, conn, 400, "Bad DTMF digit")
+                return
+        self._respond(req, conn, 200)
+        if digit and d.media is not None:
+            self._spawn(d.media.dtmf(digit), f"sip-dtmf-{d.call_id}")
+
+    def _on_update(self, req: SipRequest, conn: Conn) -> None:
+        d = self._find_dialog(req)
+        if d is None:
+            self._respond(req, conn, 481)
+            return
+        self._spawn(self._refresh(d, req, conn), f"sip-update-{d.call_id}")
+
+    async def _refresh(self, d: Dialog, req: SipRequest, conn: Conn) -> None:
+        """re-INVITE or UPDATE: new offer (hold/unhold) and/or session refresh."""
+        extra = [("Contact", self.contact(conn)), ("Allow", ALLOW)]
+        se = req.headers.get("Session-Expires")
+        if se:
+            extra += [("Session-Expires", _refresher_uac(se)), ("Require", "timer")]
+        contact = req.contact
+        if contact is not None:
+            d.remote_target = contact.uri
+        body = b""
+        if req.body and req.content_type == "application/sdp" and d.media is not None:
+            try:
+                body = (await d.media.reoffer(req.body.decode("utf-8", "replace"))).encode()
+            except Exception as e:
+                log.info("sip: re-offer rejected on %s: %s", d.call_id, e)
+                self._respond(req, conn, 488)
+                return
+        elif req.method == "INVITE" and d.media is not None:
+            body = d.media.answer_sdp.encode()  # offerless re-INVITE: re-send the current session
+        self._respond(req, conn, 200, body=body, extra=extra)
+        if req.method == "INVITE" and not conn.reliable:
+            d.acked.clear()
+            tx = self._invite_txs.get(tx_key(req))
+            if tx is not None:
+                self._spawn(self._retransmit_2xx(d, tx, conn, end_on_timeout=False), f"sip-2xx-{d.call_id}")
+
+    # ------------------------------------------------------------ INVITE
+    def _on_invite(self, req: SipRequest, conn: Conn) -> None:
+        if req.to.tag:
+            d = self._find_dialog(req)
+            if d is None:
+                self._respond(req, conn, 481)
+                return
+            d.conn = conn
+            self._invite_txs[tx_key(req)] = _ServerTx(None, conn, time.monotonic(), d)
+            self._respond(req, conn, 100)
+            self._spawn(self._refresh(d, req, conn), f"sip-reinvite-{d.call_id}")
+            return
+        if not self._authorized(req, conn):
+            return
+        if req.body and req.content_type not in ("application/sdp", ""):
+            self._respond(req, conn, 415, extra=[("Accept", "application/sdp")])
+            return
+        if not req.body:
+            self._respond(req, conn, 488, "Offer Required")
+            return
+        req_uri = req.request_uri
+        contact = req.contact
+        d = Dialog(
+            call_id=req.call_id, local_tag=_tag(), remote_tag=req.from_.tag or "", invite=req, conn=conn,
+            remote_target=contact.uri if contact else req.from_.uri, remote_cseq=req.cseq[0],
+            route_set=list(req.headers.get_all("Record-Route")),
+        )
+        se = req.headers.get("Session-Expires")
+        if se and "timer" in (req.headers.get("Supported") or "") + (req.headers.get("Require") or ""):
+            d.session_expires = _refresher_uac(se)
+        self.dialogs[d.key] = d
+        self._invite_txs[tx_key(req)] = _ServerTx(None, conn, time.monotonic(), d)
+        self._respond(req, conn, 100)
+        creq = CallRequest(
+            call_id=req.call_id, transport=conn.label,
+            profile=pick_profile(req_uri.user, self.profiles, self.default_profile), user=req_uri.user,
+            offer_sdp=req.body.decode("utf-8", "replace"), remote=conn.remote, from_uri=req.from_.uri,
+        )
+        d.task = self._spawn(self._setup(d, req, conn, creq), f"sip-invite-{d.call_id}")
+
+    async def _setup(self, d: Dialog, req: SipRequest, conn: Conn, creq: CallRequest) -> None:
+        extra = [("Contact", self.contact(conn)), ("Allow", ALLOW)]
+        extra += [("Record-Route", rr) for rr in d.route_set]
+        try:
+            self._respond(req, conn, 180, to_tag=d.local_tag, extra=extra)
+            ring = asyncio.create_task(asyncio.sleep(self.ring_ms / 1000)) if self.ring_ms > 0 else None
+            try:
+                media = await self.media_factory(creq)
+            except SipReject as e:
+                self._final_error(d, req, conn, e.status, e.reason)
+                return
+            except Exception as e:
+                log.info("sip: cannot set up %s: %s", d.call_id, e)
+                self._final_error(d, req, conn, 488 if "sdp" in type(e).__name__.lower() else 500, None)
+                return
+            d.media = media
+            if ring is not None:
+                cancel_wait = asyncio.create_task(d.cancelled.wait())
+                await asyncio.wait({ring, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
+                ring.cancel()
+                cancel_wait.cancel()
+            if d.cancelled.is_set() or d.state == "terminated":
+                await media.close("cancelled")
+                return
+            extra_ok = list(extra)
+            extra_ok.append(("Supported", "timer"))
+            if d.session_expires:
+                extra_ok += [("Session-Expires", d.session_expires), ("Require", "timer")]
+            self._respond(req, conn, 200, to_tag=d.local_tag, body=media.answer_sdp.encode(), extra=extra_ok)
+            d.final_sent = True
+            d.state = "confirmed"
+            await media.start()
+            d.watch = self._spawn(self._watch_media(d), f"sip-watch-{d.call_id}")
+            if not conn.reliable:
+                tx = self._invite_txs.get(tx_key(req))
+                if tx is not None:
+                    await self._retransmit_2xx(d, tx, conn, end_on_timeout=True)
+        except asyncio.CancelledError:
+            if d.media is not None:
+                await d.media.close("server shutdown")
+            raise
+
+    def _final_error(self, d: Dialog, req: SipRequest, conn: Conn, status: int, reason: str | None) -> None:
+        d.final_sent = True
+        d.state = "terminated"
+        self.dialogs.pop(d.key, None)
+        self._respond(req, conn, status, reason, to_tag=d.local_tag)
+        if not conn.reliable:
+            tx = self._invite_txs.get(tx_key(req))
+            if tx is not None:
+                self._spawn(self._retransmit_final(d, tx, conn), f"sip-final-{d.call_id}")
+
+    async def _retransmit_final(self, d: Dialog, tx: _ServerTx, conn: Conn) -> None:
+        """Timer G/H: resend a non-2xx final response until ACK (UDP)."""
+        interval = T1
+        deadline = time.monotonic() + 64 * T1
+        while time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(d.acked.wait(), interval)
+                return
+            except asyncio.TimeoutError:
+                if tx.response and conn.is_open():
+                    conn.send(tx.response)
+                interval = min(interval * 2, T2)
+
+    async def _retransmit_2xx(self, d: Dialog, tx: _ServerTx, conn: Conn, end_on_timeout: bool) -> None:
+        """RFC 3261 13.3.1.4: resend the 2xx until ACK; no ACK in 64*T1 ends the call."""
+        interval = T1
+        deadline = time.monotonic() + 64 * T1
+        while time.monotonic() < deadline and d.state != "terminated":
+            try:
+                await asyncio.wait_for(d.acked.wait(), interval)
+                return
+            except asyncio.TimeoutError:
+                if tx.response and conn.is_open():
+                    conn.send(tx.response)
+                interval = min(interval * 2, T2)
+        if end_on_timeout and not d.acked.is_set() and d.state != "terminated":
+            log.info("sip: no ACK for %s, ending the call", d.call_id)
+            await self.end_dialog(d, "no ACK", send_bye=True)
+
+    async def _watch_media(self, d: Dialog) -> None:
+        assert d.media is not None
+        await d.media.ended.wait()
+        if d.state != "terminated":
+            await self.end_dialog(d, d.media.end_reason or "media ended", send_bye=True)
+
+    def _on_ack(self, req: SipRequest) -> None:
+        d = self.dialogs.get((req.call_id, req.to.tag or ""))
+        if d is None:
+            # ACK for a non-2xx final (the dialog is gone): match the transaction
+            for tx in self._invite_txs.values():
+                if tx.dialog is not None and tx.dialog.call_id == req.call_id and tx.dialog.local_tag == req.to.tag:
+                    tx.dialog.acked.set()
+            return
+        d.acked.set()
+
+    def _on_cancel(self, req: SipRequest, conn: Conn) -> None:
+        key = tx_key(req)
+        tx = self._invite_txs.get((key[0], "INVITE", key[2]))
+        if tx is None or tx.dialog is None:
+            self._respond(req, conn, 481)
+            return
+        self._respond(req, conn, 200)
+        d = tx.dialog
+        if d.final_sent:
+            return
+        d.cancelled.set()
+        self._final_error(d, d.invite, tx.conn, 487, None)
+        self._spawn(self._close_media(d, "cancelled"), f"sip-cancel-{d.call_id}")
+
+    async def _close_media(self, d: Dialog, reason: str) -> None:
+        if d.media is not None:
+            await d.media.close(reason)
+
+    def _on_bye(self, req: SipRequest, conn: Conn) -> None:
+        d = self._find_dialog(req)
+        if d is None:
+            self._respond(req, conn, 481)
+            return
+        self._respond(req, conn, 200)
+        self._spawn(self.end_dialog(d, "bye", send_bye=False), f"sip-bye-{d.call_id}")
+
+    # ------------------------------------------------------------ teardown
+    async def end_dialog(self, d: Dialog, reason: str, send_bye: bool) -> None:
+        if d.state == "terminated":
+            return
+        was_confirmed = d.final_sent
+        d.state = "terminated"
+        self.dialogs.pop(d.key, None)
+        if not was_confirmed:
+            # still ringing: answer the INVITE with an error
+            self._respond(d.invite, d.conn, 503 if self._closing else 480, to_tag=d.local_tag)
+            d.final_sent = True
+        if d.watch is not None and d.watch is not asyncio.current_task():
+            d.watch.cancel()
+        if d.media is not None:
+            await d.media.close(reason)
+        if send_bye and was_confirmed:
+            await self._send_bye(d)
+        log.info("sip: call %s ended (%s)", d.call_id, reason)
+
+    async def _send_bye(self, d: Dialog) -> None:
+        conn = d.conn
+        if not conn.is_open():
+            return
+        d.local_cseq = max(d.local_cseq, 1) + 1
+        branch = _branch()
+        h = Headers()
+        via_host = self.public_host if conn.transport not in ("WS", "WSS") else f"{secrets.token_hex(4)}.invalid"
+        via_port = "" if conn.transport in ("WS", "WSS") else f":{self.ports.get(conn.transport, conn.local[1])}"
+        h.add("Via", f"SIP/2.0/{conn.transport} {via_host}{via_port};branch={branch};rport")
+        h.add("Max-Forwards", "70")
+        # our From is the INVITE's To (with our tag), our To its From
+        to_na = d.invite.to
+        to_na.params["tag"] = d.local_tag
+        h.add("From", str(to_na))
+        h.add("To", d.invite.header("From"))
+        h.add("Call-ID", d.call_id)
+        h.add("CSeq", f"{d.local_cseq} BYE")
+        for r in d.route_set:
+            h.add("Route", r)
+        h.add("User-Agent", SERVER)
+        bye = SipRequest(h, b"", method="BYE", uri=d.remote_target)
+        fut: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
+        self._client_txs[branch] = fut
+        data = bye.serialize()
+        try:
+            interval = T1
+            deadline = time.monotonic() + (4.0 if not conn.reliable else 2.0)
+            while time.monotonic() < deadline and conn.is_open():
+                try:
+                    conn.send(data)
+                except Exception:
+                    return
+                try:
+                    await asyncio.wait_for(asyncio.shield(fut), min(interval, deadline - time.monotonic()))
+                    return
+                except asyncio.TimeoutError:
+                    if conn.reliable:
+                        continue
+                    interval = min(interval * 2, T2)
+        finally:
+            self._client_txs.pop(branch, None)
+
+    def connection_lost(self, conn_is: Callable[[Conn], bool]) -> None:
+        """A TCP/WS connection closed: its calls end (nobody can send us BYE)."""
+        for d in list(self.dialogs.values()):
+            if conn_is(d.conn):
+                if not d.final_sent:
+                    d.cancelled.set()
+                self._spawn(self.end_dialog(d, "connection closed", send_bye=False), f"sip-lost-{d.call_id}")
+
+    async def close(self) -> None:
+        self._closing = True
+        await asyncio.gather(*(self.end_dialog(d, "server shutdown", send_bye=True) for d in list(self.dialogs.values())),
+                             return_exceptions=True)
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _refresher_uac(se: str) -> str:
+    value, _, _params = se.partition(";")
+    value = value.strip()
+    return f"{value if value.isdigit() else '1800'};refresher=uac"

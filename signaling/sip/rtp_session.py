@@ -1,0 +1,310 @@
+"""Plain RTP call transport: G.711 at 8 kHz, 20 ms, RFC 4733 both ways.
+
+One :class:`RtpSession` per call owns a UDP socket from the configured port
+range. Inbound: symmetric RTP with latching (the first packet's source becomes
+the destination), a reordering jitter buffer, G.711 decode to 8 kHz int16
+frames handed to ``on_audio``; telephone-event packets become digits via
+``on_dtmf``. Outbound: a paced sender reads 20 ms (480 samples at 24 kHz) from
+the playout source every 20 ms of a monotonic clock, resamples to 8 kHz and
+sends it (silence when idle) for the whole call, except while the caller holds
+the call. No inbound packet for ``timeout`` seconds calls ``on_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+from aiortc.rtp import RtpPacket
+
+from media.g711 import G711Codec
+from media.jitter import JitterBuffer
+from media.resample import ExactResampler
+
+log = logging.getLogger("v2v.sip.rtp")
+
+FRAME_8K = 160
+FRAME_24K = 480
+PTIME = 0.020
+DTMF_EVENTS = "0123456789*#ABCD"
+
+
+class PlayoutSource(Protocol):
+    def read(self, n: int) -> np.ndarray: ...
+
+
+@dataclass
+class RtpStats:
+    packets_in: int = 0
+    packets_out: int = 0
+    bad_packets: int = 0
+    foreign_packets: int = 0
+    dtmf_in: int = 0
+    dtmf_out: int = 0
+
+
+class PortAllocator:
+    """Hands out even RTP ports from a range, round robin, binding to check."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        if lo > hi:
+            raise ValueError("empty RTP port range")
+        self.lo, self.hi = lo + (lo & 1), hi
+        self._next = self.lo
+
+    @classmethod
+    def parse(cls, spec: str) -> "PortAllocator":
+        lo, _, hi = spec.partition("-")
+        return cls(int(lo), int(hi or lo))
+
+    def bind(self, host: str) -> socket.socket:
+        span = (self.hi - self.lo) // 2 + 1
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for _ in range(span):
+            port = self._next
+            self._next = self._next + 2 if self._next + 2 <= self.hi else self.lo
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                continue
+            sock.setblocking(False)
+            return sock
+        raise OSError(f"no free RTP port in {self.lo}-{self.hi}")
+
+
+class _Proto(asyncio.DatagramProtocol):
+    def __init__(self, session: "RtpSession") -> None:
+        self.session = session
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        self.session._on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP unreachable etc.
+        log.debug("rtp socket error: %s", exc)
+
+
+class RtpSession:
+    def __init__(
+        self,
+        sock: socket.socket,
+        codec: str,
+        payload_type: int,
+        dtmf_pt: int | None,
+        remote: tuple[str, int],
+        source: PlayoutSource,
+        on_audio: Callable[[np.ndarray], None],
+        on_dtmf: Callable[[str], None],
+        on_timeout: Callable[[], None],
+        timeout: float = 30.0,
+        jitter_depth: int = 2,
+    ) -> None:
+        self.sock = sock
+        self.local_port: int = sock.getsockname()[1]
+        self.codec = G711Codec(codec)
+        self.payload_type = payload_type
+        self.dtmf_pt = dtmf_pt
+        self.remote = remote
+        self.latched = False
+        self.source = source
+        self.on_audio = on_audio
+        self.on_dtmf = on_dtmf
+        self.on_timeout = on_timeout
+        self.timeout = timeout
+        self.sending = True  # False while the caller holds the call
+        self.expect_inbound = True
+        self.stats = RtpStats()
+        self._jitter: JitterBuffer[bytes] = JitterBuffer(depth=jitter_depth)
+        self._rx_ssrc: int | None = None
+        self._last_dtmf_ts: int | None = None
+        self._resampler = ExactResampler(24000, 8000)
+        self._ssrc = random.getrandbits(32)
+        self._seq = random.getrandbits(16)
+        self._ts = random.getrandbits(32)
+        self._dtmf_queue: deque[str] = deque()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._task: asyncio.Task | None = None
+        self._last_rx = time.monotonic()
+        self._closed = False
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=self.sock)
+        self._last_rx = time.monotonic()
+        self._task = asyncio.create_task(self._send_loop(), name=f"rtp-send-{self.local_port}")
+
+    def update_remote(self, remote: tuple[str, int], sending: bool, expect_inbound: bool) -> None:
+        """A re-INVITE changed the remote end or the direction (hold/unhold)."""
+        if remote[0] not in ("0.0.0.0", "::") and remote != self.remote:
+            self.remote = remote
+            self.latched = False
+        self.sending = sending
+        self.expect_inbound = expect_inbound
+        self._last_rx = time.monotonic()
+
+    def send_dtmf(self, digits: str) -> None:
+        """Queue RFC 4733 events (needs a negotiated telephone-event type)."""
+        for d in digits.upper():
+            if d not in DTMF_EVENTS:
+                raise ValueError(f"not a DTMF digit: {d!r}")
+            self._dtmf_queue.append(d)
+
+    # ---- inbound
+    def _on_datagram(self, data: bytes, addr: tuple) -> None:
+        if self._closed or len(data) < 12 or (data[0] >> 6) != 2:
+            self.stats.bad_packets += 1
+            return
+        pt = data[1] & 0x7F
+        if 72 <= pt <= 76:  # RTCP (RFC 5761 range): ignore
+            return
+        if not self.latched:
+            self.remote = (addr[0], addr[1])
+            self.latched = True
+        elif (addr[0], addr[1]) != self.remote:
+            self.stats.foreign_packets += 1
+            return
+        try:
+            pkt = RtpPacket.parse(data)
+        except ValueError:
+            self.stats.bad_packets += 1
+            return
+        self.stats.packets_in += 1
+        self._last_rx = time.monotonic()
+        if pkt.payload_type == self.dtmf_pt and self.dtmf_pt is not None:
+            self._on_event(pkt)
+            return
+        if pkt.payload_type != self.payload_type:
+            return
+        if self._rx_ssrc != pkt.ssrc:
+            if self._rx_ssrc is not None:
+                self._flush_jitter()
+                self._jitter = JitterBuffer(depth=self._jitter.depth)
+            self._rx_ssrc = pkt.ssrc
+        for _seq, payload in self._jitter.put(pkt.sequence_number, pkt.payload):
+            self._deliver(payload)
+
+    def _flush_jitter(self) -> None:
+        for _seq, payload in self._jitter.flush():
+            self._deliver(payload)
+
+    def _deliver(self, payload: bytes | None) -> None:
+        if payload is None:  # lost: keep the sample count, feed silence
+            pcm = np.zeros(FRAME_8K, dtype=np.int16)
+        else:
+            pcm = self.codec.decode(payload)
+        if len(pcm):
+            self.on_audio(pcm)
+
+    def _on_event(self, pkt: RtpPacket) -> None:
+        if len(pkt.payload) < 4:
+            return
+        event = pkt.payload[0]
+        if pkt.timestamp == self._last_dtmf_ts or event >= len(DTMF_EVENTS):
+            return
+        self._last_dtmf_ts = pkt.timestamp
+        self.stats.dtmf_in += 1
+        self.on_dtmf(DTMF_EVENTS[event])
+
+    # ---- outbound
+    def _packet(self, pt: int, payload: bytes, marker: int = 0, ts: int | None = None) -> bytes:
+        self._seq = (self._seq + 1) & 0xFFFF
+        p = RtpPacket(payload_type=pt, marker=marker, sequence_number=self._seq,
+                      timestamp=(self._ts if ts is None else ts) & 0xFFFFFFFF, ssrc=self._ssrc, payload=payload)
+        return p.serialize()
+
+    def _send(self, data: bytes) -> None:
+        if self._transport is not None and not self._closed:
+            try:
+                self._transport.sendto(data, self.remote)
+                self.stats.packets_out += 1
+            except OSError as e:  # bad address from SDP: keep going
+                log.debug("rtp send failed: %s", e)
+
+    def _dtmf_packets(self, digit: str) -> list[bytes]:
+        """One digit: 100 ms of event updates, 3 end packets, then 40 ms pause."""
+        assert self.dtmf_pt is not None
+        ev = DTMF_EVENTS.index(digit)
+        ts = self._ts
+        frames: list[bytes] = []
+        for i in range(1, 6):
+            frames.append(self._packet(self.dtmf_pt, struct.pack("!BBH", ev, 10, i * FRAME_8K), marker=int(i == 1), ts=ts))
+        for _ in range(3):
+            frames.append(self._packet(self.dtmf_pt, struct.pack("!BBH", ev, 0x80 | 10, 5 * FRAME_8K), ts=ts))
+        return frames
+
+    async def _send_loop(self) -> None:
+        pending: deque[bytes] = deque()
+        next_t = time.monotonic()
+        silence = self.codec.encode(np.zeros(FRAME_8K, dtype=np.int16))
+        try:
+            while not self._closed:
+                now = time.monotonic()
+                if next_t - now > 0:
+                    await asyncio.sleep(next_t - now)
+                    now = time.monotonic()
+                if now - next_t > 0.2:  # stalled (suspended loop): don't burst
+                    next_t = now
+                next_t += PTIME
+                if self.expect_inbound and now - self._last_rx > self.timeout:
+                    log.info("rtp: no inbound media for %.0f s on port %d", self.timeout, self.local_port)
+                    self.on_timeout()
+                    return
+                if not self.sending:
+                    continue
+                if not pending and self._dtmf_queue and self.dtmf_pt is not None:
+                    pending.extend(self._dtmf_packets(self._dtmf_queue.popleft()))
+                    pending.extend([b""] * 2)  # 40 ms of silence between digits
+                    self.stats.dtmf_out += 1
+                if pending:
+                    data = pending.popleft()
+                    # keep consuming playout at real-time pace during an event
+                    self.source.read(FRAME_24K)
+                    self._send(data if data else self._packet(self.payload_type, silence))
+                else:
+                    pcm = self._resampler.process(self.source.read(FRAME_24K))
+                    self._send(self._packet(self.payload_type, self.codec.encode(pcm)))
+                self._ts = (self._ts + FRAME_8K) & 0xFFFFFFFF
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # never let a sender crash silently
+            log.exception("rtp sender failed")
+            self.on_timeout()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._transport is not None:
+            self._transport.close()
+        else:
+            self.sock.close()
+
+
+def public_address(configured: str | None, local: str) -> str:
+    """The address to put in SDP/Contact: configured, else the bound host, else a guess."""
+    if configured:
+        return configured
+    if local not in ("0.0.0.0", "::", ""):
+        return local
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))
+            return s.getsockname()[0]
+    except OSError:
+        return os.environ.get("HOSTNAME", "127.0.0.1")

@@ -1,0 +1,114 @@
+"""SIP over UDP and TCP (RFC 3261 section 18) feeding a :class:`SipCore`.
+
+UDP: one datagram is one message; answers go back to the source address
+(symmetric response routing, rport). TCP: messages are framed by
+Content-Length; a stream that cannot be framed is closed; connections idle
+for ``idle_timeout`` without a call are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .core import Conn, SipCore
+from .message import MAX_MESSAGE, SipParseError, StreamFramer
+
+log = logging.getLogger("v2v.sip.net")
+
+
+class SipUdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, core: SipCore) -> None:
+        self.core = core
+        self.transport: asyncio.DatagramTransport | None = None
+        self.local: tuple[str, int] = ("0.0.0.0", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+        self.local = transport.get_extra_info("sockname")[:2]
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        if len(data) > MAX_MESSAGE or self.transport is None:
+            return
+        remote = (addr[0], addr[1])
+        tr = self.transport
+
+        def send(b: bytes, _r: tuple = remote) -> None:
+            tr.sendto(b, _r)
+
+        self.core.receive(data, Conn("UDP", remote, self.local, send, lambda: not tr.is_closing()))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("sip udp error: %s", exc)
+
+
+class SipTcpProtocol(asyncio.Protocol):
+    def __init__(self, core: SipCore, conns: set["SipTcpProtocol"]) -> None:
+        self.core = core
+        self.conns = conns
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+        self.conn: Conn | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        self.conn = Conn("TCP", (peer[0], peer[1]), (local[0], local[1]), transport.write,
+                         lambda: not transport.is_closing())
+        self.conns.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None and self.conn is not None
+        try:
+            messages = self.framer.feed(data)
+        except SipParseError as e:
+            log.info("sip tcp: closing %s:%s, unframeable stream (%s)", *self.conn.remote, e)
+            # answer what we can, then drop the connection
+            self.core.receive(bytes(self.framer._buf[:8192]) + b"\r\n\r\n", self.conn)
+            self.transport.close()
+            return
+        for m in messages:
+            self.core.receive(m, self.conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conns.discard(self)
+        conn = self.conn
+        if conn is not None:
+            self.core.connection_lost(lambda c: c is conn)
+
+
+class SipNetServers:
+    """The UDP endpoint and TCP server on one port."""
+
+    def __init__(self, core: SipCore) -> None:
+        self.core = core
+        self.udp: asyncio.DatagramTransport | None = None
+        self.tcp: asyncio.base_events.Server | None = None
+        self._tcp_conns: set[SipTcpProtocol] = set()
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.udp, _ = await loop.create_datagram_endpoint(lambda: SipUdpProtocol(self.core), local_addr=(host, port))
+        self.port = self.udp.get_extra_info("sockname")[1]  # port 0 -> the one picked for UDP
+        try:
+            self.tcp = await loop.create_server(lambda: SipTcpProtocol(self.core, self._tcp_conns), host, self.port,
+                                                reuse_address=True)
+        except OSError:
+            self.udp.close()
+            raise
+        self.core.ports.setdefault("UDP", self.port)
+        self.core.ports.setdefault("TCP", self.port)
+
+    async def close(self) -> None:
+        if self.tcp is not None:
+            self.tcp.close()
+            for c in list(self._tcp_conns):
+                if c.transport is not None:
+                    c.transport.close()
+            await self.tcp.wait_closed()
+        if self.udp is not None:
+            self.udp.close()
