@@ -1,0 +1,197 @@
+"""Offline speech recognition: pocketsphinx 5 with the English model its wheel ships.
+
+The whole VAD-delimited turn is decoded at once at 16 kHz. pocketsphinx's
+general English trigram model does poorly on short synthetic or telephone
+utterances, so the decoder uses a small trigram model built at start-up (in
+memory, with pocketsphinx's own ``ArpaBoLM``) from :data:`CORPUS`: the
+assistant's intents plus everyday phrases. Anything the caller says is mapped
+onto that vocabulary (the brain repeats back what it heard).
+
+The turn is padded with 300 ms of quiet and dithered (digital silence upsets
+pocketsphinx's cepstral mean normalisation). One decoder is shared by the
+process, guarded by a lock; :meth:`Recognizer.recognize` is blocking and is
+meant to run in a worker thread (``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import soxr
+
+RATE = 16000
+_PAD = int(0.3 * RATE)
+_DITHER = 30.0  # int16 RMS of the added noise
+MAX_TURN_SECONDS = 30
+
+CORPUS = """
+what time is it
+what time is it now
+what is the time
+what's the time
+tell me the time
+tell me the time please
+can you tell me what time it is
+do you know what time it is
+tell me a story
+tell me a long story
+tell me another story
+can you tell me a story
+please tell me a story
+read me a story
+i want to hear a story
+what can you do
+what can you do for me
+what are you able to do
+what else can you do
+help
+help me
+i need some help
+hello
+hello there
+hi
+hi there
+hey
+hey there
+good morning
+good afternoon
+good evening
+how are you
+how are you doing today
+nice to meet you
+thank you
+thank you very much
+thanks
+thanks a lot
+goodbye
+bye
+bye bye
+see you later
+good night
+yes
+yes please
+no
+no thank you
+okay
+stop
+please stop
+stop talking
+wait
+wait a moment
+be quiet
+the weather is nice today
+what is the weather like
+is it going to rain
+it is cold outside
+it is sunny today
+what is your name
+my name is john
+who are you
+where are you
+where do you live
+how old are you
+i am fine
+i am good
+i am tired
+that is great
+that is very nice
+very good
+i like music
+play some music
+i would like a coffee
+i would like some tea
+please open the door
+close the window
+turn on the light
+turn off the light
+call my mother
+tell me a joke
+what day is it today
+what is the date today
+can you hear me
+i can hear you
+repeat after me
+say something
+this is a test
+testing one two three
+one two three four five six seven eight nine ten
+the quick brown fox jumps over the lazy dog
+i love you
+where is the station
+how do i get to the airport
+what is the capital of france
+let me think
+i do not know
+never mind
+go on
+continue
+"""
+
+
+@dataclass
+class Recognition:
+    text: str
+    seconds: float  # wall time of the decode
+    audio_seconds: float
+
+
+class Recognizer:
+    """A pocketsphinx decoder with the small domain language model."""
+
+    def __init__(self, corpus: str = CORPUS) -> None:
+        from pocketsphinx import Decoder
+        from pocketsphinx.lm import ArpaBoLM
+
+        lm = ArpaBoLM(text=corpus.strip(), add_start=True, case="lower")
+        lm.compute()
+        fd, path = tempfile.mkstemp(prefix="v2v-lm-", suffix=".arpa")
+        try:
+            with os.fdopen(fd, "w") as f:
+                lm.write(f)
+            self._decoder = Decoder(samprate=RATE, lm=path, loglevel="FATAL")
+        finally:
+            os.unlink(path)
+        self._lock = threading.Lock()
+        self.thread_ids: set[int] = set()  # threads that decoded (tests check it is not the loop's)
+
+    def recognize(self, pcm: np.ndarray, rate: int) -> Recognition:
+        """Decode one turn (int16 mono at ``rate``). Blocking; call from a worker thread."""
+        self.thread_ids.add(threading.get_ident())
+        pcm = np.asarray(pcm, dtype=np.int16).reshape(-1)[-MAX_TURN_SECONDS * rate :]
+        audio_seconds = len(pcm) / rate
+        t0 = time.perf_counter()
+        x = soxr.resample(pcm, rate, RATE) if rate != RATE else pcm
+        pad = np.zeros(_PAD, np.int16)
+        y = np.concatenate([pad, x, pad]).astype(np.float32)
+        # Seeded per turn: the same audio always decodes the same way.
+        y += np.random.default_rng(1234).normal(0.0, _DITHER, len(y)).astype(np.float32)
+        data = np.clip(y, -32768, 32767).astype(np.int16).tobytes()
+        with self._lock:
+            d = self._decoder
+            d.start_utt()
+            d.process_raw(data, full_utt=True)
+            d.end_utt()
+            hyp = d.hyp()
+        text = hyp.hypstr.strip() if hyp is not None else ""
+        return Recognition(text, time.perf_counter() - t0, audio_seconds)
+
+
+_shared: Recognizer | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_recognizer() -> Recognizer:
+    """The process-wide recognizer (created on first use: ~0.3 s; call it off the loop)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Recognizer()
+        return _shared
+
+
+__all__ = ["Recognizer", "Recognition", "shared_recognizer", "CORPUS", "RATE"]
