@@ -1,0 +1,169 @@
+"""Voice activity detection on webrtcvad with hysteresis and sample positions.
+
+`VoiceActivityDetector` takes int16 mono PCM at a rate webrtcvad supports
+(8/16/32/48 kHz) in pieces of any size, cuts it into 10/20/30 ms frames and
+decides per frame. A frame is *voiced* when all three hold (cheapest first):
+
+1. energy floor: its RMS is at least `energy_floor_dbfs` (near-silence is
+   never speech);
+2. noise gate: its level is at least `noise_margin_db` above the noise floor,
+   the minimum frame level of the last `noise_window_ms` (this frame
+   included). The level is measured on a box-car decimated (~8 kHz, the band
+   webrtcvad looks at), pre-emphasised copy of the signal, so the slow
+   low-frequency swings of pink noise and the out-of-band energy of white
+   noise at 48 kHz do not count. Stationary noise and tones sit at the floor
+   and are rejected, however loud; webrtcvad alone flags such noise for
+   seconds after it begins (its noise model adapts slowly);
+3. webrtcvad (one `is_speech` call per frame) says speech.
+
+Hysteresis:
+
+* start: `start_ms` of *consecutive* voiced frames (rounded up to whole
+  frames, at least one). Consecutive rather than k-of-n keeps the decision
+  exactly `start_ms` after the onset, which the barge-in budget needs. The
+  start event's `sample` is the first sample of that voiced run; `decided_at`
+  is the end of the frame that completed it.
+* end: `end_ms` of consecutive unvoiced frames while speaking. The end
+  event's `sample` is the end of the last voiced frame; `decided_at` is the
+  end of the frame that completed the hangover.
+
+Events depend only on whole frames, so the way the input is split into pieces
+never changes them. Positions count input samples since the first sample fed
+(or since `reset()`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import webrtcvad
+
+SUPPORTED_RATES = (8000, 16000, 32000, 48000)
+SUPPORTED_FRAME_MS = (10, 20, 30)
+PREEMPHASIS = 0.97
+
+
+@dataclass(frozen=True)
+class VadEvent:
+    """Speech start or end; positions in input samples."""
+
+    kind: Literal["start", "end"]
+    sample: int  # where speech began (start) / ended (end)
+    decided_at: int  # input position at which the decision was made
+
+
+class VoiceActivityDetector:
+    """webrtcvad plus an energy floor and a noise gate, with start/end hysteresis."""
+
+    def __init__(
+        self,
+        sample_rate: int,
+        aggressiveness: int = 2,
+        frame_ms: int = 10,
+        start_ms: int = 30,
+        end_ms: int = 500,
+        energy_floor_dbfs: float = -55.0,
+        noise_margin_db: float = 6.0,
+        noise_window_ms: int = 2000,
+    ) -> None:
+        if sample_rate not in SUPPORTED_RATES:
+            raise ValueError(f"unsupported VAD sample rate {sample_rate} (use one of {SUPPORTED_RATES})")
+        if frame_ms not in SUPPORTED_FRAME_MS:
+            raise ValueError(f"unsupported VAD frame length {frame_ms} ms (use one of {SUPPORTED_FRAME_MS})")
+        if aggressiveness not in (0, 1, 2, 3):
+            raise ValueError(f"VAD aggressiveness must be 0..3, not {aggressiveness}")
+        if start_ms < 0 or end_ms < 0 or noise_window_ms < 0:
+            raise ValueError("start_ms, end_ms and noise_window_ms must be >= 0")
+        self.sample_rate = sample_rate
+        self.aggressiveness = aggressiveness
+        self.frame_ms = frame_ms
+        self.start_ms = start_ms
+        self.end_ms = end_ms
+        self.energy_floor_dbfs = energy_floor_dbfs
+        self.noise_margin_db = noise_margin_db
+        self.noise_window_ms = noise_window_ms
+        self.frame_len = sample_rate * frame_ms // 1000
+        self.start_frames = max(1, math.ceil(start_ms / frame_ms))
+        self.end_frames = max(1, math.ceil(end_ms / frame_ms))
+        self._decim = sample_rate // 8000  # box-car factor to ~8 kHz (frame_len is a multiple)
+        self._window_frames = max(1, noise_window_ms // frame_ms)
+        self._floor_power = (32768.0 * 10 ** (energy_floor_dbfs / 20)) ** 2  # mean square, int16 units
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all state (a fresh webrtcvad instance; positions restart at 0)."""
+        self._vad = webrtcvad.Vad(self.aggressiveness)
+        self._pending = np.zeros(0, dtype=np.int16)
+        self.position = 0  # samples consumed (including a buffered partial frame)
+        self.speaking = False
+        self.last_voiced_end = 0
+        self._frames_done = 0  # whole frames classified
+        self._run_start = 0  # first sample of the current voiced run
+        self._run = 0  # consecutive voiced frames
+        self._silent = 0  # consecutive unvoiced frames
+        self._prev = np.float32(0.0)  # last decimated sample (pre-emphasis across pieces)
+        self._levels: deque[float] = deque(maxlen=self._window_frames)
+
+    def process(self, pcm: np.ndarray) -> list[VadEvent]:
+        """Feed int16 mono samples (any length); return the events they complete."""
+        pcm = np.asarray(pcm)
+        if pcm.dtype != np.int16:
+            raise TypeError(f"VAD input must be int16, not {pcm.dtype}")
+        if pcm.ndim != 1:
+            raise ValueError(f"VAD input must be mono 1-D, got shape {pcm.shape}")
+        self.position += len(pcm)
+        buf = np.concatenate([self._pending, pcm]) if len(self._pending) else pcm
+        fl = self.frame_len
+        n = len(buf) // fl
+        self._pending = buf[n * fl :].copy()
+        if n == 0:
+            return []
+        frames = buf[: n * fl].reshape(n, fl)
+        f = frames.astype(np.float32)
+        loud = (np.einsum("ij,ij->i", f, f) / fl >= self._floor_power).tolist()
+        levels = self._levels_db(f.reshape(-1), n)
+        data = frames.tobytes()
+        step = fl * 2
+        is_speech = self._vad.is_speech
+        rate = self.sample_rate
+        margin = self.noise_margin_db
+        hist = self._levels
+        events: list[VadEvent] = []
+        pos = self._frames_done * fl
+        for i in range(n):
+            lv = levels[i]
+            hist.append(lv)
+            voiced = loud[i] and lv - min(hist) >= margin and is_speech(data[i * step : (i + 1) * step], rate)
+            start, pos = pos, pos + fl
+            if voiced:
+                if self._run == 0:
+                    self._run_start = start
+                self._run += 1
+                self._silent = 0
+                self.last_voiced_end = pos
+                if not self.speaking and self._run >= self.start_frames:
+                    self.speaking = True
+                    events.append(VadEvent("start", self._run_start, pos))
+            else:
+                self._run = 0
+                self._silent += 1
+                if self.speaking and self._silent >= self.end_frames:
+                    self.speaking = False
+                    events.append(VadEvent("end", self.last_voiced_end, pos))
+        self._frames_done += n
+        return events
+
+    def _levels_db(self, flat: np.ndarray, n: int) -> list[float]:
+        """Per-frame level (dB, int16 units) of the decimated, pre-emphasised signal."""
+        k = self._decim
+        low = flat.reshape(-1, k).mean(axis=1) if k > 1 else flat
+        emph = np.empty_like(low)
+        emph[0] = low[0] - PREEMPHASIS * self._prev
+        emph[1:] = low[1:] - PREEMPHASIS * low[:-1]
+        self._prev = low[-1]
+        e = emph.reshape(n, -1)
+        return (10.0 * np.log10(np.einsum("ij,ij->i", e, e) / e.shape[1] + 1.0)).tolist()

@@ -1,0 +1,236 @@
+"""media.vad: detection positions on the espeak-ng fixtures, no speech on noise, chunking invariance.
+
+Tolerances (positions against tests/fixtures/manifest.json, after resampling the
+fixture to the VAD rate):
+- clean speech: start sample in [onset - frame_ms, onset + 60 ms]; start decided at
+  most 100 ms after the onset (at the defaults: exactly start_ms = 30 ms after it);
+  end sample within 100 ms of the offset; end decided end_ms (+ < 1 frame) after it.
+- speech in 10 dB SNR noise: one start in [onset, onset + 100 ms], end within 200 ms.
+- silence, white/pink noise (-30 and -20 dBFS), 440 Hz tone: no event at all.
+"""
+
+from __future__ import annotations
+
+import os
+import wave
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from media.vad import SUPPORTED_RATES, VadEvent, VoiceActivityDetector
+
+try:
+    from tests.audio_fixtures import (
+        FIXTURES_DIR, fixture_info, fixture_names, load_fixture, pink_noise, resample_oneshot, to_int16, white_noise,
+    )
+except ImportError:  # tests/ on sys.path without being a package
+    from audio_fixtures import (  # type: ignore[no-redef]
+        FIXTURES_DIR, fixture_info, fixture_names, load_fixture, pink_noise, resample_oneshot, to_int16, white_noise,
+    )
+
+RATES = (8000, 16000, 48000)
+FRAMES = (10, 20, 30)
+SPEECH = fixture_names("speech")
+NOISY_SPEECH = fixture_names("speech+noise")
+NON_SPEECH = fixture_names("silence") + fixture_names("noise") + fixture_names("tone")
+
+
+def at_rate(name: str, rate: int) -> tuple[np.ndarray, float]:
+    """The fixture resampled to `rate`, and the factor from manifest positions to positions at `rate`."""
+    pcm, sr = load_fixture(name)
+    return resample_oneshot(pcm, sr, rate), rate / sr
+
+
+def ms(rate: int, milliseconds: float) -> int:
+    return int(rate * milliseconds / 1000)
+
+
+def test_manifest_matches_files() -> None:
+    total = 0
+    names = fixture_names()
+    for required in ("what_time_is_it.wav", "tell_me_a_story.wav", "hello_48k.wav", "long_speech.wav",
+                     "noise_burst_150ms.wav", "browser_speech.wav", "speech_24k.wav", "speech_8k.wav",
+                     "silence.wav", "tone_440hz.wav", "speech_white_snr10.wav", "speech_pink_snr10.wav"):
+        assert required in names
+    for name in names:
+        info = fixture_info(name)
+        with wave.open(str(FIXTURES_DIR / name)) as w:
+            assert (w.getnchannels(), w.getsampwidth()) == (1, 2)
+            assert w.getframerate() == info["sample_rate"]
+            assert w.getnframes() == info["length"]
+        for a, b in info["speech"] + info["active"]:
+            assert 0 <= a < b <= info["length"]
+        assert bool(info["speech"]) == (info["kind"] in ("speech", "speech+noise"))
+        total += os.path.getsize(FIXTURES_DIR / name)
+    assert len({fixture_info(n)["voice"] for n in SPEECH}) >= 4
+    assert fixture_info("hello_48k.wav")["sample_rate"] == 48000
+    assert total < 3_000_000
+
+
+@pytest.mark.parametrize("rate", [0, 11025, 22050, 24000, 44100, 96000])
+def test_invalid_rate_raises(rate: int) -> None:
+    with pytest.raises(ValueError, match="rate"):
+        VoiceActivityDetector(rate)
+
+
+def test_invalid_arguments_raise() -> None:
+    with pytest.raises(ValueError, match="frame"):
+        VoiceActivityDetector(16000, frame_ms=15)
+    with pytest.raises(ValueError, match="aggressiveness"):
+        VoiceActivityDetector(16000, aggressiveness=4)
+    with pytest.raises(ValueError):
+        VoiceActivityDetector(16000, end_ms=-1)
+    vad = VoiceActivityDetector(16000)
+    with pytest.raises(TypeError):
+        vad.process(np.zeros(160, dtype=np.float32))
+    with pytest.raises(ValueError):
+        vad.process(np.zeros((160, 2), dtype=np.int16))
+    assert vad.position == 0
+
+
+@pytest.mark.parametrize("frame_ms", FRAMES)
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("name", SPEECH)
+def test_speech_positions(name: str, rate: int, frame_ms: int) -> None:
+    pcm, k = at_rate(name, rate)
+    info = fixture_info(name)
+    onset, offset = round(info["speech"][0][0] * k), round(info["speech"][-1][1] * k)
+    vad = VoiceActivityDetector(rate, frame_ms=frame_ms)
+    events = vad.process(pcm)
+    assert [e.kind for e in events] == ["start", "end"], events
+    start, end = events
+    frame = vad.frame_len
+    assert onset - frame <= start.sample <= onset + ms(rate, 60)
+    assert start.decided_at - start.sample == vad.start_frames * frame
+    assert start.decided_at - onset <= ms(rate, 100)
+    assert abs(end.sample - offset) <= ms(rate, 100)
+    assert ms(rate, vad.end_ms) <= end.decided_at - end.sample < ms(rate, vad.end_ms) + frame
+    assert vad.position == len(pcm) and not vad.speaking
+
+
+@pytest.mark.parametrize("rate", (16000, 48000))
+@pytest.mark.parametrize("name", ["what_time_is_it.wav", "tell_me_a_story.wav", "hello_48k.wav", "long_speech.wav"])
+def test_default_start_latency_is_start_ms(name: str, rate: int) -> None:
+    """Barge-in budget: at the defaults the start is decided start_ms after the onset (within one frame)."""
+    pcm, k = at_rate(name, rate)
+    onset = round(fixture_info(name)["speech"][0][0] * k)
+    vad = VoiceActivityDetector(rate)
+    start = vad.process(pcm)[0]
+    assert start.kind == "start"
+    assert abs(start.sample - onset) <= vad.frame_len
+    assert start.decided_at - onset <= ms(rate, vad.start_ms + vad.frame_ms)
+
+
+@pytest.mark.parametrize("frame_ms", FRAMES)
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("name", NON_SPEECH)
+def test_no_speech_on_non_speech(name: str, rate: int, frame_ms: int) -> None:
+    pcm, _ = at_rate(name, rate)
+    vad = VoiceActivityDetector(rate, frame_ms=frame_ms)
+    assert vad.process(pcm) == []
+    assert not vad.speaking
+
+
+@pytest.mark.parametrize("frame_ms", FRAMES)
+@pytest.mark.parametrize("level", (-40.0, -30.0, -20.0, -10.0))
+@pytest.mark.parametrize("kind", ("white", "pink"))
+def test_no_speech_on_long_fresh_noise(kind: str, level: float, frame_ms: int) -> None:
+    """20 s of noise with seeds the fixtures do not use: still no start."""
+    gen = white_noise if kind == "white" else pink_noise
+    pcm = to_int16(gen(20 * 16000, level, seed=1000 + int(-level)))
+    vad = VoiceActivityDetector(16000, frame_ms=frame_ms)
+    assert vad.process(pcm) == []
+
+
+@pytest.mark.parametrize("frame_ms", FRAMES)
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("name", NOISY_SPEECH)
+def test_speech_in_noise_detected(name: str, rate: int, frame_ms: int) -> None:
+    pcm, k = at_rate(name, rate)
+    info = fixture_info(name)
+    assert info["snr_db"] == 10.0
+    onset, offset = round(info["speech"][0][0] * k), round(info["speech"][-1][1] * k)
+    vad = VoiceActivityDetector(rate, frame_ms=frame_ms)
+    events = vad.process(pcm)
+    assert [e.kind for e in events] == ["start", "end"], events
+    assert onset - vad.frame_len <= events[0].sample <= onset + ms(rate, 100)
+    assert abs(events[1].sample - offset) <= ms(rate, 200)
+
+
+@pytest.mark.parametrize("frame_ms", FRAMES)
+@pytest.mark.parametrize("rate", RATES)
+def test_noise_burst_is_short_speech(rate: int, frame_ms: int) -> None:
+    """The 150 ms burst starts speech (barge-in pauses) and ends it well before 300 ms (no confirmation)."""
+    pcm, k = at_rate("noise_burst_150ms.wav", rate)
+    (a, b), = fixture_info("noise_burst_150ms.wav")["active"]
+    vad = VoiceActivityDetector(rate, frame_ms=frame_ms)
+    events = vad.process(pcm)
+    assert [e.kind for e in events] == ["start", "end"], events
+    assert abs(events[0].sample - round(a * k)) <= vad.frame_len + ms(rate, 20)
+    assert events[1].sample - events[0].sample < ms(rate, 250)
+    assert events[1].sample <= round(b * k) + vad.frame_len
+
+
+def test_state_follows_events() -> None:
+    pcm, rate = load_fixture("tell_me_a_story.wav")
+    vad = VoiceActivityDetector(rate, frame_ms=20)
+    seen: list[VadEvent] = []
+    for i in range(0, len(pcm), 320):
+        before = vad.speaking
+        events = vad.process(pcm[i : i + 320])
+        assert vad.position == min(i + 320, len(pcm))
+        if events:
+            assert vad.speaking == (events[-1].kind == "start")
+            assert all(e.decided_at == vad.position for e in events)  # frame-aligned pieces
+        else:
+            assert vad.speaking == before
+        seen += events
+    assert [e.kind for e in seen] == ["start", "end"]
+    assert seen[1].sample <= vad.last_voiced_end
+    assert vad.process(np.zeros(0, dtype=np.int16)) == []
+    vad.reset()
+    assert (vad.position, vad.speaking, vad.last_voiced_end) == (0, False, 0)
+    assert vad.process(pcm) == seen  # a reset detector sees the same events
+
+
+def _split(pcm: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    pieces, i = [], 0
+    for s in sizes:
+        pieces.append(pcm[i : i + s])
+        i += s
+    pieces.append(pcm[i:])
+    return pieces
+
+
+_WHOLE: dict[tuple[str, int], tuple[np.ndarray, list[VadEvent]]] = {}
+
+
+def _whole(name: str, rate: int) -> tuple[np.ndarray, list[VadEvent]]:
+    if (name, rate) not in _WHOLE:
+        pcm, _ = at_rate(name, rate)
+        _WHOLE[name, rate] = pcm, VoiceActivityDetector(rate).process(pcm)
+    return _WHOLE[name, rate]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    name=st.sampled_from(["what_time_is_it.wav", "speech_white_snr10.wav", "noise_burst_150ms.wav"]),
+    rate=st.sampled_from(RATES),
+    sizes=st.lists(st.integers(min_value=0, max_value=5000), min_size=1, max_size=60),
+)
+def test_random_pieces_give_same_events(name: str, rate: int, sizes: list[int]) -> None:
+    pcm, expected = _whole(name, rate)
+    vad = VoiceActivityDetector(rate)
+    events: list[VadEvent] = []
+    for piece in _split(pcm, sizes):
+        events += vad.process(piece)
+    assert events == expected
+    assert vad.position == len(pcm)
+
+
+def test_supported_rates_all_work() -> None:
+    pcm, rate = load_fixture("what_time_is_it.wav")
+    for r in SUPPORTED_RATES:
+        assert [e.kind for e in VoiceActivityDetector(r).process(resample_oneshot(pcm, rate, r))] == ["start", "end"]
