@@ -1,0 +1,473 @@
+"""The dispatcher seam between signaling and workers, and its in-process side.
+
+The HTTP layer (:mod:`signaling.app`) talks to a :class:`Dispatcher` only in
+plain data: an :class:`OfferRequest` (SDP text and ids) in, an
+:class:`OfferAnswer` (SDP text and the ``pc_id``) out, ICE candidates as
+strings, hang-ups by ``pc_id``. A remote worker can implement the same
+protocol over any RPC. :class:`CallManager` is the in-process implementation:
+it owns the model factories, every live :class:`Call` of every transport
+(WebRTC here, SIP through :meth:`CallManager.create_call`), the
+``--max-calls`` limit, metrics and logs, and closes everything on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Protocol
+
+from worker import events as ev
+from worker.models.base import ModelFactory, SessionConfig
+from worker.transport import AudioInput
+
+from .config import ServerConfig
+from .logs import CallLog
+from .metrics import ServerMetrics
+
+log = logging.getLogger("v2v.calls")
+
+# -----------------------------------------------------------------------------
+# Plain data crossing the seam
+# -----------------------------------------------------------------------------
+
+
+@dataclass
+class OfferRequest:
+    sdp: str
+    type: str = "offer"
+    pc_id: str | None = None
+    restart_pc: bool = False
+    request_data: Any = None
+
+
+@dataclass
+class OfferAnswer:
+    sdp: str
+    type: str
+    pc_id: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"sdp": self.sdp, "type": self.type, "pc_id": self.pc_id}
+
+
+@dataclass
+class IceCandidateInit:
+    candidate: str  # "candidate:..." or the bare attribute; "" = end of candidates
+    sdp_mid: str | None = None
+    sdp_mline_index: int | None = None
+
+
+class DispatchError(Exception):
+    """An error with an HTTP-like status that the signaling layer reports as is."""
+
+    status = 400
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class BadRequest(DispatchError):
+    status = 400
+
+
+class UnknownCall(DispatchError):
+    status = 404
+
+
+class Overloaded(DispatchError):
+    status = 503
+
+
+class Dispatcher(Protocol):
+    """What signaling needs from a worker pool (in-process or remote)."""
+
+    async def start(self) -> None: ...
+
+    async def offer(self, req: OfferRequest, peer: str) -> OfferAnswer: ...
+
+    async def add_candidates(self, pc_id: str, candidates: list[IceCandidateInit]) -> None: ...
+
+    async def hangup(self, pc_id: str, reason: str = "hangup") -> None: ...
+
+    def active_calls(self, transport: str | None = None) -> int: ...
+
+    def not_ready_reason(self) -> str | None: ...
+
+    async def close(self, reason: str = "shutdown") -> None: ...
+
+
+# -----------------------------------------------------------------------------
+# Model factories, imported lazily by name
+# -----------------------------------------------------------------------------
+
+MODEL_FACTORIES = {
+    "echo": ("worker.models.echo", "EchoModelFactory"),
+    "local": ("worker.models.local", "LocalModelFactory"),
+    "openai": ("worker.models.openai_realtime", "OpenAIRealtimeFactory"),
+}
+
+
+def load_model_factory(name: str, config: ServerConfig) -> ModelFactory:
+    """Import and build the factory of model ``name``; raises RuntimeError with the cause."""
+    if name not in MODEL_FACTORIES:
+        raise RuntimeError(f"unknown model {name!r}")
+    module_name, cls_name = MODEL_FACTORIES[name]
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError) as e:
+        raise RuntimeError(f"model {name!r} is not available: {e}") from e
+    options: dict[str, Any] = {
+        "api_key": os.environ.get("OPENAI_API_KEY"),
+        "base_url": os.environ.get("OPENAI_BASE_URL") or config.openai_base_url,
+        "model": config.openai_model,
+        "turn_detection": config.turn_detection,
+        "voice": config.voice or None,
+        "instructions": config.instructions or None,
+    }
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in options.items() if v is not None}
+    else:
+        kwargs = {k: v for k, v in options.items() if k in params and v is not None}
+    try:
+        return cls(**kwargs)
+    except Exception as e:  # a factory refusing its settings (no API key...)
+        raise RuntimeError(f"model {name!r} cannot start: {e}") from e
+
+
+# -----------------------------------------------------------------------------
+# One call
+# -----------------------------------------------------------------------------
+
+EndCallback = Callable[[str], "Awaitable[None] | None"]
+
+
+class Call:
+    """A live call of any transport: the worker's CallSession plus bookkeeping.
+
+    Made by :meth:`CallManager.create_call`. ``await call.end(reason)`` ends it
+    (idempotent) and returns when everything is released; ``call.ended`` is
+    set then. Transports register their own cleanup with :meth:`on_end`
+    (called once, in reverse order of registration, with the end reason).
+    """
+
+    def __init__(
+        self,
+        manager: "CallManager",
+        call_id: str,
+        transport: str,
+        peer: str,
+        profile: str | None,
+        model_name: str,
+        session: Any,
+        playout: Any,
+        audio_in: AudioInput,
+    ) -> None:
+        self.manager = manager
+        self.call_id = call_id
+        self.transport = transport
+        self.peer = peer
+        self.profile = profile
+        self.model_name = model_name
+        self.session = session
+        self.playout = playout
+        self.audio_in = audio_in
+        self.log = CallLog(call_id, peer, transport)
+        self.started_at = time.monotonic()
+        self.ended = asyncio.Event()
+        self.end_reason: str | None = None
+        self._ending = False
+        self._end_callbacks: list[EndCallback] = []
+        self._runner: asyncio.Task | None = None
+        self._end_task: asyncio.Task | None = None
+        self._listeners: list[Callable[[object], None]] = []
+
+    @property
+    def ending(self) -> bool:
+        return self._ending
+
+    def on_end(self, cb: EndCallback) -> None:
+        self._end_callbacks.append(cb)
+
+    def add_listener(self, cb: Callable[[object], None]) -> None:
+        """Receive the call's :mod:`worker.events` (forwarded from the session)."""
+        self._listeners.append(cb)
+
+    def _on_event(self, e: object) -> None:
+        self.manager.metrics.observe(e)
+        self.log.observe(e)
+        for cb in list(self._listeners):
+            try:
+                cb(e)
+            except Exception:
+                log.exception("call listener failed", extra={"call": self.call_id})
+        if isinstance(e, ev.CallEnded) and not self._ending:
+            # the session ended itself (disconnect-bot, fatal model error...)
+            self.end_soon(e.reason or "other")
+
+    def end_soon(self, reason: str) -> None:
+        """Start ending the call without waiting (safe from callbacks)."""
+        if self._ending:
+            return
+        self._mark_ending(reason)
+        self._end_task = asyncio.get_running_loop().create_task(self._finish(reason))
+
+    async def end(self, reason: str = "hangup") -> None:
+        if not self._ending:
+            self._mark_ending(reason)
+            self._end_task = asyncio.get_running_loop().create_task(self._finish(reason))
+        if self._end_task is not None and self._end_task is not asyncio.current_task():
+            await asyncio.shield(self._end_task)
+
+    def _mark_ending(self, reason: str) -> None:
+        self._ending = True
+        self.end_reason = reason
+        # The caller is gone: the call leaves the active gauge at once.
+        self.manager._call_ending(self)
+        self.log.event("call-ended", reason=reason, duration_s=round(time.monotonic() - self.started_at, 3))
+
+    async def _finish(self, reason: str) -> None:
+        try:
+            for cb in reversed(self._end_callbacks):
+                try:
+                    res = cb(reason)
+                    if inspect.isawaitable(res):
+                        await asyncio.wait_for(res, 5.0)
+                except Exception:
+                    log.exception("transport cleanup failed", extra={"call": self.call_id})
+            try:
+                await asyncio.wait_for(self.session.close(reason), 5.0)
+            except Exception:
+                log.exception("session close failed", extra={"call": self.call_id})
+            end_input = getattr(self.audio_in, "end", None)
+            if end_input is not None:
+                end_input()
+            if self._runner is not None and not self._runner.done():
+                self._runner.cancel()
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._runner), 5.0)
+                except (asyncio.CancelledError, asyncio.TimeoutError, Exception):
+                    pass
+        finally:
+            self._listeners.clear()
+            self.manager._call_gone(self)
+            self.ended.set()
+
+    async def _run(self) -> None:
+        """Connect the model, then feed it the caller's audio until it ends."""
+        reason = "hangup"
+        try:
+            await self.session.start()
+            await self.session.run(self.audio_in)
+            reason = getattr(self.session, "end_reason", None) or "hangup"
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("call failed", extra={"call": self.call_id})
+            self.log.event("error", logging.ERROR, message=str(e), fatal=True)
+            reason = "error"
+        if not self._ending:
+            self.end_soon(reason)
+
+
+# -----------------------------------------------------------------------------
+# The in-process dispatcher
+# -----------------------------------------------------------------------------
+
+
+class CallManager:
+    """In-process worker pool: creates CallSessions and tracks every call.
+
+    WebRTC offers are handled by :class:`signaling.webrtc.WebRTCTransport`
+    (``self.webrtc``); other transports create calls with :meth:`create_call`.
+    """
+
+    RETRY_AFTER_S = 5
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        metrics: ServerMetrics | None = None,
+        factories: dict[str, ModelFactory] | None = None,
+    ) -> None:
+        from .webrtc import WebRTCTransport  # noqa: PLC0415 (webrtc imports this module)
+
+        self.config = config
+        self.metrics = metrics or ServerMetrics()
+        self._factories: dict[str, ModelFactory] = dict(factories or {})
+        self._factory_errors: dict[str, str] = {}
+        self._calls: dict[str, Call] = {}  # every call not yet fully released
+        self._live: set[str] = set()  # calls not ending (count against --max-calls)
+        self._closing = False
+        self.webrtc = WebRTCTransport(self)
+
+    # -- models ------------------------------------------------------------
+    def model_for_profile(self, profile: str | None) -> str:
+        """The request-URI user / profile picks a model: `echo`, `local`, `openai`;
+        anything else gets the server's default."""
+        profiles = self.config.extra.get("profiles", {})
+        if profile and profile in profiles:
+            return profiles[profile]
+        if profile in ("echo",):
+            return profile
+        return self.config.model
+
+    def factory(self, model: str) -> ModelFactory:
+        f = self._factories.get(model)
+        if f is None:
+            try:
+                f = load_model_factory(model, self.config)
+            except RuntimeError as e:
+                self._factory_errors[model] = str(e)
+                raise Overloaded(str(e), retry_after=self.RETRY_AFTER_S) from e
+            self._factories[model] = f
+            self._factory_errors.pop(model, None)
+        return f
+
+    async def start(self) -> None:
+        """Load the default model's factory now so /readyz tells the truth."""
+        try:
+            self.factory(self.config.model)
+        except DispatchError as e:
+            log.error("default model unavailable", extra={"error": e.message})
+
+    def not_ready_reason(self) -> str | None:
+        if self._closing:
+            return "shutting down"
+        if self.config.model not in self._factories:
+            try:
+                self.factory(self.config.model)
+            except DispatchError as e:
+                return e.message
+        if len(self._live) >= self.config.max_calls:
+            return f"at capacity ({self.config.max_calls} calls)"
+        return None
+
+    # -- calls -------------------------------------------------------------
+    def active_calls(self, transport: str | None = None) -> int:
+        return sum(1 for c in self._calls.values() if c.call_id in self._live and (transport is None or c.transport == transport))
+
+    @property
+    def calls(self) -> dict[str, Call]:
+        """Every call not yet fully released, by call id (read only)."""
+        return dict(self._calls)
+
+    def get(self, call_id: str) -> Call | None:
+        return self._calls.get(call_id)
+
+    def check_capacity(self, transport: str) -> None:
+        """Raise :class:`Overloaded` when a new call would exceed --max-calls."""
+        if self._closing:
+            raise Overloaded("server is shutting down", retry_after=self.RETRY_AFTER_S)
+        if len(self._live) >= self.config.max_calls:
+            self.metrics.call_rejected(transport)
+            raise Overloaded(
+                f"too many calls (max {self.config.max_calls}); retry later", retry_after=self.RETRY_AFTER_S
+            )
+
+    async def create_call(
+        self,
+        transport: str,
+        profile: str | None,
+        audio_in: AudioInput,
+        playout: Any,
+        peer: str,
+        *,
+        call_id: str | None = None,
+        session_config: SessionConfig | None = None,
+        start: bool = True,
+    ) -> Call:
+        """Create a call on any transport and start its runtime.
+
+        ``audio_in`` is the caller's audio (e.g. a QueueAudioInput the
+        transport feeds), ``playout`` the PlayoutBuffer the transport's paced
+        sender reads. Raises :class:`Overloaded` past --max-calls or when the
+        model is unavailable. ``start=False`` lets the transport finish its own
+        setup and call :meth:`start_call` later.
+        """
+        self.check_capacity(transport)
+        model = self.model_for_profile(profile)
+        factory = self.factory(model)
+        call_id = call_id or f"{transport}-{uuid.uuid4().hex[:12]}"
+        session = self._make_session(call_id, factory, playout, session_config)
+        call = Call(self, call_id, transport, peer, profile, model, session, playout, audio_in)
+        session.add_listener(call._on_event)
+        self._calls[call_id] = call
+        self._live.add(call_id)
+        self.metrics.call_started(transport)
+        call.log.event("call-started", model=model, profile=profile or "")
+        if start:
+            self.start_call(call)
+        return call
+
+    def start_call(self, call: Call) -> None:
+        if call._runner is None and not call.ending:
+            call._runner = asyncio.get_running_loop().create_task(call._run(), name=f"call-{call.call_id}")
+
+    def _make_session(
+        self, call_id: str, factory: ModelFactory, playout: Any, session_config: SessionConfig | None
+    ) -> Any:
+        from worker.call import CallConfig, CallSession  # noqa: PLC0415
+
+        sc = session_config or SessionConfig()
+        if session_config is None:
+            if self.config.instructions:
+                sc.instructions = self.config.instructions
+            if self.config.voice:
+                sc.voice = self.config.voice
+        caps = getattr(factory, "capabilities", None)
+        turn = "server" if self.config.turn_detection == "server" and getattr(caps, "server_vad", False) else "local"
+        cc = CallConfig(turn_detection=turn, greeting=self.config.greeting)
+        return CallSession(call_id, factory, cc, playout, _default_tools(), sc)
+
+    def _call_ending(self, call: Call) -> None:
+        if call.call_id in self._live:
+            self._live.discard(call.call_id)
+            self.metrics.call_ended(call.transport, call.end_reason or "other")
+
+    def _call_gone(self, call: Call) -> None:
+        self._calls.pop(call.call_id, None)
+        self._live.discard(call.call_id)
+
+    # -- Dispatcher: WebRTC ------------------------------------------------
+    async def offer(self, req: OfferRequest, peer: str) -> OfferAnswer:
+        return await self.webrtc.offer(req, peer)
+
+    async def add_candidates(self, pc_id: str, candidates: list[IceCandidateInit]) -> None:
+        await self.webrtc.add_candidates(pc_id, candidates)
+
+    async def hangup(self, pc_id: str, reason: str = "hangup") -> None:
+        call = self._calls.get(pc_id)
+        if call is None or call.ending:
+            raise UnknownCall(f"unknown pc_id {pc_id!r}")
+        await call.end(reason)
+
+    # -- shutdown ----------------------------------------------------------
+    async def close(self, reason: str = "shutdown") -> None:
+        """End every call and wait until all are released."""
+        self._closing = True
+        calls = list(self._calls.values())
+        if calls:
+            await asyncio.gather(*(c.end(reason) for c in calls), return_exceptions=True)
+        await self.webrtc.close()
+
+
+def _default_tools() -> Any:
+    """The worker's default tool registry, if it offers one."""
+    try:
+        tools_mod = importlib.import_module("worker.tools")
+    except ImportError:
+        return None
+    make = getattr(tools_mod, "default_tools", None)
+    return make() if callable(make) else None

@@ -1,0 +1,111 @@
+"""Prometheus metrics of one server (names pinned by DESIGN.md).
+
+Each :class:`ServerMetrics` owns its own ``CollectorRegistry`` so that several
+apps (tests) can live in one process. :meth:`ServerMetrics.observe` turns the
+call events of :mod:`worker.events` into counter/histogram updates.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from worker import events as ev
+
+TRANSPORTS = ("webrtc", "sip_ws", "sip_udp", "sip_tcp")
+# End reasons become the `outcome` label; anything else is folded into "other"
+# so that label values stay a small fixed set.
+OUTCOMES = (
+    "hangup",  # DELETE / BYE / CANCEL
+    "disconnect-bot",
+    "peer-closed",  # DTLS or data channel closed by the caller
+    "ice-failed",
+    "ice-timeout",
+    "media-timeout",
+    "ping-timeout",
+    "shutdown",
+    "error",
+    "model-error",
+    "rejected",  # refused before a call existed (max calls)
+    "other",
+)
+
+disable_created_metrics()  # no *_created series: they are noise on a dashboard
+
+_LATENCY_BUCKETS = (0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+
+
+def outcome_label(reason: str) -> str:
+    return reason if reason in OUTCOMES else "other"
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.active_calls = Gauge(
+            "v2v_active_calls", "Calls in progress", ["transport"], registry=r
+        )
+        self.calls_total = Counter(
+            "v2v_calls_total", "Calls ended (or refused), by outcome", ["transport", "outcome"], registry=r
+        )
+        self.barge_ins = Counter("v2v_barge_ins_total", "Confirmed caller interruptions", registry=r)
+        self.false_interruptions = Counter(
+            "v2v_false_interruptions_total", "Paused playouts resumed (speech too short)", registry=r
+        )
+        self.truncations = Counter(
+            "v2v_truncations_total", "Assistant items truncated at the played sample", registry=r
+        )
+        self.dtmf_digits = Counter("v2v_dtmf_digits_total", "DTMF digits received", registry=r)
+        self.model_errors = Counter("v2v_model_errors_total", "Errors reported by model sessions", registry=r)
+        self.turn_latency = Histogram(
+            "v2v_turn_latency_seconds",
+            "Caller end of speech -> first reply sample handed to the transport",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.barge_in_latency = Histogram(
+            "v2v_barge_in_latency_seconds",
+            "Caller speech onset -> assistant playout paused",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        for t in TRANSPORTS:
+            self.active_calls.labels(transport=t).set(0)
+
+    # -- call lifecycle ---------------------------------------------------------
+    def call_started(self, transport: str) -> None:
+        self.active_calls.labels(transport=transport).inc()
+
+    def call_ended(self, transport: str, reason: str) -> None:
+        self.active_calls.labels(transport=transport).dec()
+        self.calls_total.labels(transport=transport, outcome=outcome_label(reason)).inc()
+
+    def call_rejected(self, transport: str) -> None:
+        self.calls_total.labels(transport=transport, outcome="rejected").inc()
+
+    def active(self, transport: str | None = None) -> int:
+        if transport is not None:
+            return int(self.active_calls.labels(transport=transport)._value.get())
+        return sum(int(self.active_calls.labels(transport=t)._value.get()) for t in TRANSPORTS)
+
+    # -- call events -------------------------------------------------------------
+    def observe(self, event: object) -> None:
+        if isinstance(event, ev.BotInterrupted):
+            self.barge_ins.inc()
+            if not event.deleted:
+                self.truncations.inc()
+        elif isinstance(event, ev.FalseInterruption):
+            self.false_interruptions.inc()
+        elif isinstance(event, ev.DtmfReceived):
+            self.dtmf_digits.inc()
+        elif isinstance(event, ev.CallError):
+            self.model_errors.inc()
+        elif isinstance(event, ev.Metrics):
+            if event.ttfb_ms is not None:
+                self.turn_latency.observe(event.ttfb_ms / 1000.0)
+            if event.barge_in_ms is not None:
+                self.barge_in_latency.observe(event.barge_in_ms / 1000.0)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,495 @@
+"""The WebRTC transport: one aiortc RTCPeerConnection per call.
+
+For each call: the caller's audio track is always consumed (each packet
+decoded on arrival, down-mixed to mono int16 and put into a
+:class:`worker.transport.QueueAudioInput`), a :class:`media.track.AssistantTrack`
+reading the call's :class:`media.playout.PlayoutBuffer` is added before the
+answer, and the data channel is wired to the RTVI handler. A known ``pc_id``
+renegotiates; ``restart_pc`` replaces the peer connection under the same
+``pc_id`` and call. The call ends on DTLS/data-channel close, connection
+failure, ICE not connecting within ``--ice-timeout``, no inbound media for
+``--media-timeout``, DELETE, ``disconnect-bot`` or shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import rtp as aiortc_rtp
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import candidate_from_sdp
+from aiortc.utils import uint16_add
+
+from media.audio import frame_to_mono
+from media.playout import PlayoutBuffer
+from media.track import AssistantTrack
+from worker.rtvi import RTVIHandler
+from worker.transport import QueueAudioInput
+
+from .calls import BadRequest, IceCandidateInit, OfferAnswer, OfferRequest, UnknownCall
+
+if TYPE_CHECKING:
+    from .calls import Call, CallManager
+
+log = logging.getLogger("v2v.webrtc")
+
+INPUT_RATE = 48000  # what the caller's audio is handed to the worker at
+WATCHDOG_S = 0.25
+MAX_OUTBOX = 256  # data-channel messages kept while the channel is not open
+
+# -----------------------------------------------------------------------------
+# aiortc tuning (process wide, idempotent)
+# -----------------------------------------------------------------------------
+
+
+def _audio_level_dbov(frame: Any) -> int:
+    """RFC 6465 audio level with numpy (aiortc's version loops over every sample)."""
+    pcm = np.frombuffer(bytes(frame.planes[0]), dtype=np.int16)
+    if len(pcm) == 0:
+        return -127
+    x = pcm.astype(np.float32)
+    rms = float(np.sqrt(np.dot(x, x) / len(x))) / 32767.0
+    if rms <= 0:
+        return -127
+    return int(round(max(-127.0, min(0.0, 20.0 * np.log10(rms)))))
+
+
+def install_aiortc_speedups() -> None:
+    aiortc_rtp.compute_audio_level_dbov = _audio_level_dbov
+
+
+install_aiortc_speedups()
+
+
+class ImmediateAudioJitterBuffer:
+    """Hands each audio packet to the decoder as it arrives.
+
+    aiortc's audio jitter buffer waits for 4 later packets (~80 ms) before
+    releasing one; a voice agent needs the caller's speech onset at once
+    (barge-in). Duplicates and late (reordered) packets are dropped.
+    """
+
+    capacity = 16
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+
+    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self._last is not None:
+            delta = uint16_add(seq, -self._last)
+            if delta == 0:
+                return False, None  # duplicate
+            if delta > 0x8000 and 0x10000 - delta < 100:
+                return False, None  # late: already past it
+        self._last = seq
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)
+
+
+def _patch_receiver(receiver: Any) -> None:
+    attr = "_RTCRtpReceiver__jitter_buffer"
+    if hasattr(receiver, attr) and not isinstance(getattr(receiver, attr), ImmediateAudioJitterBuffer):
+        setattr(receiver, attr, ImmediateAudioJitterBuffer())
+
+
+# -----------------------------------------------------------------------------
+# One call's WebRTC side
+# -----------------------------------------------------------------------------
+
+
+def _parse_offer(sdp: Any, type_: Any) -> RTCSessionDescription:
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise BadRequest("'sdp' must be a non-empty string")
+    if type_ != "offer":
+        raise BadRequest("'type' must be \"offer\"")
+    if not sdp.lstrip().startswith("v=0"):
+        raise BadRequest("invalid SDP: must start with v=0")
+    if "m=audio" not in sdp:
+        raise BadRequest("invalid SDP: the offer has no audio section")
+    return RTCSessionDescription(sdp=sdp, type="offer")
+
+
+class WebRTCCall:
+    """The peer connection(s), tracks and data channel of one call."""
+
+    def __init__(self, transport: "WebRTCTransport", pc_id: str) -> None:
+        self.transport = transport
+        self.pc_id = pc_id
+        self.call: Call | None = None
+        self.audio_in = QueueAudioInput(INPUT_RATE)
+        self.playout = PlayoutBuffer()
+        self.pc: RTCPeerConnection | None = None
+        self.track: AssistantTrack | None = None
+        self.rtvi: Any = None
+        self.channel: Any = None
+        self._outbox: list[str] = []
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
+        self._watchdog: asyncio.Task | None = None
+        self._closed = False
+        self._since = time.monotonic()  # when the current pc started connecting
+        self._last_media: float | None = None
+        self.packets_in = 0
+        self.connected_at: float | None = None
+
+    # -- peer connection setup ------------------------------------------------
+    def _new_pc(self) -> RTCPeerConnection:
+        servers = [
+            RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+            for s in self.transport.manager.config.ice_servers
+        ]
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        self.transport._pc_opened(pc)
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            if pc is not self.pc and self.pc is not None:
+                return
+            self._spawn(self._consume(pc, track))
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: Any) -> None:
+            self._wire_channel(pc, channel)
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            self._on_state(pc)
+
+        return pc
+
+    async def _negotiate(self, pc: RTCPeerConnection, offer: RTCSessionDescription, track: AssistantTrack) -> str:
+        try:
+            await pc.setRemoteDescription(offer)
+        except Exception as e:  # aiortc raises many types on bad SDP
+            raise BadRequest(f"invalid SDP offer: {e}") from e
+        audio_ok = False
+        for t in pc.getTransceivers():
+            if t.kind == "audio":
+                _patch_receiver(t.receiver)
+                if not audio_ok:
+                    audio_ok = True
+                    if t.sender.track is None and track not in [s.track for s in pc.getSenders()]:
+                        t.sender.replaceTrack(track)
+                    t.direction = "sendrecv"
+                else:
+                    t.direction = "recvonly"
+            else:
+                t.direction = "inactive"  # a voice agent: no video either way
+        if not audio_ok:
+            raise BadRequest("invalid SDP offer: no audio section")
+        try:
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except Exception as e:
+            raise BadRequest(f"cannot answer this offer: {e}") from e
+        return pc.localDescription.sdp
+
+    # -- inbound media ------------------------------------------------------
+    async def _consume(self, pc: RTCPeerConnection, track: Any) -> None:
+        """Always read the remote track (aiortc queues unread frames forever)."""
+        if track.kind != "audio":
+            while True:
+                try:
+                    await track.recv()
+                except MediaStreamError:
+                    return
+        resampler = None
+        rate = None
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if pc is not self.pc:
+                continue
+            self._last_media = time.monotonic()
+            self.packets_in += 1
+            pcm = frame_to_mono(frame)
+            if frame.sample_rate != INPUT_RATE:
+                if rate != frame.sample_rate:
+                    from media.resample import Resampler  # noqa: PLC0415
+
+                    rate = frame.sample_rate
+                    resampler = Resampler(rate, INPUT_RATE)
+                pcm = resampler.process(pcm)
+            if len(pcm):
+                self.audio_in.put(pcm)
+
+    # -- data channel -----------------------------------------------------------
+    def _wire_channel(self, pc: RTCPeerConnection, channel: Any) -> None:
+        if pc is not self.pc:
+            return
+        self.channel = channel
+
+        @channel.on("message")
+        def on_message(message: Any) -> None:
+            if pc is not self.pc or self.rtvi is None:
+                return
+            if isinstance(message, bytes):
+                message = message.decode("utf-8", "replace")
+            try:
+                self.rtvi.handle(message)
+            except Exception:
+                log.exception("RTVI handler failed", extra={"call": self.pc_id})
+
+        @channel.on("close")
+        def on_close() -> None:
+            if pc is self.pc and channel is self.channel:
+                self._end("peer-closed")
+
+        if channel.readyState == "open":
+            self._flush_outbox()
+        else:
+            channel.on("open", self._flush_outbox)
+
+    def send(self, text: str) -> None:
+        """Send one text message on the data channel (kept until it opens)."""
+        ch = self.channel
+        if ch is not None and ch.readyState == "open":
+            try:
+                ch.send(text)
+            except Exception:
+                log.debug("data channel send failed", exc_info=True)
+            return
+        if not self._closed and len(self._outbox) < MAX_OUTBOX:
+            self._outbox.append(text)
+
+    def _flush_outbox(self) -> None:
+        pending, self._outbox = self._outbox, []
+        for text in pending:
+            self.send(text)
+
+    # -- connection state ---------------------------------------------------------
+    def _on_state(self, pc: RTCPeerConnection) -> None:
+        if pc is not self.pc or self._closed:
+            return
+        state = pc.connectionState
+        if self.call is not None:
+            self.call.log.event("connection-state", logging.DEBUG, state=state)
+        if state == "connected":
+            now = time.monotonic()
+            if self.connected_at is None:
+                self.connected_at = now
+                if self.call is not None:
+                    self.call.log.event("connected", setup_ms=round((now - self._since) * 1000))
+            if self._last_media is None:
+                self._last_media = now
+        elif state == "failed":
+            self._end("ice-failed")
+        elif state == "closed":
+            self._end("peer-closed")
+
+    async def _watch(self) -> None:
+        cfg = self.transport.manager.config
+        while not self._closed:
+            await asyncio.sleep(WATCHDOG_S)
+            pc = self.pc
+            if pc is None:
+                continue
+            now = time.monotonic()
+            if pc.connectionState != "connected":
+                if now - self._since > cfg.ice_timeout:
+                    self._end("ice-timeout")
+                    return
+            elif self._last_media is not None and now - self._last_media > cfg.media_timeout:
+                self._end("media-timeout")
+                return
+
+    def _end(self, reason: str) -> None:
+        if self.call is not None and not self.call.ending:
+            self.call.end_soon(reason)
+
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def open(self, offer: RTCSessionDescription, req: OfferRequest, peer: str) -> str:
+        mgr = self.transport.manager
+        mgr.check_capacity("webrtc")
+        self.pc = self._new_pc()
+        self.track = AssistantTrack(self.playout)
+        try:
+            sdp = await self._negotiate(self.pc, offer, self.track)
+            profile = None
+            if isinstance(req.request_data, dict) and isinstance(req.request_data.get("profile"), str):
+                profile = req.request_data["profile"]
+            self.call = await mgr.create_call(
+                "webrtc", profile, self.audio_in, self.playout, peer, call_id=self.pc_id, start=False
+            )
+        except BaseException:
+            await self._release()
+            raise
+        self.call.on_end(self._on_call_end)
+        self.rtvi = RTVIHandler(self.call.session, self.send, on_hangup=self._end)
+        self.rtvi.start()
+        self._since = time.monotonic()
+        self._watchdog = self._spawn(self._watch())
+        mgr.start_call(self.call)
+        self._on_state(self.pc)  # in case it connected during negotiation
+        return sdp
+
+    async def renegotiate(self, offer: RTCSessionDescription, restart_pc: bool) -> str:
+        async with self._lock:
+            if self._closed or self.call is None or self.call.ending:
+                raise UnknownCall(f"unknown pc_id {self.pc_id!r}")
+            if not restart_pc:
+                assert self.pc is not None and self.track is not None
+                try:
+                    return await self._negotiate(self.pc, offer, self.track)
+                except BadRequest:
+                    raise
+            # restart: a new peer connection under the same pc_id and call
+            old_pc, old_track = self.pc, self.track
+            new_pc = self._new_pc()
+            new_track = AssistantTrack(self.playout)
+            self.pc, self.track, self.channel = new_pc, new_track, None
+            try:
+                sdp = await self._negotiate(new_pc, offer, new_track)
+            except BaseException:
+                self.pc, self.track = old_pc, old_track
+                new_track.stop()
+                await self._close_pc(new_pc)
+                raise
+            self._since = time.monotonic()
+            self.connected_at = None
+            self._last_media = None
+            if old_track is not None:
+                old_track.stop()
+            if old_pc is not None:
+                old_pc.remove_all_listeners()
+                self._spawn(self._close_pc(old_pc))
+            self.call.log.event("pc-restarted")
+            self._on_state(new_pc)
+            return sdp
+
+    async def add_candidates(self, candidates: list[IceCandidateInit]) -> None:
+        pc = self.pc
+        if pc is None or self._closed:
+            raise UnknownCall(f"unknown pc_id {self.pc_id!r}")
+        parsed = []
+        for c in candidates:
+            text = (c.candidate or "").strip()
+            if not text:
+                parsed.append(None)  # end of candidates
+                continue
+            if text.startswith("a="):
+                text = text[2:]
+            if text.startswith("candidate:"):
+                text = text[len("candidate:"):]
+            try:
+                cand = candidate_from_sdp(text)
+            except Exception as e:
+                raise BadRequest(f"invalid ICE candidate {c.candidate!r}: {e}") from e
+            cand.sdpMid = c.sdp_mid
+            cand.sdpMLineIndex = c.sdp_mline_index
+            if cand.sdpMid is None and cand.sdpMLineIndex is None:
+                cand.sdpMLineIndex = 0
+            parsed.append(cand)
+        for cand in parsed:
+            try:
+                await pc.addIceCandidate(cand)
+            except Exception as e:
+                raise BadRequest(f"cannot add ICE candidate: {e}") from e
+
+    async def _on_call_end(self, reason: str) -> None:
+        if self.rtvi is not None:
+            try:
+                if reason != "peer-closed":
+                    self.rtvi.peer_left()
+                await self.rtvi.close()
+            except Exception:
+                log.exception("RTVI close failed", extra={"call": self.pc_id})
+        await self._release()
+
+    async def _release(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.transport._forget(self)
+        if self.track is not None:
+            self.track.stop()
+        pc, self.pc = self.pc, None
+        self.channel = None
+        self._outbox.clear()
+        if pc is not None:
+            pc.remove_all_listeners()
+            await self._close_pc(pc)
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.audio_in.end()
+        self.rtvi = None
+
+    async def _close_pc(self, pc: RTCPeerConnection) -> None:
+        try:
+            await asyncio.wait_for(pc.close(), 5.0)
+        except Exception:
+            log.debug("peer connection close failed", exc_info=True)
+        finally:
+            self.transport._pc_closed(pc)
+
+
+class WebRTCTransport:
+    """All WebRTC calls of one server, by ``pc_id``."""
+
+    def __init__(self, manager: "CallManager") -> None:
+        self.manager = manager
+        self._calls: dict[str, WebRTCCall] = {}
+        self._open_pcs: set[RTCPeerConnection] = set()
+
+    @property
+    def open_peer_connections(self) -> int:
+        return len(self._open_pcs)
+
+    def get(self, pc_id: str) -> WebRTCCall | None:
+        return self._calls.get(pc_id)
+
+    def _pc_opened(self, pc: RTCPeerConnection) -> None:
+        self._open_pcs.add(pc)
+
+    def _pc_closed(self, pc: RTCPeerConnection) -> None:
+        self._open_pcs.discard(pc)
+
+    def _forget(self, wc: WebRTCCall) -> None:
+        if self._calls.get(wc.pc_id) is wc:
+            del self._calls[wc.pc_id]
+
+    async def offer(self, req: OfferRequest, peer: str) -> OfferAnswer:
+        offer = _parse_offer(req.sdp, req.type)
+        existing = self._calls.get(req.pc_id) if req.pc_id else None
+        if existing is not None and existing.call is not None and not existing.call.ending:
+            sdp = await existing.renegotiate(offer, bool(req.restart_pc))
+            return OfferAnswer(sdp, "answer", existing.pc_id)
+        # unknown pc_id (e.g. the server restarted): a new call, as Pipecat does
+        pc_id = f"pc-{uuid.uuid4().hex}"
+        wc = WebRTCCall(self, pc_id)
+        self._calls[pc_id] = wc
+        try:
+            sdp = await wc.open(offer, req, peer)
+        except BaseException:
+            self._forget(wc)
+            raise
+        return OfferAnswer(sdp, "answer", pc_id)
+
+    async def add_candidates(self, pc_id: str, candidates: list[IceCandidateInit]) -> None:
+        wc = self._calls.get(pc_id)
+        if wc is None or wc.call is None or wc.call.ending:
+            raise UnknownCall(f"unknown pc_id {pc_id!r}")
+        await wc.add_candidates(candidates)
+
+    async def close(self) -> None:
+        for wc in list(self._calls.values()):
+            await wc._release()
