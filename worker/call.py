@@ -118,7 +118,6 @@ class CallSession:
         self._model_resampler: Resampler | None = None
         self._chunker = Chunker(MODEL_CHUNK)
         self._user_speaking = False
-        self._speech_is_barge = False  # the current user speech is a barge-in candidate/interruption
         self._barge: _Barge | None = None
         self._turn_end_t: float | None = None
         # model side
@@ -178,12 +177,11 @@ class CallSession:
         if self._vad is None:
             self._setup_input(self.input_rate)
             self.caller_joined()
-        start = self.position
         self.position += len(pcm)
         # VAD branch
         vad_pcm = self._vad_resampler.process(pcm) if self._vad_resampler else pcm
         for vev in self._vad.process(vad_pcm):
-            self._on_vad(vev, start)
+            self._on_vad(vev)
         self._check_barge()
         self._pace_output()
         # model branch
@@ -278,8 +276,14 @@ class CallSession:
     def _assistant_active(self) -> bool:
         return self.playout.audible or self.playout.has_audio() or self._response_id is not None
 
+    @property
+    def idle(self) -> bool:
+        """Nobody is talking and nothing is pending (no response, tool or turn)."""
+        busy = self._tasks - ({self._model_task} if self._model_task else set())
+        return not (self._assistant_active() or self._user_speaking or busy)
+
     # -- VAD and barge-in --------------------------------------------------
-    def _on_vad(self, vev: VadEvent, frame_start: int) -> None:
+    def _on_vad(self, vev: VadEvent) -> None:
         onset = int(vev.sample * self._vad_ratio)
         decided = int(vev.decided_at * self._vad_ratio)
         if vev.kind == "start":
@@ -291,12 +295,9 @@ class CallSession:
                 self._barge.onset = onset
                 self._barge.ended = False
             elif self._assistant_active():
-                self._speech_is_barge = True
                 self.playout.pause()
                 self._barge = _Barge(onset, decided, self.position, self.clock())
                 log.info("call %s: barge-in candidate, playout paused", self.call_id)
-            else:
-                self._speech_is_barge = False
         else:
             self._user_speaking = False
             self.publish(ev.UserStoppedSpeaking(onset))
@@ -318,7 +319,6 @@ class CallSession:
             b.ended or not self._user_speaking
         ):
             self._barge = None
-            self._speech_is_barge = False
             item = self.playout.current_item or ""
             log.info("call %s: false interruption, playout resumed", self.call_id)
             self.publish(ev.FalseInterruption(item))

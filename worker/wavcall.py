@@ -133,10 +133,7 @@ async def run_wav_call(
             else:
                 await _settle()
             out_frames.append(call.playout.read(out_step))
-            if (
-                stop_when_idle and step * in_step >= len(pcm)
-                and not call._assistant_active() and not call._user_speaking and not call._tasks - _model_tasks(call)
-            ):
+            if stop_when_idle and step * in_step >= len(pcm) and call.idle:
                 break
     finally:
         result.steps = len(out_frames)
@@ -145,10 +142,6 @@ async def run_wav_call(
     if record is not None:
         write_wav(record, result.output, OUT_RATE)
     return result
-
-
-def _model_tasks(call: CallSession) -> set:
-    return {call._model_task} if call._model_task else set()
 
 
 async def _settle(rounds: int = 8) -> None:
