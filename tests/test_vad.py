@@ -133,6 +133,22 @@ def test_no_speech_on_non_speech(name: str, rate: int, frame_ms: int) -> None:
     assert not vad.speaking
 
 
+@pytest.mark.parametrize("aggressiveness", (0, 1, 2, 3))
+def test_every_aggressiveness(aggressiveness: int) -> None:
+    """The energy floor and noise gate make every webrtcvad mode usable (callers may configure 0..3)."""
+    for name in SPEECH + NON_SPEECH:
+        pcm, k = at_rate(name, 16000)
+        vad = VoiceActivityDetector(16000, aggressiveness=aggressiveness)
+        events = vad.process(pcm)
+        speech = fixture_info(name)["speech"]
+        if not speech:
+            assert events == [], name
+            continue
+        assert [e.kind for e in events] == ["start", "end"], name
+        onset = round(speech[0][0] * k)
+        assert onset - vad.frame_len <= events[0].sample <= onset + ms(16000, 60), name
+
+
 @pytest.mark.parametrize("frame_ms", FRAMES)
 @pytest.mark.parametrize("level", (-40.0, -30.0, -20.0, -10.0))
 @pytest.mark.parametrize("kind", ("white", "pink"))
@@ -204,25 +220,27 @@ def _split(pcm: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     return pieces
 
 
-_WHOLE: dict[tuple[str, int], tuple[np.ndarray, list[VadEvent]]] = {}
+_WHOLE: dict[tuple[str, int, int], tuple[np.ndarray, list[VadEvent]]] = {}
 
 
-def _whole(name: str, rate: int) -> tuple[np.ndarray, list[VadEvent]]:
-    if (name, rate) not in _WHOLE:
+def _whole(name: str, rate: int, frame_ms: int) -> tuple[np.ndarray, list[VadEvent]]:
+    if (name, rate, frame_ms) not in _WHOLE:
         pcm, _ = at_rate(name, rate)
-        _WHOLE[name, rate] = pcm, VoiceActivityDetector(rate).process(pcm)
-    return _WHOLE[name, rate]
+        _WHOLE[name, rate, frame_ms] = pcm, VoiceActivityDetector(rate, frame_ms=frame_ms).process(pcm)
+    return _WHOLE[name, rate, frame_ms]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     name=st.sampled_from(["what_time_is_it.wav", "speech_white_snr10.wav", "noise_burst_150ms.wav"]),
     rate=st.sampled_from(RATES),
+    frame_ms=st.sampled_from(FRAMES),
     sizes=st.lists(st.integers(min_value=0, max_value=5000), min_size=1, max_size=60),
 )
-def test_random_pieces_give_same_events(name: str, rate: int, sizes: list[int]) -> None:
-    pcm, expected = _whole(name, rate)
-    vad = VoiceActivityDetector(rate)
+def test_random_pieces_give_same_events(name: str, rate: int, frame_ms: int, sizes: list[int]) -> None:
+    pcm, expected = _whole(name, rate, frame_ms)
+    assert expected  # each of these fixtures has events
+    vad = VoiceActivityDetector(rate, frame_ms=frame_ms)
     events: list[VadEvent] = []
     for piece in _split(pcm, sizes):
         events += vad.process(piece)
