@@ -1,0 +1,346 @@
+"""The offline ``local`` model: pocketsphinx in, rule-based brain + tools, espeak-ng out.
+
+Real recognizer and synthesizer throughout (no mocks); caller audio is the
+committed espeak-ng fixtures under tests/fixtures/local/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from media.resample import Resampler
+from worker import events as ev
+from worker.models import base as mb
+from worker.models import local_brain as brain
+from worker.models.local import LocalModelFactory, LocalSession, system_utterance, trim_quiet
+from worker.models.local_stt import shared_recognizer
+from worker.models.local_tts import shared_tts, split_sentences
+from worker.wavcall import read_wav
+
+LOCAL = Path(__file__).parent / "fixtures" / "local"
+RATE = 24000
+TIMEOUT = 20.0
+
+
+def fixture_24k(name: str) -> np.ndarray:
+    pcm, rate = read_wav(LOCAL / f"{name}.wav")
+    rs = Resampler(rate, RATE)
+    return np.concatenate([rs.process(pcm), rs.flush()])
+
+
+class Collector:
+    """Reads a session's events into a list; tests wait on predicates over it."""
+
+    def __init__(self, session: mb.ModelSession) -> None:
+        self.events: list[mb.ModelEvent] = []
+        self._cond = asyncio.Condition()
+        self._listeners: list[Callable[[mb.ModelEvent], None]] = []
+        self.task = asyncio.get_running_loop().create_task(self._run(session))
+
+    async def _run(self, session: mb.ModelSession) -> None:
+        async for e in session.events():
+            self.events.append(e)
+            for cb in list(self._listeners):
+                await cb(e) if asyncio.iscoroutinefunction(cb) else cb(e)
+            async with self._cond:
+                self._cond.notify_all()
+
+    def on(self, cb: Callable[[mb.ModelEvent], None]) -> None:
+        self._listeners.append(cb)
+
+    def of(self, cls: type, start: int = 0) -> list:
+        return [e for e in self.events[start:] if isinstance(e, cls)]
+
+    async def wait(self, pred: Callable[[], object], timeout: float = TIMEOUT) -> None:
+        async def _wait() -> None:
+            async with self._cond:
+                await self._cond.wait_for(pred)
+
+        await asyncio.wait_for(_wait(), timeout)
+
+    async def wait_done(self, start: int = 0, count: int = 1) -> list[mb.ResponseDone]:
+        await self.wait(lambda: len(self.of(mb.ResponseDone, start)) >= count)
+        return self.of(mb.ResponseDone, start)
+
+
+@pytest.fixture
+def factory() -> LocalModelFactory:
+    return LocalModelFactory()
+
+
+@pytest.fixture
+async def session(factory: LocalModelFactory):
+    s = factory.open(mb.SessionConfig(tools=[spec for spec, _ in factory.tools()]))
+    col = Collector(s)
+    await s.connect()
+    await col.wait(lambda: col.of(mb.Connected))
+    s.collector = col  # type: ignore[attr-defined]
+    yield s
+    await s.close()
+    await asyncio.wait_for(col.task, 5)
+
+
+async def say(session: LocalSession, name: str) -> None:
+    """Push a fixture in 100 ms chunks and end the turn, as the worker does."""
+    pcm = fixture_24k(name)
+    for i in range(0, len(pcm), 2400):
+        await session.push_audio(pcm[i : i + 2400])
+    await session.commit_input()
+
+
+async def run_tool(factory: LocalModelFactory, call: mb.FunctionCall) -> str:
+    funcs = {spec.name: func for spec, func in factory.tools()}
+    return await funcs[call.name](**json.loads(call.arguments))
+
+
+def spoken(col: Collector, start: int) -> tuple[str, list[int], int]:
+    deltas = col.of(mb.OutputTranscriptDelta, start)
+    audio = sum(len(e.pcm) for e in col.of(mb.AudioDelta, start))
+    return "".join(d.text for d in deltas), [d.audio_offset for d in deltas], audio
+
+
+# ---------------------------------------------------------------------------
+
+
+async def test_what_time_is_it_calls_get_time_then_speaks_the_time(session, factory) -> None:
+    col: Collector = session.collector
+    await say(session, "what_time_is_it")
+    transcripts = col.of(mb.InputTranscript)
+    assert [(t.text, t.final) for t in transcripts] == [("what time is it", True)]
+    assert col.of(mb.InputCommitted)[0].item_id == transcripts[0].item_id
+
+    await session.create_response()
+    await col.wait_done()
+    calls = col.of(mb.FunctionCall)
+    assert [c.name for c in calls] == ["get_time"]
+    assert json.loads(calls[0].arguments) == {}
+    assert not col.of(mb.AudioDelta)
+
+    output = await run_tool(factory, calls[0])
+    time_text = json.loads(output)["text"]
+    mark = len(col.events)
+    await session.function_output(calls[0].call_id, output)
+    await session.create_response()
+    done = await col.wait_done(mark)
+    assert done[0].status == "completed"
+    text, offsets, audio = spoken(col, mark)
+    assert text == time_text and time_text.startswith("It is ")
+    assert col.of(mb.OutputTranscriptDone, mark)[0].text == time_text
+    assert audio > RATE // 2
+    assert offsets == sorted(offsets) and offsets[-1] < audio
+    kinds = [type(e).__name__ for e in col.events[mark:] if not isinstance(e, (mb.AudioDelta, mb.OutputTranscriptDelta))]
+    assert kinds == ["ResponseCreated", "OutputTranscriptDone", "AudioDone", "ResponseDone"]
+    assert session.history[-1] == ("assistant", time_text)
+
+
+@pytest.mark.parametrize(
+    "name,text",
+    [
+        ("what_time_is_it", "what time is it"),
+        ("tell_me_a_story", "tell me a story"),
+        ("what_can_you_do", "what can you do"),
+        ("hello_there", "hello there"),
+        ("please_open_the_door", "please open the door"),
+    ],
+)
+async def test_recognition_of_fixtures(session, name: str, text: str) -> None:
+    await say(session, name)
+    assert session.collector.of(mb.InputTranscript)[-1].text == text
+
+
+async def test_story_is_long_with_increasing_word_offsets_and_truncation_cuts_text(session, factory) -> None:
+    col: Collector = session.collector
+    await say(session, "tell_me_a_story")
+    await session.create_response()
+    await col.wait_done()
+    call = col.of(mb.FunctionCall)[0]
+    assert call.name == "tell_story"
+    mark = len(col.events)
+    await session.function_output(call.call_id, await run_tool(factory, call))
+    await session.create_response()
+    await col.wait_done(mark)
+
+    text, offsets, audio = spoken(col, mark)
+    assert text == brain.STORY
+    assert audio > 60 * RATE  # a minute or more of speech
+    assert len(offsets) > 200 and offsets[0] == 0
+    assert all(b > a for a, b in zip(offsets, offsets[1:]))
+    assert offsets[-1] < audio
+    deltas = col.of(mb.AudioDelta, mark)
+    assert len({d.item_id for d in deltas}) == 1 and len(deltas) > 100  # streamed in chunks
+
+    item_id = deltas[0].item_id
+    cut_ms = 5000
+    await session.truncate_item(item_id, 0, cut_ms)
+    item = next(i for i in session.items if i.id == item_id)
+    words = col.of(mb.OutputTranscriptDelta, mark)
+    expected = "".join(w.text for w in words if w.audio_offset < cut_ms * RATE // 1000).rstrip()
+    assert item.text == expected and item.truncated_ms == cut_ms
+    assert brain.STORY.startswith(item.text) and 5 < len(item.text.split()) < 25
+    next_word = words[len(expected.split())]
+    assert next_word.audio_offset >= cut_ms * RATE // 1000
+
+    # bad truncations are errors and change nothing
+    await session.truncate_item(item_id, 0, 10 * 60 * 1000)
+    await session.truncate_item("nope", 0, 100)
+    await col.wait(lambda: len(col.of(mb.ModelError)) >= 2)
+    assert item.text == expected
+
+    await session.delete_item(item_id)
+    assert all(i.id != item_id for i in session.items)
+
+
+async def test_cancel_stops_the_stream(session) -> None:
+    col: Collector = session.collector
+    full, _ = await shared_tts().synthesize(brain.STORY)
+    # No tools registered: the session runs its own tool and speaks at once.
+    session.config.tools = []
+    await session.send_message("user", "tell me a story")
+    cancelled = asyncio.Event()
+
+    async def cancel_on_first_audio(e: mb.ModelEvent) -> None:
+        if isinstance(e, mb.AudioDelta) and not cancelled.is_set():
+            cancelled.set()
+            await session.cancel_response()
+
+    col.on(cancel_on_first_audio)
+    await session.create_response()
+    done = await col.wait_done()
+    assert done[0].status == "cancelled"
+    n_audio = sum(len(e.pcm) for e in col.of(mb.AudioDelta))
+    assert 0 < n_audio < len(full) // 2
+    assert not col.of(mb.OutputTranscriptDone) and not col.of(mb.AudioDone)
+    assert isinstance(col.events[-1], mb.ResponseDone)  # nothing after it
+    # the session answers again afterwards
+    await session.send_message("user", "hello")
+    await session.create_response()
+    done = await col.wait_done(count=2)
+    assert done[1].status == "completed"
+    assert col.of(mb.OutputTranscriptDone)[-1].text == brain.GREETING
+
+
+async def test_text_turns_greeting_fallback_and_errors(session) -> None:
+    col: Collector = session.collector
+    await session.send_message("system", "Greet the caller.")
+    await session.create_response()
+    await col.wait_done()
+    assert col.of(mb.OutputTranscriptDone)[-1].text == brain.GREETING
+
+    await session.send_message("user", "the weather is nice today")
+    await session.create_response()
+    await col.wait_done(count=2)
+    assert col.of(mb.OutputTranscriptDone)[-1].text == "You said: the weather is nice today."
+
+    await session.send_message("user", "[The caller pressed the telephone key 7]")
+    await session.create_response()
+    await col.wait_done(count=3)
+    assert col.of(mb.OutputTranscriptDone)[-1].text == "You pressed 7."
+
+    # a second create_response while one is running is refused, the first goes on
+    await session.send_message("user", "tell me a story")
+    session.config.tools = []
+    await session.create_response()
+    await session.create_response()
+    await col.wait(lambda: any(e.code == "conversation_already_has_active_response" for e in col.of(mb.ModelError)))
+    await session.function_output("unknown", "{}")
+    await session.send_message("robot", "hi")
+    await col.wait(lambda: len(col.of(mb.ModelError)) >= 3)
+    done = await col.wait_done(count=4)
+    assert done[3].status == "completed"
+
+
+def test_brain_and_helpers() -> None:
+    assert brain.decide("what time is it") == brain.ToolCall("get_time")
+    assert brain.decide("tell me a story please") == brain.ToolCall("tell_story")
+    assert brain.decide("what can you do") == brain.ToolCall("what_can_you_do")
+    assert brain.decide("hello there") == brain.Say(brain.GREETING)
+    assert brain.decide("open the door") == brain.Say("You said: open the door.")
+    assert isinstance(brain.decide(""), brain.Say)
+    assert brain.speak_tool_output("get_time", json.dumps({"text": "It is 1:05 PM."})) == "It is 1:05 PM."
+    assert "failed" in brain.speak_tool_output("get_time", json.dumps({"error": "boom"}))
+    assert brain.speak_tool_output("x", "plain words") == "plain words"
+    assert system_utterance('Say "Welcome to v2v!"') == "Welcome to v2v!"
+    assert system_utterance("Greet the caller briefly.") == brain.GREETING
+    assert system_utterance("Hi, I am your assistant.") == "Hi, I am your assistant."
+    text = "One. Two three! Four"
+    assert "".join(s for _, s in split_sentences(text)) == text
+    quiet = np.zeros(RATE * 5, np.int16)
+    quiet[RATE * 3 : RATE * 4] = 5000
+    assert len(trim_quiet(quiet)) == RATE + 2 * RATE * 3 // 10
+
+
+async def test_recognition_and_synthesis_run_off_the_loop(session) -> None:
+    await say(session, "hello_there")
+    await session.create_response()
+    await session.collector.wait_done()
+    loop_thread = threading.get_ident()
+    stt, tts = shared_recognizer(), shared_tts()
+    assert stt.thread_ids and loop_thread not in stt.thread_ids
+    assert tts.thread_ids and loop_thread not in tts.thread_ids
+    assert threading.main_thread().ident not in stt.thread_ids | tts.thread_ids
+
+
+# ---------------------------------------------------------------------------
+# A whole call through the worker's WAV transport: ask for the story, talk over it.
+
+
+async def test_full_call_story_barge_in_then_time(factory) -> None:
+    from worker.tools import ToolRegistry
+    from worker.wavcall import run_wav_call
+
+    tools = ToolRegistry()
+    for spec, func in factory.tools():
+        tools.register(spec.name, spec.description, spec.parameters, func)
+    ask, rate = read_wav(LOCAL / "tell_me_a_story.wav")
+    barge, _ = read_wav(LOCAL / "what_time_is_it.wav")
+    step_n = rate // 50
+    silence = lambda s: np.zeros(int(s * rate), np.int16)  # noqa: E731
+    pad = lambda x: np.concatenate([x, np.zeros(-len(x) % step_n, np.int16)])  # noqa: E731
+    audio = np.concatenate([pad(ask), silence(1.0), silence(2.0), pad(barge), silence(1.0)])
+    s1 = (len(pad(ask)) + rate) // step_n  # the story has been asked for; 2 s later the caller talks over it
+    s3 = (len(audio)) // step_n  # the caller's second question has ended
+
+    story_audio = asyncio.Event()
+    time_reply = asyncio.Event()
+    calls: list = []
+
+    def on_step(step: int, call) -> object:
+        if not calls:
+            calls.append(call)
+            call.add_listener(listener)
+        if step == s1:
+            return asyncio.wait_for(story_audio.wait(), TIMEOUT)
+        if step == s3 - 1:
+            return asyncio.wait_for(time_reply.wait(), TIMEOUT)
+        return None
+
+    def listener(e: ev.CallEvent) -> None:
+        if isinstance(e, ev.BotTranscript) and e.text.startswith("Once upon a time"):
+            story_audio.set()
+        if isinstance(e, ev.BotTranscript) and e.text.startswith("It is "):
+            time_reply.set()
+
+    result = await run_wav_call(factory, audio, rate, tools=tools, on_step=on_step, tail_s=3.0)
+    finals = [t.event.text for t in result.of_type(ev.UserTranscript) if t.event.final]
+    assert finals == ["tell me a story", "what time is it"]
+    assert [t.event.name for t in result.of_type(ev.FunctionCallStarted)] == ["tell_story", "get_time"]
+    interrupted = result.of_type(ev.BotInterrupted)
+    assert len(interrupted) == 1 and not interrupted[0].event.deleted
+    played_ms = interrupted[0].event.played_ms
+    assert 1500 <= played_ms <= 2600
+    session = calls[0].model
+    story_item = next(i for i in session.items if i.id == interrupted[0].event.item_id)
+    assert story_item.truncated_ms == played_ms
+    assert brain.STORY.startswith(story_item.text) and 3 <= len(story_item.text.split()) <= 12
+    cut = [t.event for t in result.of_type(ev.BotOutput) if t.event.interrupted]
+    assert cut and cut[0].spoken == story_item.text
+    # the time was spoken after the interruption
+    assert any(t.event.text.startswith("It is ") for t in result.of_type(ev.BotTranscript))
+    assert session.history[-1][0] == "assistant" and session.history[-1][1].startswith("It is ")
