@@ -21,6 +21,7 @@
     notice: $("notice"), noticeTitle: $("notice-title"), noticeText: $("notice-text"),
     noticeClose: $("notice-close"),
     inLevel: $("in-level"), outLevel: $("out-level"), inDb: $("in-db"), outDb: $("out-db"),
+    barge: $("barge"), bargeMs: $("barge-ms"),
     latServer: $("lat-server"), latHeard: $("lat-heard"), turns: $("turns"),
     transcript: $("transcript"), empty: $("empty"), clear: $("clear"),
     form: $("text-form"), text: $("text"), send: $("send"),
@@ -47,6 +48,7 @@
     transcripts: [], // {role, text, final, interrupted, spoken, unspoken, itemId, typed}
     events: [], // RTVI message types received, in order
     turns: [], // {n, ttfbMs, heardMs}
+    bargeIns: [], // barge-in cut times (ms) reported by the server
     errors: [],
     userSpeaking: false,
     botSpeaking: false,
@@ -300,6 +302,7 @@
     body.textContent = "";
     b.el.classList.toggle("interim", e.role === "user" && !e.final);
     b.el.classList.toggle("interrupted", e.interrupted);
+    b.el.classList.toggle("notext", e.role === "user" && e.final && !e.text);
     if (e.role === "user") {
       if (e.text) {
         body.textContent = e.text;
@@ -361,17 +364,24 @@
     return userBubble;
   }
 
+  const botById = new Map(); // item_id -> bubble (late updates land on the right answer)
+
   function botBubbleFor(itemId) {
-    if (botBubble && itemId && botBubble.entry.itemId && botBubble.entry.itemId !== itemId) {
-      finishBot();
+    if (itemId && botById.has(itemId)) return botById.get(itemId);
+    if (botBubble && !botBubble.entry.final) {
+      if (!itemId || !botBubble.entry.itemId) {
+        if (itemId) {
+          botBubble.entry.itemId = itemId;
+          botById.set(itemId, botBubble);
+        }
+        return botBubble;
+      }
+      finishBot(); // a new item: the previous answer is over
     }
-    if (!botBubble) {
-      // the user's turn is over once the assistant answers
-      if (userBubble) finishUser();
-      botBubble = addBubble("assistant", { itemId });
-    } else if (itemId && !botBubble.entry.itemId) {
-      botBubble.entry.itemId = itemId;
-    }
+    if (userBubble) finishUser(); // the user's turn is over once the assistant answers
+    botBubble = addBubble("assistant", { itemId });
+    if (itemId) botById.set(itemId, botBubble);
+    if (botById.size > 64) botById.delete(botById.keys().next().value);
     return botBubble;
   }
 
@@ -507,17 +517,22 @@
           setTimeout(() => { if (botBubble === b && !S.botSpeaking) finishBot(); }, 1500);
         }
         break;
-      case "bot-interrupted":
-        if (botBubble) {
-          const e = botBubble.entry;
+      case "bot-interrupted": {
+        const b = (d.item_id && botById.get(d.item_id)) || botBubble;
+        if (b) {
+          const e = b.entry;
           e.interrupted = true;
-          // until the server says what was heard, strike out what was produced but not yet shown
-          if (!e.unspoken && e.produced && e.produced.startsWith(e.spoken)) {
+          if (e.segments && e.segments.size) {
+            e.unspoken = Array.from(e.segments.values())
+              .map((x) => (x.acc ? x.rest : x.text).trim()).filter(Boolean).join(" ");
+          } else if (!e.unspoken && e.produced && e.produced.startsWith(e.spoken)) {
             e.unspoken = e.produced.slice(e.spoken.length).trim();
           }
-          renderBubble(botBubble);
+          renderBubble(b);
         }
+        if (typeof d.played_ms === "number") S.lastInterruption = { itemId: d.item_id, playedMs: d.played_ms, deleted: !!d.deleted };
         break;
+      }
       case "bot-transcription": {
         const b = botBubbleFor(d.item_id || "");
         b.entry.produced = joinText(b.entry.produced, (d.text || "").trim());
@@ -536,26 +551,51 @@
     }
   }
 
-  /* bot-output (RTVI 2.1): data {text, spoken: bool, aggregated_by}. text is the newly
-   * spoken part, paced to playout. v2v extensions, used at the end of an item:
-   * {final: true, interrupted: bool, spoken_text?: str, unspoken: str, item_id}.
-   * A string `spoken` is accepted as the full heard text too. */
+  /* bot-output, as v2v's RTVI 2.1 handler sends it (worker/rtvi_messages.py BotOutputTracker):
+   *   data {text, aggregated_by: "sentence", segment_id, spoken_status: "new"|"in-progress"|"completed",
+   *         spoken_progress: {accumulated_text, remaining_text}, spoken?: false (on "new"),
+   *         interrupted?: true, item_id}
+   * A sentence is announced "new" when produced (not shown: the page shows what was heard), then
+   * reported in-progress/completed as it is heard. The last message of an item adds v2v's
+   * {final: true, interrupted, spoken_text, unspoken}. The RTVI 1.x shape {text, spoken: true,
+   * aggregated_by} (no segment_id) is accepted as newly heard text. */
   function onBotOutput(d) {
     S.sawBotOutput = true;
     const b = botBubbleFor(d.item_id || "");
     const e = b.entry;
+    if (!e.segments) e.segments = new Map();
     const text = typeof d.text === "string" ? d.text : "";
-    if (typeof d.spoken === "string") {
-      e.spoken = d.spoken.trim();
-    } else if (typeof d.spoken_text === "string") {
-      e.spoken = d.spoken_text.trim();
+    if (d.segment_id !== undefined && d.segment_id !== null) {
+      let seg = e.segments.get(d.segment_id);
+      if (!seg) {
+        seg = { text: "", acc: "", rest: "", interrupted: false };
+        e.segments.set(d.segment_id, seg);
+      }
+      if (d.spoken_status === "new") seg.text = text;
+      const p = d.spoken_progress;
+      if (p && typeof p.accumulated_text === "string") {
+        seg.acc = p.accumulated_text;
+        seg.rest = typeof p.remaining_text === "string" ? p.remaining_text : "";
+      } else if (d.spoken_status === "completed") {
+        seg.acc = seg.text;
+        seg.rest = "";
+      }
+      if (d.interrupted) seg.interrupted = true;
+      const segs = Array.from(e.segments.values());
+      e.spoken = segs.map((x) => x.acc.trim()).filter(Boolean).join(" ");
+      if (d.interrupted || e.interrupted) {
+        e.unspoken = segs.map((x) => x.rest.trim()).filter(Boolean).join(" ");
+      }
     } else if (text && d.spoken !== false) {
       e.spoken = joinText(e.spoken, text.trim());
     }
     if (d.interrupted) e.interrupted = true;
-    if (typeof d.unspoken === "string") e.unspoken = d.unspoken.trim();
+    if (d.final) {
+      if (typeof d.spoken_text === "string" && d.spoken_text.trim()) e.spoken = d.spoken_text.trim();
+      if (e.interrupted && typeof d.unspoken === "string" && d.unspoken.trim()) e.unspoken = d.unspoken.trim();
+    }
     renderBubble(b);
-    if (d.final && !S.botSpeaking) finishBot();
+    if (d.final && b === botBubble && !S.botSpeaking) finishBot();
     scrollDown();
   }
 
@@ -566,11 +606,19 @@
       if (m && typeof m.value === "number") recordTtfb(m.value * 1000);
     }
     if (typeof d.ttfb_ms === "number") recordTtfb(d.ttfb_ms);
+    const barge = Array.isArray(d.barge_in) ? d.barge_in : [];
+    for (const m of barge) {
+      if (m && typeof m.value === "number") {
+        S.bargeIns.push(m.value * 1000);
+        ui.bargeMs.textContent = Math.round(m.value * 1000);
+        ui.barge.hidden = false;
+      }
+    }
   }
 
   function onSignalling(m) {
     if (m.type === "peerLeft") {
-      hangup("The server ended the call.");
+      hangup("The server ended the call.", true);
     } else if (m.type === "renegotiate") {
       negotiate().catch((err) => reportError("Renegotiation failed: " + err.message, false));
     }
@@ -690,7 +738,7 @@
     };
     dc.onmessage = onDataMessage;
     dc.onclose = () => {
-      if (S.dc === dc && S.connection === "connected") hangup("The server ended the call.");
+      if (S.dc === dc && S.connection === "connected") hangup("The server ended the call.", true);
     };
 
     S.levelTimer = setInterval(tickLevels, LEVEL_INTERVAL_MS);
@@ -733,11 +781,12 @@
     setConnection(conn, text);
   }
 
-  async function hangup(reason) {
-    if (!S.pc && S.connection !== "requesting-mic") return;
+  /* Hang up: DELETE the call (unless the server already ended it), then close the peer connection. */
+  async function hangup(reason, serverEnded) {
+    if (!S.pc || S.connection === "closing") return;
     const pcId = S.pcId;
     setConnection("closing", "Hanging up…");
-    if (pcId) {
+    if (pcId && !serverEnded) {
       try {
         await fetch(OFFER_URL + "/" + encodeURIComponent(pcId), { method: "DELETE", keepalive: true });
       } catch (_) { /* the peer connection close below ends the call too */ }
@@ -796,6 +845,7 @@
 
   setConnection("idle", "Not connected");
   setAgentState("offline");
+  if (window.matchMedia && window.matchMedia("(max-width: 820px)").matches) $("tips").open = false;
 
   // ---------------------------------------------------------------- test hook
   window.v2v = {
@@ -807,6 +857,8 @@
     get events() { return S.events.slice(); },
     get turns() { return S.turns.map((t) => ({ n: t.n, ttfbMs: t.ttfbMs, heardMs: t.heardMs })); },
     get errors() { return S.errors.slice(); },
+    get bargeIns() { return S.bargeIns.slice(); },
+    get lastInterruption() { return S.lastInterruption || null; },
     stats() {
       return Object.assign({}, S.stats, {
         audibleLevel: AUDIBLE_LEVEL,

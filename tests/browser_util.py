@@ -99,15 +99,20 @@ class Server:
             return ""
 
 
+def serve_command(port: int, model: str, *extra_args: str) -> list[str]:
+    """The real CLI: `v2v serve` (run through the interpreter running the tests)."""
+    return [
+        sys.executable, "-c", "import sys; from signaling.cli import main; sys.exit(main())",
+        "serve", "--host", "127.0.0.1", "--port", str(port), "--model", model, *extra_args,
+    ]
+
+
 @contextlib.contextmanager
 def run_server(model: str, tmp_dir: Path, *extra_args: str) -> Iterator[Server]:
     """`v2v serve --model <model>` on a free port; yields once /readyz answers 200."""
     port = free_port()
     log_path = tmp_dir / f"v2v-serve-{model}-{port}.log"
-    cmd = [
-        sys.executable, "-c", "import sys; from signaling.cli import main; sys.exit(main())",
-        "serve", "--host", "127.0.0.1", "--port", str(port), "--model", model, *extra_args,
-    ]
+    cmd = serve_command(port, model, *extra_args)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     with open(log_path, "wb") as log:
