@@ -91,7 +91,7 @@ class SipMedia(ABC):
 class CallRequest:
     call_id: str
     transport: str  # sip_udp | sip_tcp | sip_ws
-    profile: str
+    profile: str | None
     user: str
     offer_sdp: str
     remote: tuple[str, int]
@@ -490,7 +490,7 @@ class SipCore:
         self._respond(req, conn, 100)
         creq = CallRequest(
             call_id=req.call_id, transport=conn.label,
-            profile=pick_profile(req_uri.user, self.profiles, self.default_profile), user=req_uri.user,
+            profile=pick_profile(req_uri.user, self.profiles), user=req_uri.user,
             offer_sdp=req.body.decode("utf-8", "replace"), remote=conn.remote, from_uri=req.from_.uri,
         )
         d.task = self._spawn(self._setup(d, req, conn, creq), f"sip-invite-{d.call_id}")

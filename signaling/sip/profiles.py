@@ -1,20 +1,20 @@
 """Agent profiles for SIP: the request-URI user picks one.
 
-``sip:echo@host`` -> the ``echo`` profile; any other user (``assistant``,
-a phone number, empty) -> the server's default profile. Profiles beyond
-``echo`` can be added in configuration (``extra["sip_profiles"]``: a mapping
-of request-URI user -> profile name).
+``sip:echo@host`` -> the ``echo`` profile (echo model); a user naming a
+configured profile (``ServerConfig.extra["profiles"]``: profile -> model) ->
+that profile; any other user (``assistant``, a phone number, empty) -> None,
+the server's default profile. The CallManager maps a profile to its model.
 """
 
 from __future__ import annotations
 
 from typing import Mapping
 
-BUILTIN = {"echo": "echo"}
-DEFAULT = "default"
+BUILTIN = ("echo",)
 
 
-def pick_profile(user: str, extra: Mapping[str, str] | None = None, default: str = DEFAULT) -> str:
-    user = (user or "").strip().lower()
-    table = {**BUILTIN, **{k.lower(): v for k, v in (extra or {}).items()}}
-    return table.get(user, default)
+def pick_profile(user: str, configured: Mapping[str, str] | None = None) -> str | None:
+    name = (user or "").strip().lower()
+    if name in BUILTIN or name in {k.lower() for k in (configured or {})}:
+        return name
+    return None

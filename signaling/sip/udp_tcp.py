@@ -24,8 +24,7 @@ class SipUdpProtocol(asyncio.DatagramProtocol):
         self.local: tuple[str, int] = ("0.0.0.0", 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         self.local = transport.get_extra_info("sockname")[:2]
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
@@ -52,8 +51,7 @@ class SipTcpProtocol(asyncio.Protocol):
         self.conn: Conn | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         self.conn = Conn("TCP", (peer[0], peer[1]), (local[0], local[1]), transport.write,
