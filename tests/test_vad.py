@@ -5,8 +5,11 @@ fixture to the VAD rate):
 - clean speech: start sample in [onset - frame_ms, onset + 60 ms]; start decided at
   most 100 ms after the onset (at the defaults: exactly start_ms = 30 ms after it);
   end sample within 100 ms of the offset; end decided end_ms (+ < 1 frame) after it.
-- speech in 10 dB SNR noise: one start in [onset, onset + 100 ms], end within 200 ms.
-- silence, white/pink noise (-30 and -20 dBFS), 440 Hz tone: no event at all.
+- speech in 10 dB SNR noise: one start in [onset - frame_ms, onset + 100 ms], end within 200 ms.
+- silence, white/pink noise (-30 and -20 dBFS), 440 Hz tone: no event at all (also 20 s of
+  fresh white/pink noise at -40..-10 dBFS).
+- the 150 ms noise burst: one start (within a frame + 20 ms of it) and an end < 250 ms later.
+Rates 8/16/48 kHz and frames 10/20/30 ms throughout, at the default parameters.
 """
 
 from __future__ import annotations
