@@ -227,7 +227,8 @@ def _parse_rtvi(type_: str, id_: str | None, data: dict[str, Any]) -> ParsedFram
         return ClientReady(id_, data.get("version") if isinstance(data.get("version"), str) else None,
                            major, about or {}, problem)
     if type_ == "send-text":
-        opts = data.get("options") or {}
+        opts = data.get("options")
+        opts = {} if opts is None else opts
         if not isinstance(opts, dict):
             raise _Invalid("options must be an object")
         return SendText(id_, _text(data, "content"), _opt_bool(opts, "run_immediately", True),
@@ -248,7 +249,8 @@ def _parse_rtvi(type_: str, id_: str | None, data: dict[str, Any]) -> ParsedFram
         name = data.get("function_name")
         if name is not None and not isinstance(name, str):
             raise _Invalid("function_name must be a string")
-        args = data.get("arguments") or {}
+        args = data.get("arguments")
+        args = {} if args is None else args
         if not isinstance(args, dict):
             raise _Invalid("arguments must be an object")
         return FunctionCallResult(id_, tcid, name, args, data["result"])
@@ -485,9 +487,10 @@ class BotOutputTracker:
                 out.append(self._legacy(item_id, seg.text.strip()) if self.legacy
                            else self._msg(item_id, seg, "", "completed"))
         if not out:
+            if self.legacy:
+                return out
             last = item.segments[-1] if item.segments else self._new_segment(item, "")
-            out.append(self._legacy(item_id, "") if self.legacy
-                       else self._msg(item_id, last, "", "completed", interrupted))
+            out.append(self._msg(item_id, last, "", "completed", interrupted))
         heard_all = spoken or item.spoken_text
         out[-1].update(final=True, interrupted=interrupted, spoken_text=heard_all.strip(),
                        unspoken=unspoken.strip())
