@@ -43,7 +43,7 @@ _SENTENCE_END = re.compile(r"[.!?。！？]+[\"')\]]*\s")
 @dataclass
 class CallConfig:
     turn_detection: Literal["local", "server"] = "local"
-    vad_aggressiveness: int = 3
+    vad_aggressiveness: int = 2
     vad_frame_ms: int = 10
     vad_start_ms: int = 30
     vad_end_ms: int = 500
