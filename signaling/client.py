@@ -61,6 +61,16 @@ class WavSource(MediaStreamTrack):
         self.sent_at: list[float] = []
         self.started = asyncio.Event()
         self._tb = Fraction(1, RATE)
+        self._sending = asyncio.Event()
+        self._sending.set()
+
+    def stop_sending(self) -> None:
+        """Send no more packets (a frozen client), without closing anything."""
+        self._sending.clear()
+
+    def resume_sending(self) -> None:
+        self._start = None
+        self._sending.set()
 
     def play(self, pcm: np.ndarray) -> None:
         """Replace what is still to be played (from the next frame on)."""
@@ -74,9 +84,11 @@ class WavSource(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        if not self._sending.is_set():
+            await self._sending.wait()
         now = time.monotonic()
         if self._start is None:
-            self._start = now
+            self._start = now - self._pts / RATE
         else:
             wait = self._start + self._pts / RATE - now
             if wait > 0:
@@ -129,7 +141,8 @@ class Caller:
         self.closed = asyncio.Event()
         self.bot_ready = asyncio.Event()
         self.t_start = time.monotonic()
-        self.t_answer: float | None = None
+        self.t_offer: float | None = None  # offer POSTed
+        self.t_answer: float | None = None  # answer received
         self.t_connected: float | None = None
         self.t_bot_ready: float | None = None
         self._http: ClientSession | None = None
@@ -236,8 +249,10 @@ class Caller:
             body["restart_pc"] = True
         if self.request_data is not None:
             body["requestData"] = self.request_data
+        self.t_offer = time.monotonic()
         async with self.http.post(self.url, json=body) as resp:
             data = await resp.json()
+            self.t_answer = time.monotonic()
             if resp.status != 200:
                 raise RuntimeError(f"offer refused: HTTP {resp.status}: {data.get('error')}")
         self.pc_id = data["pc_id"]
@@ -260,7 +275,6 @@ class Caller:
         self.t_start = time.monotonic()
         self.pc = self._new_pc()
         await self._offer()
-        self.t_answer = time.monotonic()
         await asyncio.wait_for(self.connected.wait(), timeout)
 
     async def renegotiate(self, restart_pc: bool = False, timeout: float = 10.0) -> None:
@@ -346,7 +360,7 @@ def summarize(caller: Caller, pcm: np.ndarray) -> dict[str, Any]:
     t0 = caller.t_connected or caller.t_start
     out: dict[str, Any] = {
         "pc_id": caller.pc_id,
-        "offer_answer_ms": round((caller.t_answer - caller.t_start) * 1000, 1) if caller.t_answer else None,
+        "offer_answer_ms": round((caller.t_answer - caller.t_offer) * 1000, 1) if caller.t_answer and caller.t_offer else None,
         "connected_s": round(caller.t_connected - caller.t_start, 3) if caller.t_connected else None,
         "bot_ready_s": round(caller.t_bot_ready - caller.t_start, 3) if caller.t_bot_ready else None,
         "first_reply_audio_s": round(reply[0][0] - t0, 3) if reply else None,

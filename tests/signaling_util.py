@@ -1,0 +1,71 @@
+"""Helpers for the signaling tests: a real server on an ephemeral port, waiting on conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+from aiohttp import web
+
+from signaling.app import MANAGER, create_app
+from signaling.calls import CallManager
+from signaling.config import ServerConfig
+
+
+@dataclass
+class Server:
+    app: web.Application
+    runner: web.AppRunner
+    url: str
+    config: ServerConfig
+
+    @property
+    def manager(self) -> CallManager:
+        return self.app[MANAGER]
+
+    @property
+    def offer_url(self) -> str:
+        return self.url + "api/offer"
+
+
+@asynccontextmanager
+async def running_server(**overrides: Any) -> AsyncIterator[Server]:
+    cfg = ServerConfig(model="echo", host="127.0.0.1", port=0)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    app = create_app(cfg, plugins=())
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    server = Server(app, runner, f"http://127.0.0.1:{port}/", cfg)
+    try:
+        yield server
+    finally:
+        await runner.cleanup()
+
+
+async def wait_until(pred: Callable[[], Any], timeout: float, what: str = "condition") -> float:
+    """Poll ``pred`` every 10 ms; return the seconds it took, fail after ``timeout``."""
+    t0 = time.monotonic()
+    while True:
+        if pred():
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """Value of one sample in Prometheus text (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+                return float(sample.value)
+    return 0.0
