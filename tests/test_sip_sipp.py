@@ -73,7 +73,7 @@ async def test_sipp_call_speech_dtmf_bye(monkeypatch: pytest.MonkeyPatch) -> Non
         assert rec.of(ev.BotStartedSpeaking), "the echo reply never became audible"
         assert [e.digit for e in rec.of(ev.DtmfReceived)] == ["1"]
         assert srv.metric("v2v_dtmf_digits_total") == dtmf_before + 1
-        assert [e.reason for e in rec.of(ev.CallEnded)] == ["bye"]
+        assert [e.reason for e in rec.of(ev.CallEnded)] == ["hangup"]
         (m,) = rec.media
         st = m.rtp.stats
         assert m.rtp.codec.name == "PCMU"  # the caller's first preference

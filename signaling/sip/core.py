@@ -517,7 +517,7 @@ class SipCore:
                 ring.cancel()
                 cancel_wait.cancel()
             if d.cancelled.is_set() or d.state == "terminated":
-                await media.close("cancelled")
+                await media.close("hangup")
                 return
             extra_ok = list(extra)
             extra_ok.append(("Supported", "timer"))
@@ -534,7 +534,7 @@ class SipCore:
                     await self._retransmit_2xx(d, tx, conn, end_on_timeout=True)
         except asyncio.CancelledError:
             if d.media is not None:
-                await d.media.close("server shutdown")
+                await d.media.close("shutdown")
             raise
 
     def _final_error(self, d: Dialog, req: SipRequest, conn: Conn, status: int, reason: str | None) -> None:
@@ -604,7 +604,7 @@ class SipCore:
             return
         d.cancelled.set()
         self._final_error(d, d.invite, tx.conn, 487, None)
-        self._spawn(self._close_media(d, "cancelled"), f"sip-cancel-{d.call_id}")
+        self._spawn(self._close_media(d, "hangup"), f"sip-cancel-{d.call_id}")
 
     async def _close_media(self, d: Dialog, reason: str) -> None:
         if d.media is not None:
@@ -616,7 +616,7 @@ class SipCore:
             self._respond(req, conn, 481)
             return
         self._respond(req, conn, 200)
-        self._spawn(self.end_dialog(d, "bye", send_bye=False), f"sip-bye-{d.call_id}")
+        self._spawn(self.end_dialog(d, "hangup", send_bye=False), f"sip-bye-{d.call_id}")
 
     # ------------------------------------------------------------ teardown
     async def end_dialog(self, d: Dialog, reason: str, send_bye: bool) -> None:
@@ -686,11 +686,11 @@ class SipCore:
             if conn_is(d.conn):
                 if not d.final_sent:
                     d.cancelled.set()
-                self._spawn(self.end_dialog(d, "connection closed", send_bye=False), f"sip-lost-{d.call_id}")
+                self._spawn(self.end_dialog(d, "peer-closed", send_bye=False), f"sip-lost-{d.call_id}")
 
     async def close(self) -> None:
         self._closing = True
-        await asyncio.gather(*(self.end_dialog(d, "server shutdown", send_bye=True) for d in list(self.dialogs.values())),
+        await asyncio.gather(*(self.end_dialog(d, "shutdown", send_bye=True) for d in list(self.dialogs.values())),
                              return_exceptions=True)
         for t in list(self._tasks):
             t.cancel()
