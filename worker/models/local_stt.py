@@ -2,10 +2,11 @@
 
 The whole VAD-delimited turn is decoded at once at 16 kHz. pocketsphinx's
 general English trigram model does poorly on short synthetic or telephone
-utterances, so the decoder uses a small trigram model built at start-up (in
-memory, with pocketsphinx's own ``ArpaBoLM``) from :data:`CORPUS`: the
-assistant's intents plus everyday phrases. Anything the caller says is mapped
-onto that vocabulary (the brain repeats back what it heard).
+utterances, so the decoder uses a small trigram model built at start-up (with
+pocketsphinx's own ``ArpaBoLM``) from :data:`INTENT_PHRASES` (the assistant's
+intents) and :data:`CORPUS` (everyday phrases), and a pronunciation dictionary
+cut down to that vocabulary. Whatever the caller says is mapped onto that
+vocabulary (the brain repeats back what it heard).
 
 The turn is padded with 300 ms of quiet and dithered (digital silence upsets
 pocketsphinx's cepstral mean normalisation). One decoder is shared by the
@@ -29,7 +30,7 @@ _PAD = int(0.3 * RATE)
 _DITHER = 30.0  # int16 RMS of the added noise
 MAX_TURN_SECONDS = 30
 
-CORPUS = """
+INTENT_PHRASES = """
 what time is it
 what time is it now
 what is the time
@@ -61,6 +62,9 @@ hey there
 good morning
 good afternoon
 good evening
+"""
+
+CORPUS = """
 how are you
 how are you doing today
 nice to meet you
@@ -130,6 +134,85 @@ i do not know
 never mind
 go on
 continue
+i would like to book a table for two
+can i book a room for tonight
+please transfer me to the billing department
+i want to talk to a person
+can you call me back tomorrow morning
+please call me back later
+turn left at the next corner
+keep going straight
+go straight ahead and turn right
+the train leaves at half past four
+when does the next train leave
+the weather today is cloudy with a chance of rain
+it will rain all day on saturday
+we should change the plan for the weekend
+i was thinking about what we discussed yesterday
+i really believe we are right
+could you repeat that again please
+can you say that again
+i did not understand
+speak more slowly please
+can you hear me clearly now
+the line is very bad
+what do you think
+i think so
+i do not think so
+of course
+sounds good
+that is right
+that is not right
+i am sorry
+excuse me
+how much does it cost
+where can i buy a ticket
+i am looking for a good restaurant
+what is on the menu
+i would like to order a pizza
+my phone number is five five five one two three four
+my email address is not working
+i have a question about my account
+i forgot my password
+i need to change my appointment
+is the shop open on sunday
+what are your opening hours
+how long will it take
+i will be there in ten minutes
+i am on my way home
+let us meet at the station at noon
+have a nice day
+have a good weekend
+happy birthday
+see you tomorrow
+what did you say
+who is speaking
+this is anna speaking
+my name is peter
+i live in london
+i work at the hospital
+my car is broken
+the water is too hot
+it is too cold in here
+i am hungry
+i am thirsty
+let us go to the park
+the children are playing in the garden
+the dog is sleeping under the table
+the book is on the shelf
+i read the news this morning
+the music is too loud
+please turn the volume down
+please speak louder
+how is the traffic
+is it far from here
+it is very close
+it is about five kilometers
+twenty thirty forty fifty hundred thousand
+monday tuesday wednesday thursday friday saturday sunday
+january february march april may june july august september october november december
+first second third last next
+red green blue yellow black white
 """
 
 
@@ -143,19 +226,26 @@ class Recognition:
 class Recognizer:
     """A pocketsphinx decoder with the small domain language model."""
 
-    def __init__(self, corpus: str = CORPUS) -> None:
-        from pocketsphinx import Decoder
+    def __init__(self, corpus: str = CORPUS, intents: str = INTENT_PHRASES, intent_weight: int = 1) -> None:
+        from pocketsphinx import Decoder, get_model_path
         from pocketsphinx.lm import ArpaBoLM
 
-        lm = ArpaBoLM(text=corpus.strip(), add_start=True, case="lower")
+        # intent_weight > 1 counts the assistant's own phrases several times.
+        corpus = "\n".join([intents.strip()] * intent_weight + [corpus.strip()]).lower()
+        lm = ArpaBoLM(text=corpus, add_start=True)
         lm.compute()
-        fd, path = tempfile.mkstemp(prefix="v2v-lm-", suffix=".arpa")
-        try:
-            with os.fdopen(fd, "w") as f:
+        # A pronunciation dictionary limited to the vocabulary: loading the
+        # whole CMU dictionary next to a custom model takes ~10 s.
+        vocab = set(corpus.split())
+        with open(os.path.join(get_model_path(), "en-us", "cmudict-en-us.dict"), encoding="utf-8") as f:
+            prons = [line for line in f if line.split(" ", 1)[0].split("(", 1)[0] in vocab]
+        with tempfile.TemporaryDirectory(prefix="v2v-stt-") as tmp:
+            lm_path, dict_path = os.path.join(tmp, "lm.arpa"), os.path.join(tmp, "words.dict")
+            with open(lm_path, "w", encoding="utf-8") as f:
                 lm.write(f)
-            self._decoder = Decoder(samprate=RATE, lm=path, loglevel="FATAL")
-        finally:
-            os.unlink(path)
+            with open(dict_path, "w", encoding="utf-8") as f:
+                f.writelines(prons)
+            self._decoder = Decoder(samprate=RATE, lm=lm_path, dict=dict_path, loglevel="FATAL")
         self._lock = threading.Lock()
         self.thread_ids: set[int] = set()  # threads that decoded (tests check it is not the loop's)
 
@@ -194,4 +284,4 @@ def shared_recognizer() -> Recognizer:
         return _shared
 
 
-__all__ = ["Recognizer", "Recognition", "shared_recognizer", "CORPUS", "RATE"]
+__all__ = ["Recognizer", "Recognition", "shared_recognizer", "CORPUS", "INTENT_PHRASES", "RATE"]
