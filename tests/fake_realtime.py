@@ -164,7 +164,9 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def tone(ms: int, freq: float = 440.0, amplitude: int = 8000) -> np.ndarray:
     n = ms * RATE // 1000
     t = np.arange(n) / RATE
-    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+    x = np.round(amplitude * np.sin(2 * np.pi * freq * t + 0.1)).astype(np.int16)
+    x[x == 0] = 1  # no zero samples: played samples can be counted in a recording
+    return x
 
 
 @dataclass
@@ -623,6 +625,8 @@ class FakeConnection:
         if srv.reply_mode == "echo" and srv.committed_audio and self.items and \
                 next(reversed(self.items.values())).get("_pcm") is not None:
             pcm = next(reversed(self.items.values()))["_pcm"]
+        elif srv.reply_audio is not None:
+            pcm = srv.reply_audio(srv._reply_count)
         else:
             pcm = tone(srv.reply_ms)
         text = srv.reply_text(srv._reply_count, last)
@@ -751,6 +755,7 @@ class FakeRealtimeServer:
         self.drop_connections: set[int] = set()  # connection indexes dropped mid-response
         self.drop_after_deltas = 3
         self.race_window = 0.25  # s: a cancel this soon after response.done is a race
+        self.reply_audio: Callable[[int], np.ndarray] | None = None  # reply n -> pcm
         self.reply_text: Callable[[int, str], str] = (
             lambda n, heard: f"This is reply number {n} from the fake model.")
         self.transcript_for: Callable[[np.ndarray, int], str] = (

@@ -452,3 +452,104 @@ async def test_auth_failure_is_fatal_and_key_never_leaks(fake: FakeRealtimeServe
     await rec.close()
     assert scrub(f"bad {wrong}!") == "bad ***!"
     assert fake.violations == []
+
+
+# --------------------------------------------------------------------------
+# Call level: the worker's CallSession over the WAV transport, against the fake
+# --------------------------------------------------------------------------
+
+from tests.conftest import load_wav  # noqa: E402
+from tests.scripted import reply_signal  # noqa: E402
+from worker import events as cev  # noqa: E402
+from worker.call import CallConfig  # noqa: E402
+from worker.wavcall import run_wav_call  # noqa: E402
+
+IN_RATE = 16000
+
+
+def compose(*parts: tuple[float, np.ndarray], total_s: float) -> np.ndarray:
+    out = np.zeros(int(total_s * IN_RATE), dtype=np.int16)
+    for start, clip in parts:
+        i = int(start * IN_RATE)
+        out[i:i + len(clip)] = clip[: len(out) - i]
+    return out
+
+
+def call_factory(fake: FakeRealtimeServer, turn: str) -> OpenAIRealtimeFactory:
+    return OpenAIRealtimeFactory(KEY, base_url=fake.base_url, voice="marin",
+                                 instructions="Be brief.", turn_detection=turn,  # type: ignore
+                                 backoff_base=0.02)
+
+
+@pytest.mark.parametrize("turn", ["local", "server"])
+async def test_wav_call_turn(fake: FakeRealtimeServer, turn: str) -> None:
+    fake.reply_ms = 800
+    clip = load_wav("what_time_is_it.wav")[0]
+    result = await run_wav_call(call_factory(fake, turn), compose((0.0, clip), total_s=3.2),
+                                IN_RATE, config=CallConfig(turn_detection=turn),  # type: ignore
+                                realtime=True, tail_s=1.5, stop_when_idle=True)
+    assert [t.event for t in result.of_type(cev.CallError)] == []
+    assert result.of_type(cev.BotStartedSpeaking) and result.of_type(cev.BotStoppedSpeaking)
+    # the whole reply reached the transport, sample for sample (the tone has no zero sample;
+    # a late delta may leave a gap of silence, never a lost or repeated sample)
+    assert np.array_equal(result.output[result.output != 0], tone(800))
+    finals = [t.event.text for t in result.of_type(cev.UserTranscript) if t.event.final]
+    assert finals and finals[0].startswith("user turn 1")
+    spoken = [t.event for t in result.of_type(cev.BotOutput) if t.event.final]
+    assert spoken[0].spoken == "This is reply number 1 from the fake model."
+    upd = fake.client_events("session.update")[0]["session"]["audio"]["input"]["turn_detection"]
+    if turn == "server":
+        assert upd["type"] == "server_vad" and upd["interrupt_response"] is False
+        assert not fake.client_events("input_audio_buffer.commit")
+        assert not fake.client_events("response.create")
+        assert any(e["type"] == "input_audio_buffer.speech_started" for e in fake.connections[0].sent)
+    else:
+        assert upd is None
+        assert len(fake.client_events("input_audio_buffer.commit")) == 1
+        assert len(fake.client_events("response.create")) == 1
+    assert len(fake.responses) == 1
+    assert fake.connections[0].closed.is_set()  # the call closed its socket
+    assert fake.violations == []
+
+
+def _first_item_heard(result, item_id: str) -> int:
+    """Reply samples of the first item that reached the transport (before the next reply)."""
+    starts = [t.step for t in result.of_type(cev.BotStartedSpeaking) if t.event.item_id != item_id]
+    end = starts[0] * 480 if starts else len(result.output)
+    return int(np.count_nonzero(result.output[:end]))
+
+
+@pytest.mark.parametrize("turn,streaming", [("local", "slow"), ("server", "fast")])
+async def test_wav_call_barge_in(fake: FakeRealtimeServer, turn: str, streaming: str) -> None:
+    """Talking over the reply: cancel (only while it is in progress), then truncate at the
+    exact played milliseconds; the interruption is answered."""
+    fake.reply_audio = lambda n: reply_signal(6.0 if n == 1 else 0.5, seed=n)
+    fake.speed = 1.6 if streaming == "slow" else 0
+    turn_a = load_wav("speech_en_us_m3_hear_me.wav")[0]
+    barge = load_wav("long_speech.wav")[0][: IN_RATE * 2]  # onset at 0.7 s
+    audio = compose((0.0, turn_a), (2.9, barge), total_s=6.5)
+    result = await run_wav_call(call_factory(fake, turn), audio, IN_RATE,
+                                config=CallConfig(turn_detection=turn),  # type: ignore
+                                realtime=True, tail_s=2.0, stop_when_idle=True)
+    assert [t.event for t in result.of_type(cev.CallError)] == []
+    interrupted = result.of_type(cev.BotInterrupted)[0].event
+    assert not interrupted.deleted
+    item_id = interrupted.item_id
+    assert fake.truncations == [(item_id, interrupted.played_ms)]
+    heard = _first_item_heard(result, item_id)
+    heard_ms = heard * 1000 // 24000
+    # never above what was heard; at most the pause fade (5 ms) below it
+    assert 0 <= heard_ms - interrupted.played_ms <= 6, (heard_ms, interrupted.played_ms)
+    assert 500 < interrupted.played_ms < 6000
+    kinds = [e["type"] for e in fake.events]
+    if streaming == "slow":  # still streaming when the caller barged in: cancel first
+        assert kinds.count("response.cancel") == 1
+        assert kinds.index("response.cancel") < kinds.index("conversation.item.truncate")
+        assert fake.responses[0]["status"] == "cancelled"
+    else:  # the reply was complete (response.done) long before: truncate alone
+        assert "response.cancel" not in kinds
+        assert fake.responses[0]["status"] == "completed"
+    # the caller's interruption became a turn and was answered
+    assert len(fake.responses) == 2 and fake.responses[1]["status"] == "completed"
+    assert len(result.of_type(cev.BotStartedSpeaking)) == 2
+    assert fake.violations == []

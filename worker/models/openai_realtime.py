@@ -210,8 +210,9 @@ class OpenAIRealtimeFactory(ModelFactory):
     """Opens :class:`OpenAIRealtimeSession` objects.
 
     Values in the :class:`SessionConfig` handed to :meth:`open` win over the
-    factory's defaults when set (non-empty); ``turn_detection`` given here
-    overrides the config's.
+    factory's defaults when set (non-empty). ``turn_detection`` is always the
+    config's (the worker's own mode); the factory's only sets
+    ``capabilities.server_vad`` (False for ``"local"``).
     """
 
     name = "openai"
@@ -267,7 +268,7 @@ class OpenAIRealtimeFactory(ModelFactory):
             instructions=config.instructions or self.instructions,
             voice=config.voice or self.voice,
             tools=list(config.tools or self.tools),
-            turn_detection=self.turn_detection or config.turn_detection,
+            turn_detection=config.turn_detection,
             input_transcription=config.input_transcription,
         )
         return OpenAIRealtimeSession(self, merged, self._api_key)
