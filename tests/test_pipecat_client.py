@@ -1,0 +1,309 @@
+"""Interop with Pipecat's real client SDK in a real browser.
+
+The test page (tests/pipecat_client/src) uses ``PipecatClient`` from
+``@pipecat-ai/client-js`` with ``SmallWebRTCTransport`` from
+``@pipecat-ai/small-webrtc-transport`` (pinned versions, installed with
+``npm ci`` and bundled with esbuild by tests/pipecat_client/build.mjs), with
+``mediaManager: new WavMediaManager()`` (the default manager loads code from
+a CDN). Debian's chromium runs it headless with a fake microphone playing a
+committed speech WAV, against the real ``v2v serve`` (echo and local models).
+Every assertion reads what the client SDK itself reported through its
+callbacks (``window.v2vTest.events``), or the server's /metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.browser_util import (
+    CHROMIUM,
+    REPO,
+    Server,
+    active_webrtc_calls,
+    fake_audio_args,
+    free_port,
+    http_get,
+    speech_wav,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+CLIENT_DIR = REPO / "tests" / "pipecat_client"
+DIST = CLIENT_DIR / "dist"
+HOOKS = CLIENT_DIR / "app_hooks.py"
+ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+STATES = {"initializing", "listening", "thinking", "speaking"}
+
+
+# --------------------------------------------------------------------------
+# fixtures: the bundle, its static server, v2v serve, chromium
+# --------------------------------------------------------------------------
+
+
+def _build_bundle() -> None:
+    """npm ci (when node_modules is missing) and the esbuild bundle."""
+    npm = shutil.which("npm")
+    assert npm and shutil.which("node"), "node and npm are needed (apt-get install nodejs npm)"
+    if not (CLIENT_DIR / "node_modules" / "@pipecat-ai" / "client-js").exists():
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=CLIENT_DIR, check=True, timeout=600)
+    subprocess.run(["node", "build.mjs"], cwd=CLIENT_DIR, check=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def page_url() -> Iterator[str]:
+    _build_bundle()
+    assert (DIST / "client.js").stat().st_size > 100_000
+    handler = functools.partial(_QuietHandler, directory=str(DIST))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/index.html"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+@contextmanager
+def v2v_serve(model: str, tmp_dir: Path) -> Iterator[Server]:
+    """The real CLI, ``v2v serve --model <model>``, with the application hooks of
+    tests/pipecat_client/app_hooks.py loaded first."""
+    port = free_port()
+    log_path = tmp_dir / f"v2v-serve-pipecat-{model}-{port}.log"
+    code = ("import runpy, sys; runpy.run_path(sys.argv.pop(1)); "
+            "from signaling.cli import main; sys.exit(main())")
+    cmd = [sys.executable, "-c", code, str(HOOKS), "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--model", model, "--log-level", "info"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path)
+    try:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"v2v serve exited with {proc.returncode}:\n{server.log()}")
+            try:
+                return http_get(server.url + "/readyz", timeout=1.0)[0] == 200
+            except OSError:
+                return False
+
+        wait_until(ready, 60.0, "v2v serve to answer /readyz")
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def tmp_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pipecat")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_module: Path) -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=fake_audio_args(speech_wav(tmp_module)))
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+# --------------------------------------------------------------------------
+# helpers reading the client's own callbacks
+# --------------------------------------------------------------------------
+
+
+class Client:
+    def __init__(self, page: Page, server: Server) -> None:
+        self.page = page
+        self.server = server
+        self.problems: list[str] = []
+        page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        page.on("response", lambda r: self.problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        evs = self.page.evaluate("v2vTest.events")
+        return [e for e in evs if name is None or e["name"] == name]
+
+    def wait(self, expr: str, timeout_s: float, what: str) -> Any:
+        try:
+            self.page.wait_for_function(expr, timeout=timeout_s * 1000)
+        except Exception as e:
+            evs = self.page.evaluate("v2vTest.events.slice(-40).map(e => [Math.round(e.t), e.name, "
+                                     "JSON.stringify(e.data || '').slice(0, 200)])")
+            audio = self.page.evaluate("v2vTest.audio")
+            raise AssertionError(f"timed out waiting for {what}: audio={audio} events={evs}\n"
+                                 f"server log:\n{self.server.log()[-3000:]}") from e
+        return self.page.evaluate(expr)
+
+    def wait_event(self, name: str, timeout_s: float, cond: str = "true") -> dict[str, Any]:
+        self.wait(f"v2vTest.events.some(e => e.name === {name!r} && ({cond}))", timeout_s, name)
+        return next(e for e in self.events(name) if self.page.evaluate(f"(e => {cond})", e))
+
+    def errors(self) -> list[dict[str, Any]]:
+        return self.events("onError")
+
+
+def open_client(browser: Browser, page_url: str, server: Server) -> Client:
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    client = Client(page, server)
+    page.goto(f"{page_url}?server={server.url}")
+    page.wait_for_function("window.v2vTest && v2vTest.events.length > 0", timeout=10_000)
+    return client
+
+
+def connect(c: Client) -> dict[str, Any]:
+    res = c.page.evaluate("v2vTest.connect()")
+    assert res["ok"], f"connect() rejected: {res}\n{c.server.log()[-3000:]}"
+    ready = res["data"]
+    assert ready["version"] == "2.1.0" and ready["about"]["library"] == "v2v"
+    names = [e["name"] for e in c.events()]
+    assert "onConnected" in names and "onBotReady" in names
+    assert names.index("onBotReady") < names.index("connectResolved")
+    assert c.page.evaluate("v2vTest.state()") == "ready"
+    return ready
+
+
+def disconnect_and_check(c: Client) -> None:
+    assert active_webrtc_calls(c.server.url) == 1
+    c.page.evaluate("v2vTest.disconnect()")
+    # Pipecat's disconnect() sends no DELETE: the data-channel/DTLS close ends the call
+    wait_until(lambda: active_webrtc_calls(c.server.url) == 0, 2.0,
+               "v2v_active_calls{transport=webrtc} back to 0 within 2 s of disconnect()")
+    c.wait("v2vTest.events.some(e => e.name === 'onDisconnected')", 5, "onDisconnected")
+
+
+def mute_between_turns(c: Client) -> None:
+    """Mute the fake microphone (it loops speech) when the user is not speaking,
+    so typed text is not talked over; the transport sends a trackStatus."""
+    c.page.evaluate("v2vTest.enableMic(false)")
+    c.wait("v2vTest.events.filter(e => e.name === 'onUserStartedSpeaking').length === "
+           "v2vTest.events.filter(e => e.name === 'onUserStoppedSpeaking').length", 10,
+           "the user's speech to end after muting")
+
+
+# --------------------------------------------------------------------------
+# tests
+# --------------------------------------------------------------------------
+
+
+def test_pipecat_client_against_echo(browser: Browser, page_url: str, tmp_module: Path) -> None:
+    with v2v_serve("echo", tmp_module) as server:
+        c = open_client(browser, page_url, server)
+        try:
+            assert active_webrtc_calls(server.url) == 0
+            connect(c)
+            assert active_webrtc_calls(server.url) == 1
+            # the agent's state arrives as a server-message
+            c.wait_event("onServerMessage", 5, "e.data && e.data.type === 'agent-state'")
+
+            # the fake microphone speaks; the echo model plays the turn back on the bot's track
+            c.wait_event("onUserStartedSpeaking", 20)
+            c.wait_event("onUserStoppedSpeaking", 20)
+            tr = c.wait_event("onUserTranscript", 10, "e.data.final")["data"]
+            assert tr["final"] is True and tr["user_id"] and ISO_RE.match(tr["timestamp"]), tr
+            c.wait_event("onBotStartedSpeaking", 15)
+            c.wait("v2vTest.audio.trackStarted && v2vTest.audio.loudFrames >= 10", 15, "bot audio with sound")
+            assert c.page.evaluate("v2vTest.audio.peak") > 0.02
+            c.wait_event("onBotStoppedSpeaking", 15)
+            ttfb = c.wait_event("onMetrics", 5, "e.data.ttfb")["data"]["ttfb"][0]
+            assert ttfb["processor"] == "v2v" and 0 < ttfb["value"] < 5
+            remote = [e for e in c.events("onTrackStarted") if not e["data"]["local"]]
+            assert remote and remote[0]["data"]["kind"] == "audio"
+
+            # sendClientRequest round trips: built-in, unknown, and an application handler
+            r = c.page.evaluate("v2vTest.request('get-state', {})")
+            assert r["ok"] and r["data"]["state"] in STATES, r
+            r = c.page.evaluate("v2vTest.request('no-such-request', {})")
+            assert not r["ok"] and "no-such-request" in r["error"]["error"], r
+            assert c.events("onMessageError")
+            r = c.page.evaluate("v2vTest.request('app-echo', {x: [1, 2]})")
+            assert r["ok"] and r["data"]["echo"] == {"x": [1, 2]} and r["data"]["call_id"], r
+            r = c.page.evaluate("v2vTest.request('update-instructions', {instructions: 'Be brief.'})")
+            assert r["ok"] and r["data"] == {"ok": True}, r
+
+            # typed text: the echo model answers with a tone per word and the text as transcript
+            mute_between_turns(c)
+            mark = len(c.events())
+            c.page.evaluate("v2vTest.sendText('Hello there. How are you?')")
+            c.wait(f"v2vTest.events.slice({mark}).some(e => e.name === 'onBotOutput' && e.data.final)", 20,
+                   "the typed answer's final bot-output")
+            after = c.events()[mark:]
+            names = [e["name"] for e in after]
+            for n in ("onBotLlmStarted", "onBotLlmStopped", "onBotTranscript", "onBotTtsText",
+                      "onBotStartedSpeaking"):
+                assert n in names, n
+            assert [e["data"]["text"] for e in after if e["name"] == "onBotTranscript"] == [
+                "Hello there.", "How are you?"]
+            outs = [e["data"] for e in after if e["name"] == "onBotOutput"]
+            assert {o["spoken_status"] for o in outs} >= {"new", "completed"}
+            done = {o["segment_id"]: o["spoken_progress"]["accumulated_text"]
+                    for o in outs if o["spoken_status"] == "completed"}
+            assert list(done.values()) == ["Hello there.", "How are you?"]
+            assert outs[-1]["spoken_text"] == "Hello there. How are you?"
+
+            assert not c.errors(), c.errors()
+            assert not c.problems, c.problems
+            disconnect_and_check(c)
+        finally:
+            c.page.context.close()
+
+
+def test_pipecat_client_against_local(browser: Browser, page_url: str, tmp_module: Path) -> None:
+    with v2v_serve("local", tmp_module) as server:
+        c = open_client(browser, page_url, server)
+        try:
+            connect(c)
+            # "Hello, what time is it?" -> recognized, and the local model calls get_time,
+            # which this application executes in the browser (a client-side tool)
+            tr = c.wait_event("onUserTranscript", 40, "e.data.final && e.data.text.length > 0")["data"]
+            assert "time" in tr["text"].lower() and tr["user_id"] and ISO_RE.match(tr["timestamp"]), tr
+            c.wait_event("onLLMFunctionCallStarted", 20, "e.data.function_name === 'get_time'")
+            prog = c.wait_event("onLLMFunctionCallInProgress", 5, "e.data.function_name === 'get_time'")
+            assert prog["data"]["tool_call_id"]
+            c.wait("v2vTest.functionCalls.some(f => f.functionName === 'get_time')", 5, "the client's handler")
+            stopped = c.wait_event("onLLMFunctionCallStopped", 10,
+                                   f"e.data.tool_call_id === {prog['data']['tool_call_id']!r}")["data"]
+            assert stopped["cancelled"] is False and stopped["result"]["time"] == "12:34", stopped
+            # the model speaks the client's answer
+            c.wait_event("onBotTranscript", 30, "e.data.text.includes('12:34')")
+            c.wait_event("onBotStartedSpeaking", 20)
+            c.wait("v2vTest.audio.trackStarted && v2vTest.audio.loudFrames >= 10", 20, "bot audio with sound")
+            c.wait_event("onBotOutput", 30, "e.data.spoken_status === 'completed' && "
+                                            "e.data.spoken_progress.accumulated_text.includes('12:34')")
+            r = c.page.evaluate("v2vTest.request('get-state', {})")
+            assert r["ok"] and r["data"]["state"] in STATES, r
+            assert not c.errors(), c.errors()
+            assert not c.problems, c.problems
+            disconnect_and_check(c)
+        finally:
+            c.page.context.close()
