@@ -553,3 +553,66 @@ async def test_wav_call_barge_in(fake: FakeRealtimeServer, turn: str, streaming:
     assert len(fake.responses) == 2 and fake.responses[1]["status"] == "completed"
     assert len(result.of_type(cev.BotStartedSpeaking)) == 2
     assert fake.violations == []
+
+
+# --------------------------------------------------------------------------
+# Through real WebRTC: `v2v serve --model openai` against the fake
+# --------------------------------------------------------------------------
+
+import os  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+from signaling.client import run_call  # noqa: E402
+from tests.conftest import fixture_path  # noqa: E402
+
+
+@pytest.mark.timeout(60)
+async def test_v2v_serve_model_openai_over_webrtc(fake: FakeRealtimeServer) -> None:
+    fake.reply_ms = 1200
+    env = dict(os.environ, OPENAI_API_KEY=KEY, OPENAI_BASE_URL=fake.base_url)
+    env = {k: v for k, v in env.items() if not k.startswith("V2V_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from signaling.cli import main; raise SystemExit(main())",
+        "serve", "--model", "openai", "--host", "127.0.0.1", "--port", "0",
+        "--log-level", "debug",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    stderr_chunks: list[bytes] = []
+
+    async def drain_stderr() -> None:
+        assert proc.stderr is not None
+        while chunk := await proc.stderr.read(65536):
+            stderr_chunks.append(chunk)
+
+    drain = asyncio.create_task(drain_stderr())
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        url = re.search(r"(http://\S+)", line).group(1)  # type: ignore[union-attr]
+        summary = await run_call(url, fixture_path("hello_48k.wav"))
+        # the call ended: its model socket is closed (within the 2 s a hang-up may take)
+        await fake.wait_for(lambda: fake.connections and fake.connections[0].closed.is_set(), 5)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+        await asyncio.wait_for(drain, 5)
+    logs = b"".join(stderr_chunks).decode(errors="replace")
+    assert summary["hangup_status"] in (200, 204), summary
+    assert summary["first_reply_audio_s"] is not None, summary
+    assert 0.9 <= summary["reply_duration_s"] <= 1.8, summary
+    assert any(t and t.startswith("user turn 1") for t in summary["transcripts"]), summary
+    assert any(t and "reply number 1" in t for t in summary["transcripts"]), summary
+    upd = fake.client_events("session.update")[0]["session"]
+    assert upd["audio"]["input"]["turn_detection"]["type"] == "server_vad"  # the default
+    assert fake.client_events("input_audio_buffer.append")
+    assert len(fake.responses) == 1 and fake.responses[0]["status"] == "completed"
+    assert fake.auth_headers == [f"Bearer {KEY}"]
+    assert KEY not in logs and KEY not in json.dumps(summary)
+    assert fake.violations == []
