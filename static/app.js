@@ -11,6 +11,7 @@
   const OFFER_URL = "/api/offer";
   const ICE_GATHER_TIMEOUT_MS = 3000;
   const LEVEL_INTERVAL_MS = 50;
+  const UNSPOKEN_PREVIEW = 160; // characters of an interrupted answer's unspoken part shown collapsed
   const AUDIBLE_LEVEL = 0.02; // RMS (full scale = 1) above which reply audio counts as heard
 
   const $ = (id) => document.getElementById(id);
@@ -47,6 +48,8 @@
     muted: false,
     transcripts: [], // {role, text, final, interrupted, spoken, unspoken, itemId, typed}
     events: [], // RTVI message types received, in order
+    timeline: [],
+    outputOn: false,
     turns: [], // {n, ttfbMs, heardMs}
     bargeIns: [], // barge-in cut times (ms) reported by the server
     errors: [],
@@ -116,6 +119,12 @@
     S.errors.push({ message: String(message), fatal: !!fatal, at: Date.now() });
     showNotice(fatal ? "Call error" : "Error", String(message), "error");
     console.warn("v2v error:", message);
+  }
+
+  /* timeline for tests and debugging: [ms since page load, what] (RTVI types, audio-on/off) */
+  function mark(what) {
+    S.timeline.push([Math.round(performance.now()), what]);
+    if (S.timeline.length > 1000) S.timeline.splice(0, S.timeline.length - 1000);
   }
 
   // ---------------------------------------------------------------- microphone
@@ -200,7 +209,12 @@
     if (li > st.inputLevelMax) st.inputLevelMax = li;
     if (lo > st.outputLevelMax) st.outputLevelMax = lo;
     if (li > AUDIBLE_LEVEL) st.inputAudibleMs += LEVEL_INTERVAL_MS;
-    if (lo > AUDIBLE_LEVEL) {
+    const on = lo > AUDIBLE_LEVEL;
+    if (on !== S.outputOn) {
+      S.outputOn = on;
+      mark(on ? "audio-on" : "audio-off");
+    }
+    if (on) {
       st.outputAudibleMs += LEVEL_INTERVAL_MS;
       const now = performance.now();
       if (st.firstOutputAudioAt === null) st.firstOutputAudioAt = now;
@@ -269,8 +283,15 @@
   let userBubble = null; // {entry, el} of the user turn being built
   let botBubble = null; // {entry, el} of the answer being spoken
 
+  // follow new text unless the user scrolled up to read
+  let stickToBottom = true;
+  ui.transcript.addEventListener("scroll", () => {
+    const t = ui.transcript;
+    stickToBottom = t.scrollHeight - t.scrollTop - t.clientHeight < 60;
+  }, { passive: true });
+
   function scrollDown() {
-    ui.transcript.scrollTop = ui.transcript.scrollHeight;
+    if (stickToBottom) ui.transcript.scrollTop = ui.transcript.scrollHeight;
   }
 
   function addBubble(role, opts) {
@@ -329,8 +350,19 @@
       const u = document.createElement("del");
       u.className = "unspoken";
       u.title = "Not spoken: interrupted";
-      u.textContent = e.unspoken;
+      const long = e.unspoken.length > UNSPOKEN_PREVIEW + 40;
+      u.textContent = long && !b.expanded
+        ? e.unspoken.slice(0, e.unspoken.lastIndexOf(" ", UNSPOKEN_PREVIEW) + 1 || UNSPOKEN_PREVIEW).trimEnd() + "…"
+        : e.unspoken;
       body.appendChild(u);
+      if (long) {
+        const more = document.createElement("button");
+        more.type = "button";
+        more.className = "more";
+        more.textContent = b.expanded ? "show less" : "show all";
+        more.addEventListener("click", () => { b.expanded = !b.expanded; renderBubble(b); });
+        body.appendChild(more);
+      }
     }
     if (e.interrupted) {
       const tag = document.createElement("span");
@@ -436,6 +468,7 @@
     if (msg.label !== RTVI_LABEL) return;
     S.events.push(msg.type);
     if (S.events.length > 500) S.events.splice(0, S.events.length - 500);
+    mark(msg.type);
     try {
       handleRtvi(msg);
     } catch (err) {
@@ -855,6 +888,7 @@
     get ready() { return S.ready; },
     get transcripts() { return S.transcripts.map((e) => Object.assign({}, e)); },
     get events() { return S.events.slice(); },
+    get timeline() { return S.timeline.slice(); },
     get turns() { return S.turns.map((t) => ({ n: t.n, ttfbMs: t.ttfbMs, heardMs: t.heardMs })); },
     get errors() { return S.errors.slice(); },
     get bargeIns() { return S.bargeIns.slice(); },

@@ -150,3 +150,25 @@ def speech_wav(tmp_dir: Path) -> Path:
     # pad: 300 ms lead, 3 s trailing silence, 16 kHz mono
     subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", str(out), "pad", "0.3", "3"], check=True)
     return out
+
+
+def compose_wav(out: Path, parts: list[str | float], rate: int = 16000) -> Path:
+    """Concatenate fixture WAVs (16-bit mono at `rate`) and silences (seconds) into `out`."""
+    import wave
+
+    import numpy as np
+
+    chunks: list[np.ndarray] = []
+    for part in parts:
+        if isinstance(part, str):
+            with wave.open(str(FIXTURES / part), "rb") as w:
+                assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (rate, 1, 2), part
+                chunks.append(np.frombuffer(w.readframes(w.getnframes()), dtype="<i2"))
+        else:
+            chunks.append(np.zeros(int(round(part * rate)), dtype="<i2"))
+    with wave.open(str(out), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.concatenate(chunks).astype("<i2").tobytes())
+    return out

@@ -22,6 +22,7 @@ from tests.browser_util import (
     PHONE,
     Server,
     active_webrtc_calls,
+    compose_wav,
     fake_audio_args,
     run_server,
     speech_wav,
@@ -172,5 +173,68 @@ def test_microphone_denied_shows_message(playwright_instance, echo_server: Serve
         assert page.is_visible("#connect")
         assert active_webrtc_calls(echo_server.url) == 0
         screenshot(page, "browser_mic_denied.png")
+    finally:
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def local_server(tmp_module: Path) -> Iterator[Server]:
+    with run_server("local", tmp_module) as server:
+        yield server
+
+
+def test_local_model_transcripts_and_barge_in(playwright_instance, local_server: Server, tmp_module: Path) -> None:
+    """The local assistant: ask for a story, talk over it, then type a question.
+
+    The fake microphone says "tell me a story", stays silent while the story plays, then says
+    "what time is it" over it, then stays silent for longer than the test lasts.
+    """
+    wav = compose_wav(tmp_module / "story_then_time.wav",
+                      ["tell_me_a_story.wav", 5.0, "what_time_is_it.wav", 60.0])
+    b = playwright_instance.chromium.launch(executable_path=CHROMIUM, headless=True, args=fake_audio_args(wav))
+    try:
+        page, problems = open_page(b, local_server.url + "/", LAPTOP)
+        page.click("#connect")
+        js(page, "v2v.state === 'listening'", 30, "agent state listening")
+
+        # the caller's words are transcribed and shown; the story starts and is heard
+        js(page, "v2v.transcripts.some(e => e.role === 'user' && e.final && /story/i.test(e.text))",
+           20, "the user's transcript 'tell me a story'")
+        js(page, f"v2v.stats().outputLevelMax > {AUDIBLE}", 10, "the story's audio in the page")
+        js(page, "v2v.transcripts.some(e => e.role === 'assistant' && e.text.length > 0)",
+           10, "the story's text, paced to its audio")
+
+        # talking over it interrupts it: what was not said is struck out
+        js(page, "v2v.events.includes('bot-interrupted')", 20, "bot-interrupted")
+        js(page, "v2v.transcripts.some(e => e.role === 'assistant' && e.interrupted && e.unspoken.length > 0)",
+           10, "the interrupted answer with its unspoken part")
+        story = page.evaluate("v2v.transcripts.find(e => e.role === 'assistant' && e.interrupted)")
+        assert story["spoken"], story
+        assert page.locator(".msg.assistant.interrupted del.unspoken").count() >= 1
+        assert page.locator(".msg.assistant.interrupted .spoken").first.inner_text() == story["spoken"]
+
+        # what the caller said over the story is transcribed and answered (recognition of speech
+        # cut into by a barge-in is not exact: any words will do)
+        js(page, "(() => { const t = v2v.transcripts; const i = t.findIndex(e => e.interrupted);"
+                 " return i >= 0 && t.slice(i + 1).some(e => e.role === 'user' && e.final && e.text)"
+                 " && t.slice(i + 1).some(e => e.role === 'assistant' && e.final && e.text); })()",
+           20, "the words said over the story, and the answer to them")
+        js(page, "v2v.state === 'listening'", 15, "back to listening")
+
+        # a typed question gets a spoken answer, shown as it is heard
+        page.fill("#text", "what time is it")
+        page.press("#text", "Enter")
+        js(page, "v2v.transcripts.some(e => e.role === 'assistant' && /\\d:\\d\\d/.test(e.text))",
+           15, "the assistant telling the time")
+        js(page, "v2v.turns.some(t => t.ttfbMs !== null)", 5, "a server turn latency")
+
+        screenshot(page, "browser_local_laptop.png")
+        page.set_viewport_size(PHONE)
+        screenshot(page, "browser_local_phone.png", full_page=True)
+        page.set_viewport_size(LAPTOP)
+
+        hang_up_and_check(page, local_server)
+        assert page.evaluate("v2v.errors") == []
+        assert problems == []
     finally:
         b.close()
