@@ -310,6 +310,7 @@ class CallManager:
         self._calls: dict[str, Call] = {}  # every call not yet fully released
         self._live: set[str] = set()  # calls not ending (count against --max-calls)
         self._closing = False
+        self._warmup: asyncio.Task | None = None
         self.webrtc = WebRTCTransport(self)
 
     # -- models ------------------------------------------------------------
@@ -336,15 +337,32 @@ class CallManager:
         return f
 
     async def start(self) -> None:
-        """Load the default model's factory now so /readyz tells the truth."""
+        """Load the default model's factory now so /readyz tells the truth, and warm it up
+        in the background (the local model loads its recognizer and voice)."""
         try:
-            self.factory(self.config.model)
+            factory = self.factory(self.config.model)
         except DispatchError as e:
             log.error("default model unavailable", extra={"error": e.message})
+            return
+        warm = getattr(factory, "warm_up", None)
+        if callable(warm):
+            self._warmup = asyncio.get_running_loop().create_task(self._warm(warm))
+
+    async def _warm(self, warm: Callable[[], Any]) -> None:
+        t0 = time.monotonic()
+        try:
+            res = warm()
+            if inspect.isawaitable(res):
+                await res
+            log.info("model ready", extra={"model": self.config.model, "warm_up_s": round(time.monotonic() - t0, 2)})
+        except Exception as e:
+            log.error("model warm-up failed", extra={"model": self.config.model, "error": str(e)})
 
     def not_ready_reason(self) -> str | None:
         if self._closing:
             return "shutting down"
+        if self._warmup is not None and not self._warmup.done():
+            return f"model {self.config.model!r} is warming up"
         if self.config.model not in self._factories:
             try:
                 self.factory(self.config.model)
@@ -429,7 +447,7 @@ class CallManager:
         caps = getattr(factory, "capabilities", None)
         turn = "server" if self.config.turn_detection == "server" and getattr(caps, "server_vad", False) else "local"
         cc = CallConfig(turn_detection=turn, greeting=self.config.greeting)
-        return CallSession(call_id, factory, cc, playout, _default_tools(), sc)
+        return CallSession(call_id, factory, cc, playout, _tools_for(factory), sc)
 
     def _call_ending(self, call: Call) -> None:
         if call.call_id in self._live:
@@ -457,17 +475,28 @@ class CallManager:
     async def close(self, reason: str = "shutdown") -> None:
         """End every call and wait until all are released."""
         self._closing = True
+        if self._warmup is not None and not self._warmup.done():
+            self._warmup.cancel()
+            await asyncio.gather(self._warmup, return_exceptions=True)
         calls = list(self._calls.values())
         if calls:
             await asyncio.gather(*(c.end(reason) for c in calls), return_exceptions=True)
         await self.webrtc.close()
 
 
-def _default_tools() -> Any:
-    """The worker's default tool registry, if it offers one."""
-    try:
-        tools_mod = importlib.import_module("worker.tools")
-    except ImportError:
+def _tools_for(factory: ModelFactory) -> Any:
+    """The tools a model ships (``factory.tools()`` -> [(ToolSpec, async func)]) in a ToolRegistry."""
+    make = getattr(factory, "tools", None)
+    if not callable(make):
         return None
-    make = getattr(tools_mod, "default_tools", None)
-    return make() if callable(make) else None
+    from worker.tools import ToolRegistry  # noqa: PLC0415
+
+    registry = ToolRegistry()
+    try:
+        pairs = make()
+    except Exception:
+        log.exception("model tools unavailable")
+        return None
+    for spec, func in pairs or []:
+        registry.register(spec.name, spec.description, spec.parameters, func)
+    return registry

@@ -81,12 +81,13 @@ class CallLog:
         self.peer = peer
         self.transport = transport
 
-    def event(self, name: str, level: int = logging.INFO, **fields: Any) -> None:
-        if not log.isEnabledFor(level):
+    def event(self, _event: str, _level: int = logging.INFO, **fields: Any) -> None:
+        if not log.isEnabledFor(_level):
             return
         extra = {"call": self.call_id, "peer": self.peer, "transport": self.transport}
-        extra.update(fields)
-        log.log(level, name, extra=extra)
+        for k, v in fields.items():
+            extra[k if k not in _RESERVED else f"{k}_"] = v  # LogRecord attributes cannot be overwritten
+        log.log(_level, _event, extra=extra)
 
     def observe(self, e: object) -> None:
         """A :class:`worker.call.CallSession` listener."""
@@ -114,9 +115,9 @@ class CallLog:
         elif isinstance(e, ev.BotTranscript):
             self.event("bot-transcript", text=e.text, item=e.item_id)
         elif isinstance(e, ev.FunctionCallInProgress):
-            self.event("function-call", call_id=e.call_id, name=e.name, client_side=e.client_side)
+            self.event("function-call", call_id=e.call_id, tool=e.name, client_side=e.client_side)
         elif isinstance(e, ev.FunctionCallStopped):
-            self.event("function-call-done", call_id=e.call_id, name=e.name, cancelled=e.cancelled)
+            self.event("function-call-done", call_id=e.call_id, tool=e.name, cancelled=e.cancelled)
         elif isinstance(e, ev.DtmfReceived):
             self.event("dtmf", digit=e.digit)
         elif isinstance(e, ev.Metrics):

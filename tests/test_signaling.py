@@ -262,12 +262,14 @@ def test_call_log_lines_text_and_json():
         log = CallLog("pc-1", "127.0.0.1:5000", "webrtc")
         log.observe(ev.AgentStateChanged("speaking", "thinking"))
         log.observe(ev.BotInterrupted("item_1", 840, False))
-        log.event("call-ended", reason="hangup")
+        log.observe(ev.FunctionCallInProgress("c1", "get_time", {}, False))
+        log.event("call-ended", reason="hangup", name="reserved", message="also")
         lines = [json.loads(x) for x in buf.getvalue().splitlines()]
-        assert [x["event"] for x in lines] == ["state", "barge-in", "truncation", "call-ended"]
+        assert [x["event"] for x in lines] == ["state", "barge-in", "truncation", "function-call", "call-ended"]
         assert all(x["call"] == "pc-1" and x["peer"] == "127.0.0.1:5000" for x in lines)
         assert lines[0]["state"] == "speaking" and lines[2]["audio_end_ms"] == 840
-        assert lines[3]["reason"] == "hangup"
+        assert lines[3]["tool"] == "get_time"
+        assert lines[4]["reason"] == "hangup" and lines[4]["name_"] == "reserved"
         buf.seek(0)
         buf.truncate()
         setup_logging("text", "info", stream=buf)
