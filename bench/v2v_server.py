@@ -1,0 +1,144 @@
+"""``v2v serve`` with bench-only variants, to measure one optimisation at a time.
+
+The variants are process-wide monkeypatches applied before the server starts;
+nothing in media/, worker/ or signaling/ changes. ``V2V_BENCH_VARIANT`` holds
+a comma-separated list (or pass ``--variant`` before ``serve``):
+
+- ``uvloop=0``        run on asyncio's default loop (v2v uses uvloop)
+- ``jitter=aiortc``   keep aiortc's stock audio jitter buffer (4 packets prefetch)
+- ``level=aiortc``    aiortc's pure-Python ``compute_audio_level_dbov`` again
+- ``opus=mono32``     Opus encoder mono, 32 kbit/s (aiortc: stereo 96 kbit/s)
+- ``opus=mono32c5``   the same at complexity 5
+- ``dec=mono``        Opus decoder output mono (aiortc: stereo, then down-mixed)
+- ``encode=inline``   encode on the event loop instead of a thread-pool hop per frame
+
+    python bench/v2v_server.py --variant level=aiortc serve --model echo --port 8080
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _opus_encoder(layout: str, bitrate: int, complexity: int | None) -> None:
+    from aiortc.codecs import opus  # noqa: PLC0415
+    from av import AudioResampler  # noqa: PLC0415
+
+    original = opus.OpusEncoder.__init__
+
+    def __init__(self: Any) -> None:
+        original(self)
+        ctx = opus.CodecContext.create("libopus", "w")
+        ctx.bit_rate = bitrate
+        ctx.format = "s16"
+        ctx.layout = layout
+        opts = {"application": "voip"}
+        if complexity is not None:
+            opts["compression_level"] = str(complexity)
+        ctx.options = opts
+        ctx.sample_rate = opus.SAMPLE_RATE
+        ctx.time_base = opus.TIME_BASE
+        self.codec = ctx
+        self.resampler = AudioResampler(format="s16", layout=layout, rate=opus.SAMPLE_RATE,
+                                        frame_size=opus.SAMPLES_PER_FRAME)
+
+    opus.OpusEncoder.__init__ = __init__
+
+
+def _mono_decoder() -> None:
+    from aiortc.codecs import opus  # noqa: PLC0415
+
+    original = opus.OpusDecoder.__init__
+
+    def __init__(self: Any) -> None:
+        original(self)
+        ctx = opus.CodecContext.create("libopus", "r")
+        ctx.format = "s16"
+        ctx.layout = "mono"
+        ctx.sample_rate = opus.SAMPLE_RATE
+        self.codec = ctx
+
+    opus.OpusDecoder.__init__ = __init__
+
+
+class _InlineLoop:
+    """Stands in for the sender's loop: run_in_executor runs the function at once."""
+
+    def __init__(self, loop: Any) -> None:
+        self._loop = loop
+
+    def run_in_executor(self, executor: Any, func: Any, *args: Any) -> Any:
+        fut = self._loop.create_future()
+        try:
+            fut.set_result(func(*args))
+        except Exception as e:  # noqa: BLE001
+            fut.set_exception(e)
+        return fut
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+
+def _inline_encode() -> None:
+    from aiortc import rtcrtpsender  # noqa: PLC0415
+
+    original = rtcrtpsender.RTCRtpSender.__init__
+
+    def __init__(self: Any, *a: Any, **kw: Any) -> None:
+        original(self, *a, **kw)
+        self._RTCRtpSender__loop = _InlineLoop(self._RTCRtpSender__loop)
+
+    rtcrtpsender.RTCRtpSender.__init__ = __init__
+
+
+def apply(variants: list[str]) -> None:
+    from aiortc import rtp  # noqa: PLC0415
+
+    stock_level = rtp.compute_audio_level_dbov
+    import signaling.cli as cli  # noqa: PLC0415
+    import signaling.webrtc as webrtc  # noqa: PLC0415
+
+    for v in variants:
+        key, _, val = v.partition("=")
+        if key == "uvloop" and val == "0":
+            import asyncio  # noqa: PLC0415
+
+            cli._run = asyncio.run  # type: ignore[attr-defined]
+        elif key == "jitter" and val == "aiortc":
+            webrtc._patch_receiver = lambda receiver: None  # type: ignore[attr-defined]
+        elif key == "level" and val == "aiortc":
+            rtp.compute_audio_level_dbov = stock_level
+            webrtc.install_aiortc_speedups = lambda: None  # type: ignore[attr-defined]
+        elif key == "opus" and val == "mono32":
+            _opus_encoder("mono", 32000, None)
+        elif key == "opus" and val == "mono32c5":
+            _opus_encoder("mono", 32000, 5)
+        elif key == "dec" and val == "mono":
+            _mono_decoder()
+        elif key == "encode" and val == "inline":
+            _inline_encode()
+        elif v:
+            raise SystemExit(f"unknown bench variant {v!r}")
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    variants = [x for x in os.environ.get("V2V_BENCH_VARIANT", "").split(",") if x]
+    while argv[:1] == ["--variant"]:
+        variants.append(argv[1])
+        argv = argv[2:]
+    apply(variants)
+    if variants:
+        print(f"v2v bench variants: {', '.join(variants)}", flush=True)
+    from signaling.cli import main as cli_main  # noqa: PLC0415
+
+    return cli_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
