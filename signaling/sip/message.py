@@ -86,7 +86,7 @@ def split_list(value: str) -> list[str]:
 
 
 def parse_params(text: str) -> dict[str, str | None]:
-    """`;a=b;c` -> {"a": "b", "c": None} (names lower-cased)."""
+    """`;a=b;c` -> {"a": "b", "c": None} (names lower-cased, values kept verbatim)."""
     out: dict[str, str | None] = {}
     for part in text.split(";"):
         part = part.strip()
@@ -94,7 +94,7 @@ def parse_params(text: str) -> dict[str, str | None]:
             continue
         if "=" in part:
             k, v = part.split("=", 1)
-            out[k.strip().lower()] = v.strip().strip('"')
+            out[k.strip().lower()] = v.strip()
         else:
             out[part.lower()] = None
     return out
