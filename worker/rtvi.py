@@ -47,6 +47,7 @@ PING_TIMEOUT_S = 3.0
 READY_TIMEOUT_S = 10.0  # longest bot-ready waits for the model to connect
 CLIENT_MESSAGE_TIMEOUT_S = 30.0
 MAX_QUEUED_ACTIONS = 64
+PEER_LEFT_FLUSH_S = 0.05
 
 
 class ClientMessageError(Exception):
@@ -172,10 +173,14 @@ class RTVIHandler:
         self._worker = asyncio.get_running_loop().create_task(self._run_actions(), name="rtvi-actions")
 
     async def close(self) -> None:
-        """Stop timers and tasks and unsubscribe; idempotent."""
+        """The call is over: tell the client (``peerLeft``, unless already
+        sent), stop timers and tasks and unsubscribe; idempotent."""
         if self._closed:
             return
         self._closed = True
+        if self.peer_left():
+            # let the message leave before the transport closes the channel
+            await asyncio.sleep(PEER_LEFT_FLUSH_S)
         remove = getattr(self.call, "remove_listener", None)
         if remove is not None:
             remove(self._on_event)
