@@ -102,8 +102,7 @@ class Server:
 def serve_command(port: int, model: str, *extra_args: str) -> list[str]:
     """The real CLI: `v2v serve` (run through the interpreter running the tests)."""
     return [
-        sys.executable, "-c", "import sys; from signaling.cli import main; sys.exit(main())",
-        "serve", "--host", "127.0.0.1", "--port", str(port), "--model", model, *extra_args,
+        sys.executable, "-m", "signaling.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--model", model, *extra_args,
     ]
 
 
@@ -152,16 +151,17 @@ def speech_wav(tmp_dir: Path) -> Path:
     return out
 
 
-def compose_wav(out: Path, parts: list[str | float], rate: int = 16000) -> Path:
-    """Concatenate fixture WAVs (16-bit mono at `rate`) and silences (seconds) into `out`."""
+def compose_wav(out: Path, parts: list[Path | str | float], rate: int = 16000) -> Path:
+    """Concatenate WAVs (16-bit mono at `rate`; a str names a file in tests/fixtures) and
+    silences (float seconds) into `out`."""
     import wave
 
     import numpy as np
 
     chunks: list[np.ndarray] = []
     for part in parts:
-        if isinstance(part, str):
-            with wave.open(str(FIXTURES / part), "rb") as w:
+        if isinstance(part, (str, Path)):
+            with wave.open(str(FIXTURES / part if isinstance(part, str) else part), "rb") as w:
                 assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (rate, 1, 2), part
                 chunks.append(np.frombuffer(w.readframes(w.getnframes()), dtype="<i2"))
         else:

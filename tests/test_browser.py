@@ -53,9 +53,10 @@ def playwright_instance():
 
 @pytest.fixture(scope="module")
 def browser(playwright_instance, tmp_module: Path) -> Iterator[Browser]:
-    b = playwright_instance.chromium.launch(
-        executable_path=CHROMIUM, headless=True, args=fake_audio_args(speech_wav(tmp_module))
-    )
+    # Chromium loops the capture file: one utterance, then silence for longer than the test,
+    # so the typed-text part of the test is not talked over.
+    wav = compose_wav(tmp_module / "speech_once.wav", [speech_wav(tmp_module), 60.0])
+    b = playwright_instance.chromium.launch(executable_path=CHROMIUM, headless=True, args=fake_audio_args(wav))
     yield b
     b.close()
 
@@ -129,8 +130,8 @@ def test_echo_call_in_browser(browser: Browser, echo_server: Server) -> None:
         # the echo model transcribes nothing: the user's bubble says so
         js(page, "v2v.transcripts.some(e => e.role === 'user' && e.final)", 10, "a final user turn")
 
-        # typed text: mute the microphone (in the silence after the spoken turn) so the looped
-        # speech does not talk over it; the echo model answers with a tone per word and the text
+        # typed text (with the microphone muted): the echo model answers with a tone per word and
+        # the text, which the page shows as the tones are heard
         page.click("#mute")
         assert page.get_attribute("#mute", "aria-pressed") == "true"
         page.fill("#text", "hello there friend")
