@@ -344,3 +344,22 @@ async def test_full_call_story_barge_in_then_time(factory) -> None:
     # the time was spoken after the interruption
     assert any(t.event.text.startswith("It is ") for t in result.of_type(ev.BotTranscript))
     assert session.history[-1][0] == "assistant" and session.history[-1][1].startswith("It is ")
+
+
+async def test_two_sessions_speak_at_once_without_mixing(factory) -> None:
+    sessions = [factory.open(mb.SessionConfig()) for _ in range(2)]
+    cols = [Collector(s) for s in sessions]
+    texts = ["tell me a story", "what can you do"]
+    for s, text in zip(sessions, texts):
+        await s.connect()
+        await s.send_message("user", text)
+    await asyncio.gather(*(s.create_response() for s in sessions))
+    for col in cols:
+        await col.wait_done()
+    for col, expected in zip(cols, (brain.STORY, brain.CAPABILITIES)):
+        text, offsets, audio = spoken(col, 0)
+        assert text == expected and col.of(mb.OutputTranscriptDone)[0].text == expected
+        assert all(b > a for a, b in zip(offsets, offsets[1:])) and offsets[-1] < audio
+    for s, col in zip(sessions, cols):
+        await s.close()
+        await asyncio.wait_for(col.task, 5)
