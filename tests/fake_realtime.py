@@ -832,10 +832,12 @@ class FakeRealtimeServer:
         if self.handshake_statuses:
             status = self.handshake_statuses.pop(0)
             self.handshakes.append(status)
+            await self._notify()
             return web.json_response({"error": {"message": "The server is overloaded",
                                                 "type": "server_error"}}, status=status)
         if auth != f"Bearer {self.api_key}":
             self.handshakes.append(401)
+            await self._notify()
             given = auth.removeprefix("Bearer ")
             # The real API echoes (part of) the key it got: the client must not log it.
             return web.json_response({"error": {

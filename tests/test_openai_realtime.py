@@ -616,3 +616,43 @@ async def test_v2v_serve_model_openai_over_webrtc(fake: FakeRealtimeServer) -> N
     assert fake.auth_headers == [f"Bearer {KEY}"]
     assert KEY not in logs and KEY not in json.dumps(summary)
     assert fake.violations == []
+
+
+async def test_reconnect_gives_up_after_the_attempts_fatal(fake: FakeRealtimeServer) -> None:
+    fake.speed = 0
+    fake.drop_connections, fake.drop_after_deltas = {0}, 2
+    rec = await open_session(fake)
+    s = rec.session
+    await rec.wait_type(Connected)
+    fake.handshake_statuses = [503] * 10
+    await s.send_message("user", "hello")
+    await s.create_response()
+    fatal = (await rec.wait_type(ModelError, where=lambda e: e.fatal))[0]
+    assert fatal.code == "connect_failed" and "503" in fatal.message
+    assert rec.of(Disconnected)[-1].fatal
+    assert fake.handshakes == [101] + [503] * 4  # reconnect_attempts=4
+    await rec.close()
+    assert fake.violations == []
+
+
+async def test_update_session_and_close_while_connecting(fake: FakeRealtimeServer) -> None:
+    rec = await open_session(fake)
+    s = rec.session
+    await s.update_session(instructions="Speak French.", tools=[ToolSpec("t", "a tool")])
+    await fake.wait_for(lambda: len(fake.client_events("session.update")) == 2)
+    upd = fake.client_events("session.update")[1]["session"]
+    assert upd == {"type": "realtime", "instructions": "Speak French.", "tool_choice": "auto",
+                   "tools": [{"type": "function", "name": "t", "description": "a tool",
+                              "parameters": {"type": "object", "properties": {}}}]}
+    assert fake.connections[0].session["instructions"] == "Speak French."
+    await rec.close()
+    # closing while the handshake is failing and backing off: quiet, nothing leaks
+    fake.handshake_statuses = [503] * 10
+    factory = OpenAIRealtimeFactory(KEY, base_url=fake.base_url, backoff_base=0.2)
+    s2 = factory.open(SessionConfig())
+    task = asyncio.create_task(s2.connect())
+    await fake.wait_for(lambda: len(fake.handshakes) >= 2)
+    await s2.close()
+    await asyncio.wait_for(task, 2)
+    assert s2._http is None and s2._ws is None
+    assert fake.violations == []

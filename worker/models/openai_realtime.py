@@ -291,6 +291,7 @@ class OpenAIRealtimeSession(ModelSession):
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._ready = False  # socket open, session configured, conversation restored
         self._closing = False
+        self._stop = asyncio.Event()
         self._fatal = False
         self._task: asyncio.Task[None] | None = None
         self._items: dict[str, _Item] = {}  # ordered mirror of the conversation
@@ -353,14 +354,25 @@ class OpenAIRealtimeSession(ModelSession):
     async def connect(self) -> None:
         """Connect (retrying transient failures); emits Connected, or a fatal error."""
         self._http = aiohttp.ClientSession()
-        ok = await self._connect_with_retry(first=True)
-        if ok:
+        try:
+            ok = await self._connect_with_retry()
+        except BaseException as exc:
+            if not self._closing:
+                await self._close_socket()
+                http, self._http = self._http, None
+                if http is not None:
+                    await http.close()
+            if self._closing and not isinstance(exc, asyncio.CancelledError):
+                return  # closed while connecting: nothing to report
+            raise
+        if ok and not self._closing:
             self._task = asyncio.create_task(self._run(), name="openai-realtime-reader")
 
     async def close(self) -> None:
         if self._closing:
             return
         self._closing = True
+        self._stop.set()
         self._ready = False
         task, self._task = self._task, None
         if task is not None and task is not asyncio.current_task():
@@ -392,7 +404,7 @@ class OpenAIRealtimeSession(ModelSession):
         self.emit(ModelError(message=message, code=code, fatal=True))
         self.emit(Disconnected(reason=message, fatal=True))
 
-    async def _connect_with_retry(self, first: bool) -> bool:
+    async def _connect_with_retry(self) -> bool:
         attempts = max(1, self._f.reconnect_attempts)
         delay = self._f.backoff_base
         last = ""
@@ -414,7 +426,11 @@ class OpenAIRealtimeSession(ModelSession):
                     attempt + 1, attempts, last,
                 )
             if attempt + 1 < attempts:
-                await asyncio.sleep(delay)
+                try:  # back off; close() ends the wait at once
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                    return False
+                except asyncio.TimeoutError:
+                    pass
                 delay = min(delay * 2, self._f.backoff_max)
         self._fail(f"could not connect to the realtime API after {attempts} attempts: {last}",
                    "connect_failed")
@@ -456,6 +472,8 @@ class OpenAIRealtimeSession(ModelSession):
         for item in list(self._items.values()):
             body = item.to_create()
             item.live = False
+            if item.kind == "function_call" and item.call_id not in self._emitted_calls:
+                body = None  # cut off mid-arguments: never called, not restored
             if body is None:
                 continue
             await self._send_now({"type": "conversation.item.create", "item": body})
@@ -501,7 +519,7 @@ class OpenAIRealtimeSession(ModelSession):
                 return
             self._on_drop(reason)
             await self._close_socket()
-            if not await self._connect_with_retry(first=False):
+            if not await self._connect_with_retry():
                 return
 
     async def _read_loop(self) -> str:
@@ -538,6 +556,7 @@ class OpenAIRealtimeSession(ModelSession):
             for item_id in sorted(resp.open_audio_items):
                 self.emit(AudioDone(item_id=item_id, response_id=resp.id))
             self.emit(ResponseDone(response_id=resp.id, status="failed"))
+        self._responses.clear()
         for item in self._items.values():
             item.live = item.audio_live = False
         self.emit(ModelError(message=f"model connection lost ({reason}); reconnecting",
