@@ -29,6 +29,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from media.audio import frame_to_mono
 from media.resample import ExactResampler
 
+from .webrtc import patch_receiver
+
 RATE = 48000
 FRAME = 960  # 20 ms at 48 kHz
 LOUD_RMS = 300.0  # int16 RMS of a 20 ms frame that counts as sound
@@ -257,6 +259,9 @@ class Caller:
                 raise RuntimeError(f"offer refused: HTTP {resp.status}: {data.get('error')}")
         self.pc_id = data["pc_id"]
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=data["sdp"], type=data["type"]))
+        for t in self.pc.getTransceivers():  # time audio at packet arrival, not after a jitter buffer
+            if t.kind == "audio":
+                patch_receiver(t.receiver)
         if self.trickle:
             await self.send_candidates()
         return data

@@ -93,7 +93,7 @@ class ImmediateAudioJitterBuffer:
         return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)
 
 
-def _patch_receiver(receiver: Any) -> None:
+def patch_receiver(receiver: Any) -> None:
     attr = "_RTCRtpReceiver__jitter_buffer"
     if hasattr(receiver, attr) and not isinstance(getattr(receiver, attr), ImmediateAudioJitterBuffer):
         setattr(receiver, attr, ImmediateAudioJitterBuffer())
@@ -172,7 +172,7 @@ class WebRTCCall:
         audio_ok = False
         for t in pc.getTransceivers():
             if t.kind == "audio":
-                _patch_receiver(t.receiver)
+                patch_receiver(t.receiver)
                 if not audio_ok:
                     audio_ok = True
                     if t.sender.track is None and track not in [s.track for s in pc.getSenders()]:

@@ -301,3 +301,33 @@ async def test_fifty_calls_leave_nothing_behind():
             for o in ("hangup", "peer-closed")
         )
         assert total == 54
+
+
+async def test_barge_in_over_webrtc_cuts_the_reply_and_counts_it():
+    from signaling.client import summarize
+
+    (s0, s1), = manifest()[HELLO]["speech"]
+    phrase = hello()[s0:s1]
+    z = lambda s: np.zeros(int(s * RATE), np.int16)
+    # the phrase, then the same phrase again while its echo is playing
+    wav = np.concatenate([z(0.3), phrase, z(1.2), phrase, z(1.0)])
+    async with running_server() as server:
+        caller = Caller(server.url)
+        try:
+            await caller.connect()
+            call = server.manager.get(caller.pc_id)
+            events = []
+            call.add_listener(events.append)
+            caller.play(wav)
+            await wait_until(lambda: caller.source.finished, 10, "the WAV sent")
+            summary = summarize(caller, wav)
+        finally:
+            await caller.hangup()
+        interrupted = [e for e in events if type(e).__name__ == "BotInterrupted"]
+        assert interrupted and not interrupted[0].deleted and interrupted[0].played_ms > 0
+        # the reply stopped arriving soon after the caller started talking over it
+        assert summary["barge_in_cut_s"] is not None and summary["barge_in_cut_s"] < 0.25, summary
+        text = await metrics_text(server)
+        assert metric_value(text, "v2v_barge_ins_total") >= 1
+        assert metric_value(text, "v2v_truncations_total") >= 1
+        assert metric_value(text, "v2v_barge_in_latency_seconds_count") >= 1
