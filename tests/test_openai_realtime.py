@@ -656,3 +656,27 @@ async def test_update_session_and_close_while_connecting(fake: FakeRealtimeServe
     await asyncio.wait_for(task, 2)
     assert s2._http is None and s2._ws is None
     assert fake.violations == []
+
+
+async def test_wav_call_survives_a_dropped_model_socket(fake: FakeRealtimeServer) -> None:
+    """The socket drops mid-reply: the caller is told (not fatal), the conversation is
+    restored on a new connection and the next turn is answered."""
+    fake.drop_connections, fake.drop_after_deltas = {0}, 3
+    turn_a = load_wav("speech_en_us_m3_hear_me.wav")[0]
+    turn_b = load_wav("what_time_is_it.wav")[0]
+    audio = compose((0.0, turn_a), (3.0, turn_b), total_s=5.6)
+    result = await run_wav_call(call_factory(fake, "local"), audio, IN_RATE,
+                                config=CallConfig(turn_detection="local"),
+                                realtime=True, tail_s=1.5, stop_when_idle=True)
+    errors = [t.event for t in result.of_type(cev.CallError)]
+    assert len(errors) == 1 and not errors[0].fatal and "reconnecting" in errors[0].message
+    assert not result.of_type(cev.CallEnded) or result.call.end_reason == "input-ended"
+    assert len(fake.connections) == 2 and fake.drops == 1
+    restored = fake.client_events("conversation.item.create", conn=1)
+    assert [e["item"]["role"] for e in restored] == ["user", "assistant"]
+    assert restored[0]["item"]["content"][0]["text"].startswith("user turn 1")
+    # turn B went to the new connection and was answered in full
+    assert len(fake.client_events("input_audio_buffer.commit", conn=1)) == 1
+    assert fake.responses[-1]["status"] == "completed"
+    assert len(result.of_type(cev.BotStartedSpeaking)) == 2
+    assert fake.violations == []
