@@ -278,9 +278,27 @@ def test_pipecat_client_against_echo(browser: Browser, page_url: str, echo_serve
         assert list(done.values()) == ["Hello there.", "How are you?"]
         assert outs[-1]["spoken_text"] == "Hello there. How are you?"
 
+        # DTMF (RTVI 2.1: one message with all the keys) reaches the call, which reports each digit
+        c.page.evaluate("v2vTest.sendDTMF('12#')")
+        c.wait("v2vTest.events.filter(e => e.name === 'onServerMessage' && e.data.type === 'dtmf')"
+               ".map(e => e.data.digit).join('') === '12#'", 5, "the DTMF digits reported back")
+
         assert not c.errors(), c.errors()
         assert not c.problems, c.problems
         disconnect_and_check(c)
+    finally:
+        c.page.context.close()
+
+
+def test_disconnect_bot_ends_the_call(browser: Browser, page_url: str, echo_server: Server) -> None:
+    c = open_client(browser, page_url, echo_server)
+    try:
+        connect(c)
+        assert active_webrtc_calls(echo_server.url) == 1
+        c.page.evaluate("v2vTest.disconnectBot()")
+        wait_until(lambda: active_webrtc_calls(echo_server.url) == 0, 2.0, "the call to end")
+        c.wait_event("onBotDisconnected", 5)  # peerLeft
+        assert not c.errors(), c.errors()
     finally:
         c.page.context.close()
 

@@ -26,7 +26,9 @@ from hypothesis import strategies as st
 from media.playout import PlayoutBuffer
 from worker import rtvi as rtvi_mod
 from worker.call import CallConfig, CallSession
-from worker.models.base import FunctionCall, ResponseCreated, ResponseDone, SessionConfig
+from worker.models.base import (
+    FunctionCall, ModelError, ResponseCreated, ResponseDone, SessionConfig, TextDelta, TextDone,
+)
 from worker.models.echo import EchoModelFactory, EchoSession
 from worker.rtvi import ClientMessageError, ClientRequest, RTVIHandler
 from worker.rtvi_messages import BotOutputTracker, ProtocolError, parse_frame
@@ -50,8 +52,9 @@ _ids = itertools.count(1)
 
 
 class ToolEchoSession(EchoSession):
-    """The echo model, plus: a user text ``call NAME {json}`` makes the
-    model call function NAME with those arguments."""
+    """The echo model, plus, for a user text: ``call NAME {json}`` calls
+    function NAME with those arguments; ``write WORDS`` answers WORDS as text
+    deltas; ``fail-soft`` reports a non-fatal model error."""
 
     async def create_response(self, *, instructions: str | None = None) -> None:
         text = self._reply_text
@@ -63,6 +66,19 @@ class ToolEchoSession(EchoSession):
             self.emit(ResponseCreated(f"tool_resp_{n}"))
             self.emit(FunctionCall(f"tc_{n}", parts[1], parts[2] if len(parts) > 2 else "{}"))
             self.emit(ResponseDone(f"tool_resp_{n}"))
+            return
+        if text and text.startswith("fail-soft"):
+            self._reply_text = None
+            self.emit(ModelError("rate limited, retrying", code="rate_limit", fatal=False))
+            return
+        if text and text.startswith("write "):
+            self._reply_text = None
+            n = next(_ids)
+            self.emit(ResponseCreated(f"text_resp_{n}"))
+            for word in text[6:].split(" "):
+                self.emit(TextDelta(f"text_item_{n}", word + " ", f"text_resp_{n}"))
+            self.emit(TextDone(f"text_item_{n}", text[6:], f"text_resp_{n}"))
+            self.emit(ResponseDone(f"text_resp_{n}"))
             return
         await super().create_response(instructions=instructions)
 
@@ -509,6 +525,22 @@ async def test_server_side_function_call_messages() -> None:
         stopped = await h.wait_for("llm-function-call-stopped", mark)
         assert stopped["data"]["result"] == {"sum": 5} and stopped["data"]["cancelled"] is False
         assert not h.of_type("llm-function-call", mark)
+    finally:
+        await h.close()
+
+
+async def test_llm_text_and_non_fatal_errors() -> None:
+    h = await Harness(ToolEchoFactory()).open()
+    try:
+        mark, _ = h.send("send-text", {"content": "write Bonjour tout le monde"})
+        await h.wait_for("bot-llm-stopped", mark)
+        texts = [m["data"]["text"] for m in h.of_type("bot-llm-text", mark)]
+        assert "".join(texts).split() == ["Bonjour", "tout", "le", "monde"]
+        mark, _ = h.send("send-text", {"content": "fail-soft"})
+        err = await h.wait_for("error", mark)
+        assert err["data"] == {"error": "rate limited, retrying", "fatal": False}
+        await h.roundtrip()
+        assert not h.call.ended.is_set()
     finally:
         await h.close()
 

@@ -125,6 +125,16 @@ T.sendText = async (text, options) => {
   return true;
 };
 
+T.sendDTMF = (keys) => {
+  client.sendDTMF(keys);
+  return true;
+};
+
+T.disconnectBot = () => {
+  client.disconnectBot();
+  return true;
+};
+
 T.enableMic = (on) => {
   client.enableMic(on);
   record("enableMic", on);
