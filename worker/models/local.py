@@ -182,7 +182,7 @@ class LocalSession(ModelSession):
 
     # -- lifecycle ---------------------------------------------------------
     async def connect(self) -> None:
-        # Load the models off the loop (first use in the process: ~1-2 s).
+        # Load the models off the loop (first use in the process: ~0.3 s).
         if self._recognizer is None:
             self._recognizer = await asyncio.to_thread(shared_recognizer)
         if self._tts is None:

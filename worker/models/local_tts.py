@@ -255,9 +255,9 @@ def _end_marker(job: _Job):
     return done
 
 
-def _char_index(text: str, byte_or_char_pos: int) -> int:
-    """espeak reports character positions; clamp to the text."""
-    return max(0, min(len(text), byte_or_char_pos))
+def _char_index(text: str, pos: int) -> int:
+    """espeak reports character (not byte) positions; clamp to the text."""
+    return max(0, min(len(text), pos))
 
 
 _shared: EspeakTTS | None = None
