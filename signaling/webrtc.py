@@ -313,30 +313,50 @@ class WebRTCCall:
         return task
 
     # -- lifecycle -----------------------------------------------------------------
-    async def open(self, offer: RTCSessionDescription, req: OfferRequest, peer: str) -> str:
+    async def open(
+        self,
+        offer: RTCSessionDescription,
+        peer: str,
+        *,
+        transport: str = "webrtc",
+        profile: str | None = None,
+        rtvi: bool = True,
+        start: bool = True,
+    ) -> str:
+        """Answer ``offer`` and create the call; returns the answer SDP.
+
+        With ``start=False`` nothing runs until :meth:`start` (e.g. SIP answers
+        with 200 OK first).
+        """
         mgr = self.transport.manager
-        mgr.check_capacity("webrtc")
+        mgr.check_capacity(transport)
         self.pc = self._new_pc()
         self.track = AssistantTrack(self.playout)
         try:
             sdp = await self._negotiate(self.pc, offer, self.track)
-            profile = None
-            if isinstance(req.request_data, dict) and isinstance(req.request_data.get("profile"), str):
-                profile = req.request_data["profile"]
             self.call = await mgr.create_call(
-                "webrtc", profile, self.audio_in, self.playout, peer, call_id=self.pc_id, start=False
+                transport, profile, self.audio_in, self.playout, peer, call_id=self.pc_id, start=False
             )
         except BaseException:
             await self._release()
             raise
         self.call.on_end(self._on_call_end)
-        self.rtvi = RTVIHandler(self.call.session, self.send, on_hangup=self._end)
-        self.rtvi.start()
+        if rtvi:
+            self.rtvi = RTVIHandler(self.call.session, self.send, on_hangup=self._end)
+            self.rtvi.start()
+        if start:
+            self.start()
+        return sdp
+
+    def start(self) -> None:
+        """Start the call's runtime and its ICE/media watchdog (idempotent)."""
+        if self.call is None or self.call.ending or self._watchdog is not None:
+            return
         self._since = time.monotonic()
         self._watchdog = self._spawn(self._watch())
-        mgr.start_call(self.call)
-        self._on_state(self.pc)  # in case it connected during negotiation
-        return sdp
+        self.transport.manager.start_call(self.call)
+        if self.pc is not None:
+            self._on_state(self.pc)  # in case it connected during negotiation
 
     async def renegotiate(self, offer: RTCSessionDescription, restart_pc: bool) -> str:
         async with self._lock:
@@ -474,15 +494,42 @@ class WebRTCTransport:
             sdp = await existing.renegotiate(offer, bool(req.restart_pc))
             return OfferAnswer(sdp, "answer", existing.pc_id)
         # unknown pc_id (e.g. the server restarted): a new call, as Pipecat does
-        pc_id = f"pc-{uuid.uuid4().hex}"
-        wc = WebRTCCall(self, pc_id)
-        self._calls[pc_id] = wc
+        profile = None
+        if isinstance(req.request_data, dict) and isinstance(req.request_data.get("profile"), str):
+            profile = req.request_data["profile"]
+        wc, sdp = await self.answer(offer, peer, profile=profile, register=True)
+        return OfferAnswer(sdp, "answer", wc.pc_id)
+
+    async def answer(
+        self,
+        offer: RTCSessionDescription | str,
+        peer: str,
+        *,
+        transport: str = "webrtc",
+        profile: str | None = None,
+        call_id: str | None = None,
+        register: bool = False,
+        rtvi: bool = True,
+        start: bool = True,
+    ) -> tuple[WebRTCCall, str]:
+        """A new call answering a WebRTC offer (SDP text or description).
+
+        ``register`` makes it reachable by ``pc_id`` (PATCH/DELETE/renegotiation
+        of /api/offer). Returns the call's transport side and the answer SDP.
+        Raises :class:`~signaling.calls.BadRequest` (bad SDP) or
+        :class:`~signaling.calls.Overloaded` (max calls, model unavailable).
+        """
+        if isinstance(offer, str):
+            offer = _parse_offer(offer, "offer")
+        wc = WebRTCCall(self, call_id or f"pc-{uuid.uuid4().hex}")
+        if register:
+            self._calls[wc.pc_id] = wc
         try:
-            sdp = await wc.open(offer, req, peer)
+            sdp = await wc.open(offer, peer, transport=transport, profile=profile, rtvi=rtvi, start=start)
         except BaseException:
             self._forget(wc)
             raise
-        return OfferAnswer(sdp, "answer", pc_id)
+        return wc, sdp
 
     async def add_candidates(self, pc_id: str, candidates: list[IceCandidateInit]) -> None:
         wc = self._calls.get(pc_id)
