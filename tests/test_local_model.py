@@ -164,12 +164,15 @@ async def test_story_is_long_with_increasing_word_offsets_and_truncation_cuts_te
     assert call.name == "tell_story"
     mark = len(col.events)
     await session.function_output(call.call_id, await run_tool(factory, call))
+    t0 = asyncio.get_running_loop().time()
     await session.create_response()
     await col.wait_done(mark)
+    elapsed = asyncio.get_running_loop().time() - t0
 
     text, offsets, audio = spoken(col, mark)
     assert text == brain.STORY
     assert audio > 60 * RATE  # a minute or more of speech
+    assert elapsed < audio / RATE / 10  # streamed much faster than real time
     assert len(offsets) > 200 and offsets[0] == 0
     assert all(b > a for a, b in zip(offsets, offsets[1:]))
     assert offsets[-1] < audio
