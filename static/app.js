@@ -44,6 +44,7 @@
     levelTimer: null,
     pingTimer: null,
     msgId: 0,
+    gen: 0, // connect attempts
     ready: false,
     muted: false,
     transcripts: [], // {role, text, final, interrupted, spoken, unspoken, itemId, typed}
@@ -262,9 +263,12 @@
       li.append(n, bar, v);
       ui.turns.appendChild(li);
     }
-    const t = S.turns[S.turns.length - 1];
-    ui.latServer.textContent = t && t.ttfbMs !== null ? Math.round(t.ttfbMs) : "—";
-    ui.latHeard.textContent = t && t.heardMs !== null ? Math.round(t.heardMs) : "—";
+    // the latest figure of each kind (a typed turn has no server figure)
+    const lastOf = (k) => { for (let i = S.turns.length - 1; i >= 0; i--) if (S.turns[i][k] !== null) return S.turns[i][k]; return null; };
+    const srv = lastOf("ttfbMs");
+    const heard = lastOf("heardMs");
+    ui.latServer.textContent = srv !== null ? Math.round(srv) : "—";
+    ui.latHeard.textContent = heard !== null ? Math.round(heard) : "—";
   }
 
   function recordTtfb(ms) {
@@ -391,6 +395,25 @@
     return d;
   }
 
+  /* a one-line note in the conversation (tool use, keypad digits); not a transcript */
+  function addNote(text) {
+    ui.empty.hidden = true;
+    const el = document.createElement("div");
+    el.className = "note";
+    el.textContent = text;
+    ui.transcript.appendChild(el);
+    scrollDown();
+    return el;
+  }
+
+  function dropEmptyUserBubble() {
+    if (!userBubble || userBubble.entry.text) return;
+    userBubble.el.remove();
+    const i = S.transcripts.indexOf(userBubble.entry);
+    if (i >= 0) S.transcripts.splice(i, 1);
+    userBubble = null;
+  }
+
   function userBubbleNow() {
     if (!userBubble) userBubble = addBubble("user");
     return userBubble;
@@ -485,7 +508,20 @@
         rtvi("client-message", { t: "get-state", d: {} });
         break;
       case "server-message":
-        if (d.type === "agent-state" && d.state) setAgentState(d.state);
+        if (d.type === "agent-state" && d.state) {
+          setAgentState(d.state);
+        } else if (d.type === "false-interruption") {
+          // a cough or a noise paused the assistant; it resumes: no user turn to show
+          if (!S.userSpeaking) {
+            dropEmptyUserBubble();
+            S.awaitingReply = false;
+          }
+        } else if (d.type === "dtmf" && d.digit) {
+          addNote("Keypad: " + d.digit);
+        }
+        break;
+      case "llm-function-call-in-progress":
+        if (d.function_name) addNote("Using tool: " + d.function_name);
         break;
       case "server-response": {
         const cb = S.pending.get(msg.id);
@@ -713,9 +749,15 @@
     ensureAudioCtx(); // inside the click: browsers allow audio output from here on
     setConnection("requesting-mic", "Waiting for microphone…");
     let mic;
+    const gen = ++S.gen; // a hang-up during the permission prompt bumps it
     try {
       mic = await openMic();
+      if (gen !== S.gen) { // hung up while the permission prompt was open
+        mic.getTracks().forEach((t) => t.stop());
+        return;
+      }
     } catch (err) {
+      if (gen !== S.gen) return;
       const [title, text] = micErrorMessage(err);
       S.errors.push({ message: title + ": " + text, fatal: true, at: Date.now(), mic: true });
       setConnection("failed", "Microphone unavailable");
@@ -816,6 +858,11 @@
 
   /* Hang up: DELETE the call (unless the server already ended it), then close the peer connection. */
   async function hangup(reason, serverEnded) {
+    if (S.connection === "requesting-mic") {
+      S.gen++;
+      setConnection("idle", "Not connected");
+      return;
+    }
     if (!S.pc || S.connection === "closing") return;
     const pcId = S.pcId;
     setConnection("closing", "Hanging up…");
@@ -878,7 +925,12 @@
 
   setConnection("idle", "Not connected");
   setAgentState("offline");
-  if (window.matchMedia && window.matchMedia("(max-width: 820px)").matches) $("tips").open = false;
+  // tips open on wide screens, folded on phones
+  if (window.matchMedia) {
+    const narrow = window.matchMedia("(max-width: 820px)");
+    $("tips").open = !narrow.matches;
+    narrow.addEventListener("change", (ev) => { $("tips").open = !ev.matches; });
+  }
 
   // ---------------------------------------------------------------- test hook
   window.v2v = {

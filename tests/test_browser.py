@@ -144,7 +144,12 @@ def test_echo_call_in_browser(browser: Browser, echo_server: Server) -> None:
 
         screenshot(page, "browser_echo_laptop.png")
         page.set_viewport_size(PHONE)
+        # the phone layout fits the width: nothing scrolls sideways
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
         screenshot(page, "browser_echo_phone.png", full_page=True)
+        page.emulate_media(color_scheme="dark")
+        screenshot(page, "browser_echo_phone_dark.png", full_page=True)
+        page.emulate_media(color_scheme="light")
         page.set_viewport_size(LAPTOP)
 
         hang_up_and_check(page, echo_server)
