@@ -135,7 +135,8 @@ async def test_what_time_is_it_calls_get_time_then_speaks_the_time(session, fact
     assert col.of(mb.OutputTranscriptDone, mark)[0].text == time_text
     assert audio > RATE // 2
     assert offsets == sorted(offsets) and offsets[-1] < audio
-    kinds = [type(e).__name__ for e in col.events[mark:] if not isinstance(e, (mb.AudioDelta, mb.OutputTranscriptDelta))]
+    streamed = (mb.AudioDelta, mb.OutputTranscriptDelta)
+    kinds = [type(e).__name__ for e in col.events[mark:] if not isinstance(e, streamed)]
     assert kinds == ["ResponseCreated", "OutputTranscriptDone", "AudioDone", "ResponseDone"]
     assert session.history[-1] == ("assistant", time_text)
 

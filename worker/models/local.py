@@ -252,7 +252,8 @@ class LocalSession(ModelSession):
         if role not in ("user", "assistant", "system"):
             self.emit(ModelError(f"unknown message role {role!r}", code="invalid_value"))
             return
-        self.items.append(Item(f"local_msg_{next(_ids)}", role, str(text), answered=role == "assistant"))  # type: ignore[arg-type]
+        item = Item(f"local_msg_{next(_ids)}", role, str(text), answered=role == "assistant")  # type: ignore[arg-type]
+        self.items.append(item)
 
     async def function_output(self, call_id: str, output: str) -> None:
         if not any(i.role == "function_call" and i.call_id == call_id for i in self.items):

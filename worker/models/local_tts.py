@@ -18,7 +18,7 @@ import ctypes as C
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import numpy as np
 import soxr
@@ -144,7 +144,8 @@ class EspeakTTS:
         self.voice_rate = rate
         return rate
 
-    def _on_synth(self, wav: C.POINTER(C.c_short), n: int, events: C.POINTER(_Event)) -> int:  # type: ignore[valid-type]
+    def _on_synth(self, wav: Any, n: int, events: Any) -> int:
+        """espeak's synth callback (``short *wav, int n, espeak_EVENT *events``); 1 aborts."""
         job = self._job
         if job is None:
             return 1
