@@ -952,5 +952,7 @@
       });
     },
     connect, hangup, sendText,
+    /* send any RTVI message (type, data); returns its id */
+    request(type, data) { return rtvi(type, data); },
   };
 })();

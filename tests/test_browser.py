@@ -142,6 +142,15 @@ def test_echo_call_in_browser(browser: Browser, echo_server: Server) -> None:
            15, "the assistant's text, paced to its audio")
         assert page.locator(".msg.assistant .spoken", has_text="hello there friend").count() == 1
 
+        # a request the server refuses shows as a visible error, and the call goes on
+        page.evaluate("v2v.request('client-message', {t: 'no-such-request', d: {}})")
+        page.wait_for_selector("#notice:not([hidden])", timeout=5000)
+        assert "no-such-request" in page.inner_text("#notice-text")
+        assert len(page.evaluate("v2v.errors")) == 1
+        page.click("#notice-close")
+        assert page.is_hidden("#notice")
+        assert page.evaluate("v2v.connection") == "connected"
+
         screenshot(page, "browser_echo_laptop.png")
         page.set_viewport_size(PHONE)
         # the phone layout fits the width: nothing scrolls sideways
@@ -153,7 +162,7 @@ def test_echo_call_in_browser(browser: Browser, echo_server: Server) -> None:
         page.set_viewport_size(LAPTOP)
 
         hang_up_and_check(page, echo_server)
-        assert page.evaluate("v2v.errors") == []
+        assert len(page.evaluate("v2v.errors")) == 1  # only the refused request above
         assert problems == []
     finally:
         page.context.close()
