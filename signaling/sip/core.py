@@ -499,18 +499,23 @@ class SipCore:
         extra = [("Contact", self.contact(conn)), ("Allow", ALLOW)]
         extra += [("Record-Route", rr) for rr in d.route_set]
         try:
-            self._respond(req, conn, 180, to_tag=d.local_tag, extra=extra)
-            ring = asyncio.create_task(asyncio.sleep(self.ring_ms / 1000)) if self.ring_ms > 0 else None
             try:
                 media = await self.media_factory(creq)
             except SipReject as e:
-                self._final_error(d, req, conn, e.status, e.reason)
+                if not d.cancelled.is_set():
+                    self._final_error(d, req, conn, e.status, e.reason)
                 return
             except Exception as e:
-                log.info("sip: cannot set up %s: %s", d.call_id, e)
-                self._final_error(d, req, conn, 488 if "sdp" in type(e).__name__.lower() else 500, None)
+                log.exception("sip: cannot set up %s", d.call_id)
+                if not d.cancelled.is_set():
+                    self._final_error(d, req, conn, 500, None)
                 return
             d.media = media
+            if d.cancelled.is_set() or d.state == "terminated":
+                await media.close("hangup")
+                return
+            self._respond(req, conn, 180, to_tag=d.local_tag, extra=extra)
+            ring = asyncio.create_task(asyncio.sleep(self.ring_ms / 1000)) if self.ring_ms > 0 else None
             if ring is not None:
                 cancel_wait = asyncio.create_task(d.cancelled.wait())
                 await asyncio.wait({ring, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
