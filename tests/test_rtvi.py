@@ -828,3 +828,50 @@ def test_bot_output_tracker_matches_sentences_and_heard_text() -> None:
     # heard text with no produced sentence still ends as a segment
     out = t.heard("i2", "Beep beep", final=True)
     assert [o["spoken_status"] for o in out] == ["new", "completed"] and out[-1]["final"] is True
+
+
+async def test_client_message_flood_is_bounded(h: Harness) -> None:
+    gate = asyncio.Event()
+
+    async def slow(req: ClientRequest) -> Any:
+        await gate.wait()
+        return req.d
+
+    assert h.handler is not None
+    h.handler.register_client_message_handler("slow", slow)
+    mark = len(h.received)
+    ids = [h.send("client-message", {"t": "slow", "d": i})[1] for i in range(rtvi_mod.MAX_CONCURRENT_CLIENT_MESSAGES + 4)]
+    busy = [await h.reply(i, mark) for i in ids[-4:]]
+    assert all(r["type"] == "error-response" and "too many" in r["data"]["error"] for r in busy)
+    gate.set()
+    done = [await h.reply(i, mark) for i in ids[:-4]]
+    assert [r["data"]["d"] for r in done] == list(range(rtvi_mod.MAX_CONCURRENT_CLIENT_MESSAGES))
+    await h.roundtrip()
+
+
+async def test_suspended_ping_watchdog_rearms_on_the_next_ping() -> None:
+    h = await Harness(ping_timeout=0.3).open()
+    try:
+        assert h.handler is not None
+        h.send_raw("ping: 1")
+        await h.roundtrip()
+        h.handler.suspend_ping_watchdog()  # e.g. the transport is replacing the peer connection
+        await asyncio.sleep(0.6)
+        await h.roundtrip()
+        assert h.hangups == []
+        h.send_raw("ping: 2")
+        await h.wait_hangup()
+        assert h.hangups == ["ping-timeout"]
+    finally:
+        await h.close()
+
+
+async def test_close_sends_peer_left_once(h: Harness) -> None:
+    assert h.handler is not None
+    mark = len(h.received)
+    await h.handler.close()
+    left = await h.wait_for(lambda m: isinstance(m, dict) and m.get("type") == "signalling", mark)
+    assert left["message"] == {"type": "peerLeft"}
+    await h.call.close("test")  # CallEnded after close: nothing more is sent
+    assert not h.handler.peer_left()
+    assert [m for m in h.received[mark:] if isinstance(m, dict) and m.get("type") == "signalling"] == [left]

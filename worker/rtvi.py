@@ -30,6 +30,7 @@ See :mod:`worker.rtvi_messages` for the wire format.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ PING_TIMEOUT_S = 3.0
 READY_TIMEOUT_S = 10.0  # longest bot-ready waits for the model to connect
 CLIENT_MESSAGE_TIMEOUT_S = 30.0
 MAX_QUEUED_ACTIONS = 64
+MAX_CONCURRENT_CLIENT_MESSAGES = 16
+LOGGED_BAD_FRAMES = 20  # per call at INFO; the rest at DEBUG
 PEER_LEFT_FLUSH_S = 0.05
 
 
@@ -107,14 +110,19 @@ BUILTIN_CLIENT_MESSAGES: dict[str, ClientMessageHandler] = {
     "update-instructions": _update_instructions,
 }
 
-def _about() -> dict[str, Any]:
+
+@functools.lru_cache(maxsize=1)
+def _version() -> str:
     try:
         from importlib.metadata import version
 
-        ver = version("v2v")
+        return version("v2v")
     except Exception:  # noqa: BLE001 - not installed as a distribution
-        ver = "0.1.0"
-    return {"library": "v2v", "library_version": ver}
+        return "0.1.0"
+
+
+def _about() -> dict[str, Any]:
+    return {"library": "v2v", "library_version": _version()}
 
 
 class RTVIHandler:
@@ -160,6 +168,7 @@ class RTVIHandler:
         self._closed = False
         self._hung_up = False
         self._peer_left_sent = False
+        self._bad_frames = 0
         call.add_listener(self._on_event)
 
     # ------------------------------------------------------------ lifecycle
@@ -255,7 +264,9 @@ class RTVIHandler:
             self.start()
         msg = m.parse_frame(frame, self.max_frame_bytes)
         if isinstance(msg, m.ProtocolError):
-            log.info("call %s: bad RTVI frame: %s", self.call.call_id, msg.message)
+            self._bad_frames += 1
+            log.log(logging.INFO if self._bad_frames <= LOGGED_BAD_FRAMES else logging.DEBUG,
+                    "call %s: bad RTVI frame: %s", self.call.call_id, msg.message)
             if msg.id is not None:
                 self._error_response(msg.id, msg.message)
             else:
@@ -269,7 +280,10 @@ class RTVIHandler:
         elif isinstance(msg, m.ClientReady):
             self._on_client_ready(msg)
         elif isinstance(msg, m.ClientMessage):
-            self._spawn(self._serve_client_message(msg))
+            if len(self._tasks) >= MAX_CONCURRENT_CLIENT_MESSAGES:
+                self._error_response(msg.id, "too many requests in flight")
+            else:
+                self._spawn(self._serve_client_message(msg))
         elif isinstance(msg, m.SendText):
             self._enqueue(msg.id, lambda: self.call.send_text(
                 msg.content, run_immediately=msg.run_immediately, audio_response=msg.audio_response))
@@ -343,6 +357,13 @@ class RTVIHandler:
         if self._ping_timer is not None:
             self._ping_timer.cancel()
         self._ping_timer = asyncio.get_running_loop().call_later(self.ping_timeout, self._ping_expired)
+
+    def suspend_ping_watchdog(self) -> None:
+        """Stop judging the client by its pings until it pings again (for a
+        transport replacing the peer connection: pings pause meanwhile)."""
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
 
     def _ping_expired(self) -> None:
         self._ping_timer = None
