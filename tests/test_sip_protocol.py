@@ -1,0 +1,235 @@
+"""SIP protocol behaviour against a real server, with the scripted UAC of tests/sip/uac.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import numpy as np
+
+from signaling.sip.digest import compute_response, parse_auth_header
+from signaling.sip.message import SipResponse, make_response, parse
+from tests.sip.harness import running_server, wait_for
+from tests.sip.uac import Call, RtpPeer, SipClient, offer_sdp
+from worker import events as ev
+
+TONE = (6000 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)).astype(np.int16)
+
+
+async def test_options_on_every_transport_and_rport() -> None:
+    async with running_server() as srv:
+        for transport in ("UDP", "TCP"):
+            sip = await SipClient(transport, ("127.0.0.1", srv.sip_port)).connect()
+            try:
+                sip.send(sip.request("OPTIONS", "sip:echo@127.0.0.1", f"opt-{transport}", from_tag="o"))
+                r = await sip.recv()
+                assert isinstance(r, SipResponse) and r.status == 200
+                assert "INVITE" in r.headers.get("Allow", "") and "UPDATE" in r.headers.get("Allow", "")
+                via = r.vias[0]
+                assert via.params.get("rport") == str(sip.local_port)  # RFC 3581
+                assert via.params.get("received") == "127.0.0.1"
+            finally:
+                await sip.close()
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"ws://127.0.0.1:{srv.http_port}/sip", protocols=("sip",)) as ws:
+                assert ws.protocol == "sip"
+                await ws.send_str(
+                    "OPTIONS sip:echo@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WSS abc.invalid;branch=z9hG4bKws1\r\n"
+                    "From: <sip:x@y>;tag=1\r\nTo: <sip:echo@127.0.0.1>\r\nCall-ID: ws-opt\r\nCSeq: 3 OPTIONS\r\n"
+                    "Content-Length: 0\r\n\r\n")
+                r = parse((await asyncio.wait_for(ws.receive(), 3)).data.encode())
+                assert isinstance(r, SipResponse) and r.status == 200
+                assert r.headers.get("Via") == "SIP/2.0/WSS abc.invalid;branch=z9hG4bKws1"
+            # GET /sip without an upgrade is a clear 400, not a 500
+            async with http.get(f"http://127.0.0.1:{srv.http_port}/sip") as resp:
+                assert resp.status == 400 and "error" in await resp.json()
+
+
+async def test_register_open_and_with_digest() -> None:
+    async with running_server() as srv:
+        sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
+        try:
+            sip.send(sip.request("REGISTER", "sip:127.0.0.1", "reg-1", from_tag="r", extra="Expires: 120"))
+            r = await sip.recv()
+            assert r.status == 200 and r.headers.get("Expires") == "120"
+            assert f"127.0.0.1:{sip.local_port}" in r.headers.get("Contact") and "expires=120" in r.headers.get("Contact")
+        finally:
+            await sip.close()
+    async with running_server(sip_users=["alice:wonder"]) as srv:
+        sip = await SipClient("TCP", ("127.0.0.1", srv.sip_port)).connect()
+        try:
+            sip.send(sip.request("REGISTER", "sip:127.0.0.1", "reg-2", from_tag="r", cseq=1))
+            r = await sip.recv()
+            assert r.status == 401
+            _, ch = parse_auth_header(r.headers.get("WWW-Authenticate"))
+            for pw, status in (("wrong", 401), ("wonder", 200)):
+                resp = compute_response("alice", ch["realm"], pw, "REGISTER", "sip:127.0.0.1", ch["nonce"], "auth",
+                                        "00000001", "c0ffee")
+                auth = (f'Authorization: Digest username="alice", realm="{ch["realm"]}", nonce="{ch["nonce"]}", '
+                        f'uri="sip:127.0.0.1", response="{resp}", algorithm=MD5, qop=auth, nc=00000001, cnonce="c0ffee"')
+                sip.send(sip.request("REGISTER", "sip:127.0.0.1", "reg-2", from_tag="r", cseq=2 if status == 401 else 3,
+                                     extra=auth))
+                assert (await sip.recv()).status == status
+            # with users configured, INVITE needs credentials too
+            rtp = await RtpPeer.open(TONE)
+            call = Call(sip, rtp, f"sip:echo@127.0.0.1:{srv.sip_port}")
+            r = await call.invite(offer_sdp(rtp.port))
+            assert r.status == 401
+            await rtp.close()
+            assert srv.active() == 0
+        finally:
+            await sip.close()
+
+
+async def test_call_over_tcp_ring_delay_pcma_info_dtmf_and_bye() -> None:
+    async with running_server(sip_ring_ms=400) as srv:
+        events: list[object] = []
+        orig = srv.manager.create_call
+
+        async def create_call(*a, **kw):
+            c = await orig(*a, **kw)
+            c.add_listener(events.append)
+            return c
+
+        srv.manager.create_call = create_call  # type: ignore[method-assign]
+        sip = await SipClient("TCP", ("127.0.0.1", srv.sip_port)).connect()
+        rtp = await RtpPeer.open(TONE)
+        try:
+            call = Call(sip, rtp, f"sip:assistant@127.0.0.1:{srv.sip_port}")
+            t0 = time.monotonic()
+            sip.send(sip.request("INVITE", call.uri, call.call_id, from_tag=call.from_tag, cseq=1,
+                                 body=offer_sdp(rtp.port, codecs="8 0 101")))
+            statuses, times = [], []
+            while not statuses or statuses[-1] < 200:
+                r = await sip.recv()
+                statuses.append(r.status)
+                times.append(time.monotonic() - t0)
+            assert statuses == [100, 180, 200]
+            assert times[2] - times[1] >= 0.38, times  # --sip-ring-ms after the 180
+            assert r.to.tag and "a=rtpmap:8 PCMA/8000" in r.body.decode() and "m=audio" in r.body.decode()
+            assert r.headers.get("Contact", "").endswith(";transport=tcp>")
+            call.to_tag, call.cseq = r.to.tag, 2
+            sip.send(sip.request("ACK", call.uri, call.call_id, from_tag=call.from_tag, to_tag=call.to_tag, cseq=1))
+            rtp.start(call._remote_rtp(r))
+            await wait_for(lambda: len(rtp.received) > 20, 2.0, "RTP from the server")
+            assert {pt for _, pt, _ in rtp.received} == {8}  # the caller's first preference
+            # the assistant profile -> the server's default model (echo in this test server)
+            assert srv.manager.calls and next(iter(srv.manager.calls.values())).profile is None
+            r = await call.in_dialog("INFO", "Signal=7\r\nDuration=160\r\n", ctype="application/dtmf-relay")
+            assert r.status == 200
+            r = await call.in_dialog("INFO", "Signal=x\r\n", ctype="application/dtmf-relay")
+            assert r.status == 400
+            await wait_for(lambda: any(isinstance(e, ev.DtmfReceived) for e in events), 2.0, "DTMF at the worker")
+            assert [e.digit for e in events if isinstance(e, ev.DtmfReceived)] == ["7"]
+            # UPDATE without a body: a session refresh (JsSIP's session timers)
+            r = await call.in_dialog("UPDATE", extra="Session-Expires: 90;refresher=uac\r\nSupported: timer")
+            assert r.status == 200 and r.headers.get("Session-Expires") == "90;refresher=uac"
+            assert (await call.bye()).status == 200
+            await wait_for(lambda: srv.active() == 0, 1.0, "the call to end")
+            # an unknown dialog
+            assert (await call.bye()).status == 481
+        finally:
+            await rtp.close()
+            await sip.close()
+
+
+async def test_hold_unhold_latching_rfc4733_in_and_retransmitted_invite() -> None:
+    async with running_server() as srv:
+        events: list[object] = []
+        orig = srv.manager.create_call
+
+        async def create_call(*a, **kw):
+            c = await orig(*a, **kw)
+            c.add_listener(events.append)
+            return c
+
+        srv.manager.create_call = create_call  # type: ignore[method-assign]
+        sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
+        rtp = await RtpPeer.open(TONE)
+        try:
+            call = Call(sip, rtp, f"sip:echo@127.0.0.1:{srv.sip_port}")
+            # the SDP names a wrong port: the server must latch onto where RTP really comes from
+            invite = sip.request("INVITE", call.uri, call.call_id, from_tag=call.from_tag, cseq=1,
+                                 body=offer_sdp(9, codecs="0 101"), branch="z9hG4bKretrans")
+            sip.send(invite)
+            r = await sip.recv_final(call.call_id, "INVITE")
+            sip.send(invite)  # a retransmission gets the same final response, not a second call
+            r2 = await sip.recv_final(call.call_id, "INVITE")
+            assert r2.status == 200 and r2.to.tag == r.to.tag and srv.active() == 1
+            call.to_tag, call.cseq, call.answer = r.to.tag, 2, r
+            sip.send(sip.request("ACK", call.uri, call.call_id, from_tag=call.from_tag, to_tag=call.to_tag, cseq=1))
+            rtp.start(call._remote_rtp(r))
+            await wait_for(lambda: len(rtp.received) > 10, 2.0, "RTP after latching")
+            (d,) = srv.sip.core.dialogs.values()
+            assert d.media.rtp.latched and d.media.rtp.remote == ("127.0.0.1", rtp.port)
+            # RFC 4733 digit "9" from the caller's RTP
+            rtp.send_dtmf(9)
+            await wait_for(lambda: any(isinstance(e, ev.DtmfReceived) for e in events), 2.0, "RFC 4733 DTMF")
+            assert [e.digit for e in events if isinstance(e, ev.DtmfReceived)] == ["9"]
+            # hold: sendonly -> recvonly, and the server stops sending
+            r = await call.invite(offer_sdp(rtp.port, direction="sendonly"))
+            assert r.status == 200 and "a=recvonly" in r.body.decode()
+            n0 = len(rtp.received)
+            await asyncio.sleep(0.3)  # let in-flight packets land, then count for a while
+            n1 = len(rtp.received)
+            await asyncio.sleep(0.4)
+            assert len(rtp.received) == n1 and n1 - n0 <= 3
+            # unhold
+            r = await call.invite(offer_sdp(rtp.port))
+            assert r.status == 200 and "a=sendrecv" in r.body.decode()
+            await wait_for(lambda: len(rtp.received) > n1 + 10, 2.0, "RTP after unhold")
+            assert srv.active() == 1
+            assert (await call.bye()).status == 200
+        finally:
+            await rtp.close()
+            await sip.close()
+
+
+async def test_rtp_inactivity_ends_call_with_bye() -> None:
+    async with running_server(media_timeout=0.6) as srv:
+        sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
+        rtp = await RtpPeer.open(TONE)
+        try:
+            call = await Call.dial(sip, rtp, f"sip:echo@127.0.0.1:{srv.sip_port}")
+            await wait_for(lambda: len(rtp.received) > 5, 2.0, "RTP")
+            t_stop = time.monotonic()
+            await rtp.close()  # the caller's RTP stops
+            bye = await asyncio.wait_for(sip.inbox.get(), 3.0)
+            msg = parse(bye)
+            assert getattr(msg, "method", None) == "BYE" and msg.call_id == call.call_id
+            assert 0.5 < time.monotonic() - t_stop < 2.0
+            assert msg.to.tag == call.from_tag and msg.from_.tag == call.to_tag
+            sip.send(bytes(make_response(msg, 200)))
+            await wait_for(lambda: srv.active() == 0, 1.0, "the call to end")
+            assert srv.metric("v2v_calls_total", transport="sip_udp", outcome="media-timeout") == 1
+        finally:
+            await sip.close()
+
+
+async def test_cancel_during_ring_and_unsupported_offer() -> None:
+    async with running_server(sip_ring_ms=3000) as srv:
+        sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
+        rtp = await RtpPeer.open(TONE)
+        try:
+            call = Call(sip, rtp, f"sip:echo@127.0.0.1:{srv.sip_port}")
+            branch = "z9hG4bKcancelme"
+            sip.send(sip.request("INVITE", call.uri, call.call_id, from_tag=call.from_tag, cseq=1,
+                                 body=offer_sdp(rtp.port), branch=branch))
+            while (await sip.recv()).status != 180:
+                pass
+            assert srv.active() == 1
+            sip.send(sip.request("CANCEL", call.uri, call.call_id, from_tag=call.from_tag, cseq=1, branch=branch))
+            got = {}
+            while len(got) < 2:
+                r = await sip.recv()
+                got[r.cseq[1]] = r.status
+            assert got == {"CANCEL": 200, "INVITE": 487}
+            await wait_for(lambda: srv.active() == 0, 1.0, "the cancelled call to be released")
+            # no G.711 in the offer -> 488
+            call2 = Call(sip, rtp, call.uri)
+            r = await call2.invite(offer_sdp(rtp.port, codecs="18"))
+            assert r.status == 488
+        finally:
+            await rtp.close()
+            await sip.close()
