@@ -179,7 +179,7 @@ class WebRTCCall:
                         t.sender.replaceTrack(track)
                     t.direction = "sendrecv"
                 else:
-                    t.direction = "recvonly"
+                    t.direction = "inactive"  # one microphone per call
             else:
                 t.direction = "inactive"  # a voice agent: no video either way
         if not audio_ok:
@@ -194,8 +194,9 @@ class WebRTCCall:
     # -- inbound media ------------------------------------------------------
     async def _consume(self, pc: RTCPeerConnection, track: Any) -> None:
         """Always read the remote track (aiortc queues unread frames forever)."""
-        if track.kind != "audio":
-            while True:
+        audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
+        if track.kind != "audio" or not audio or track is not audio[0].receiver.track:
+            while True:  # not the caller's microphone: drain and drop
                 try:
                     await track.recv()
                 except MediaStreamError:

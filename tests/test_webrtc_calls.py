@@ -331,3 +331,20 @@ async def test_barge_in_over_webrtc_cuts_the_reply_and_counts_it():
         assert metric_value(text, "v2v_barge_ins_total") >= 1
         assert metric_value(text, "v2v_truncations_total") >= 1
         assert metric_value(text, "v2v_barge_in_latency_seconds_count") >= 1
+
+
+async def test_offer_with_video_and_a_second_audio_section():
+    async with running_server() as server:
+        caller = Caller(server.url)
+        try:
+            caller.pc = caller._new_pc()
+            caller.pc.addTransceiver("video", direction="sendrecv")
+            caller.pc.addTransceiver("audio", direction="sendrecv")
+            answer = await caller._offer()
+            sections = [l.split()[0] for l in answer["sdp"].splitlines() if l.startswith("m=")]
+            assert sorted(sections) == ["m=application", "m=audio", "m=audio", "m=video"], sections
+            await asyncio.wait_for(caller.connected.wait(), 10)
+            caller.play(hello())
+            await asyncio.wait_for(caller.received.first_loud.wait(), 8)  # the first audio section is the call
+        finally:
+            await caller.hangup()
