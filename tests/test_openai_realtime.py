@@ -257,6 +257,7 @@ async def test_cancel_race_is_ignored(fake: FakeRealtimeServer, caplog) -> None:
     """A genuine race (response.done in flight) gets response_cancel_not_active: ignored."""
     caplog.set_level(logging.INFO, logger="worker.models.openai_realtime")
     fake.reply_ms, fake.speed = 300, 0
+    fake.race_window = 10.0  # the test, not the clock, decides this cancel is a race
     rec = await open_session(fake)
     s = rec.session
     await s.send_message("user", "hi")
