@@ -54,11 +54,16 @@ def _audio_level_dbov(frame: Any) -> int:
     pcm = np.frombuffer(bytes(frame.planes[0]), dtype=np.int16)
     if len(pcm) == 0:
         return -127
-    x = pcm.astype(np.float32)
-    rms = float(np.sqrt(np.dot(x, x) / len(x))) / 32767.0
+    x = pcm.astype(np.float64)
+    rms = float(np.sqrt(np.dot(x, x) / (len(x) * 32767.0 * 32767.0)))
     if rms <= 0:
         return -127
     return int(round(max(-127.0, min(0.0, 20.0 * np.log10(rms)))))
+
+
+# aiortc's own version, kept for reference (tests compare against it)
+aiortc_audio_level_dbov = getattr(aiortc_rtp.compute_audio_level_dbov, "_v2v_original", aiortc_rtp.compute_audio_level_dbov)
+_audio_level_dbov._v2v_original = aiortc_audio_level_dbov  # type: ignore[attr-defined]
 
 
 def install_aiortc_speedups() -> None:

@@ -294,3 +294,41 @@ def test_config_validation_and_ice_servers():
         with pytest.raises(ValueError):
             cfg.validate()
     ServerConfig().validate()
+
+
+def test_fast_audio_level_matches_aiortc():
+    import av
+    import numpy as np
+    from aiortc import rtp
+
+    from signaling.webrtc import _audio_level_dbov, aiortc_audio_level_dbov
+
+    assert rtp.compute_audio_level_dbov is _audio_level_dbov  # what aiortc's sender calls now
+    assert aiortc_audio_level_dbov is not _audio_level_dbov
+    rng = np.random.default_rng(1)
+    for amp in (0, 1, 30, 1000, 12000, 32767):
+        pcm = (rng.standard_normal(960) * amp).clip(-32768, 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = 48000
+        assert _audio_level_dbov(frame) == aiortc_audio_level_dbov(frame), amp
+
+
+def test_immediate_jitter_buffer_releases_each_packet_in_order():
+    from aiortc.rtp import RtpPacket
+
+    from signaling.webrtc import ImmediateAudioJitterBuffer
+
+    def pkt(seq: int) -> RtpPacket:
+        p = RtpPacket(sequence_number=seq % 65536, timestamp=seq * 960)
+        p._data = bytes([seq % 256])  # type: ignore[attr-defined]
+        return p
+
+    jb = ImmediateAudioJitterBuffer()
+    out = []
+    for seq in (65534, 65535, 0, 0, 65535, 2, 1, 3):  # wrap, duplicate, late, gap, reordered
+        _, frame = jb.add(pkt(seq))
+        out.append(None if frame is None else frame.timestamp // 960)
+    assert out == [65534, 65535, 0, None, None, 2, None, 3]
+    # a far jump (a new stream after a restart) is accepted, not taken as late
+    _, frame = jb.add(pkt(40000))
+    assert frame is not None
