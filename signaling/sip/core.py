@@ -196,7 +196,6 @@ class SipCore:
         auth: DigestAuth | None = None,
         ring_ms: int = 0,
         profiles: dict[str, str] | None = None,
-        default_profile: str = "default",
         ports: dict[str, int] | None = None,
     ) -> None:
         self.media_factory = media_factory
@@ -204,7 +203,6 @@ class SipCore:
         self.auth = auth if auth and auth.enabled else None
         self.ring_ms = ring_ms
         self.profiles = profiles or {}
-        self.default_profile = default_profile
         self.ports = ports or {}
         self.dialogs: dict[tuple[str, str], Dialog] = {}
         self.registrations: dict[str, tuple[str, float]] = {}

@@ -2,8 +2,8 @@
 
 UDP: one datagram is one message; answers go back to the source address
 (symmetric response routing, rport). TCP: messages are framed by
-Content-Length; a stream that cannot be framed is closed; connections idle
-for ``idle_timeout`` without a call are closed.
+Content-Length (CRLF keep-alives skipped); a stream that cannot be framed gets
+a 400 when possible and is closed; a closed connection ends its calls.
 """
 
 from __future__ import annotations
