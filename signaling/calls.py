@@ -126,7 +126,9 @@ def load_model_factory(name: str, config: ServerConfig) -> ModelFactory:
         raise RuntimeError(f"model {name!r} is not available: {e}") from e
     options: dict[str, Any] = {
         "api_key": os.environ.get("OPENAI_API_KEY"),
-        "base_url": os.environ.get("OPENAI_BASE_URL") or config.openai_base_url,
+        # the flag wins; OPENAI_BASE_URL fills in when the setting was left at its default
+        "base_url": (os.environ.get("OPENAI_BASE_URL") if config.openai_base_url == ServerConfig.openai_base_url
+                     else None) or config.openai_base_url,
         "model": config.openai_model,
         "turn_detection": config.turn_detection,
         "voice": config.voice or None,
