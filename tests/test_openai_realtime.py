@@ -6,13 +6,22 @@ import asyncio
 import base64
 import json
 import logging
+import os
+import re
+import signal
+import sys
 from typing import Any, Callable
 
 import aiohttp
 import numpy as np
 import pytest
 
+from signaling.client import run_call
+from tests.conftest import fixture_path, load_wav
 from tests.fake_realtime import FakeRealtimeServer, FakeToolCall, tone, validate_client_event
+from tests.scripted import reply_signal
+from worker import events as cev
+from worker.call import CallConfig
 from worker.models.base import (
     AudioDelta,
     Connected,
@@ -30,6 +39,7 @@ from worker.models.base import (
     ToolSpec,
 )
 from worker.models.openai_realtime import OpenAIRealtimeFactory, realtime_url, scrub
+from worker.wavcall import run_wav_call
 
 KEY = "sk-test-fake-key-0123456789"
 CHUNK = 2400  # 100 ms at 24 kHz
@@ -335,7 +345,14 @@ async def test_text_only_response_is_flagged_and_retried(fake: FakeRealtimeServe
     assert fake.deletions == [text_item["item"]["id"]]
     last_create = fake.client_events("response.create")[-1]
     assert last_create["response"]["output_modalities"] == ["audio"]
-    assert not await s.retry_text_only(done2.response_id) or True  # reset after audio
+    # the retry budget: a second text-only answer is retried once more, then given up
+    fake.text_only_responses = 2
+    await s.send_message("user", "again")
+    await s.create_response()
+    done3 = (await rec.wait_type(ResponseDone, count=3))[2]
+    assert done3.text_only and await s.retry_text_only(done3.response_id)
+    done4 = (await rec.wait_type(ResponseDone, count=4))[3]
+    assert done4.text_only and not await s.retry_text_only(done4.response_id)
     await rec.close()
     assert fake.violations == []
 
@@ -459,11 +476,6 @@ async def test_auth_failure_is_fatal_and_key_never_leaks(fake: FakeRealtimeServe
 # Call level: the worker's CallSession over the WAV transport, against the fake
 # --------------------------------------------------------------------------
 
-from tests.conftest import load_wav  # noqa: E402
-from tests.scripted import reply_signal  # noqa: E402
-from worker import events as cev  # noqa: E402
-from worker.call import CallConfig  # noqa: E402
-from worker.wavcall import run_wav_call  # noqa: E402
 
 IN_RATE = 16000
 
@@ -560,13 +572,7 @@ async def test_wav_call_barge_in(fake: FakeRealtimeServer, turn: str, streaming:
 # Through real WebRTC: `v2v serve --model openai` against the fake
 # --------------------------------------------------------------------------
 
-import os  # noqa: E402
-import re  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
 
-from signaling.client import run_call  # noqa: E402
-from tests.conftest import fixture_path  # noqa: E402
 
 
 @pytest.mark.timeout(60)

@@ -438,6 +438,7 @@ class OpenAIRealtimeSession(ModelSession):
 
     async def _open_socket(self) -> None:
         assert self._http is not None
+        # GA protocol: no "OpenAI-Beta: realtime=v1" header (that would select the beta one).
         headers = {"Authorization": f"Bearer {self._key}"}
         try:
             ws = await self._http.ws_connect(
