@@ -36,8 +36,12 @@ class Arrivals:
     ts: list[int] = field(default_factory=list)
     level: list[int | None] = field(default_factory=list)  # dBov (<= 0), None without the extension
     size: list[int] = field(default_factory=list)
+    keep_payload: bool = False
+    payload: list[bytes] = field(default_factory=list)
 
     def add(self, now: float, packet: Any) -> None:
+        if self.keep_payload:
+            self.payload.append(packet.payload)
         self.t.append(now)
         self.seq.append(packet.sequence_number)
         self.ts.append(packet.timestamp)
