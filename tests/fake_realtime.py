@@ -792,13 +792,13 @@ class FakeRealtimeServer:
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
         self._cond = asyncio.Condition()
         app = web.Application()
         app.router.add_get("/v1/realtime", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
@@ -854,3 +854,26 @@ class FakeRealtimeServer:
         self.connections.append(conn)
         await conn.run()
         return ws
+
+
+async def _main(port: int, key: str) -> None:
+    server = FakeRealtimeServer(api_key=key)
+    await server.start(port)
+    print(f"fake Realtime API at {server.base_url} (key {key!r}); try:\n"
+          f"  OPENAI_BASE_URL={server.base_url} OPENAI_API_KEY={key} v2v serve --model openai",
+          flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        print(f"violations: {server.violations}", flush=True)
+        await server.close()
+
+
+if __name__ == "__main__":  # python -m tests.fake_realtime [port] [key]
+    import sys
+
+    try:
+        asyncio.run(_main(int(sys.argv[1]) if len(sys.argv) > 1 else 8089,
+                          sys.argv[2] if len(sys.argv) > 2 else "sk-fake"))
+    except KeyboardInterrupt:
+        pass
