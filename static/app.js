@@ -83,6 +83,7 @@
     ui.connect.hidden = live;
     ui.hangup.hidden = !live;
     ui.mute.disabled = c !== "connected";
+    ui.mute.hidden = !(c === "connected" || c === "connecting");
     ui.text.disabled = c !== "connected";
     ui.send.disabled = c !== "connected";
     ui.connect.disabled = c === "closing";

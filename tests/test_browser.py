@@ -106,6 +106,7 @@ def test_echo_call_in_browser(browser: Browser, echo_server: Server) -> None:
     try:
         assert page.title().startswith("v2v")
         assert active_webrtc_calls(echo_server.url) == 0
+        screenshot(page, "browser_idle_laptop.png")
         page.click("#connect")
 
         js(page, "v2v.state === 'listening'", 20, "agent state listening")
