@@ -338,7 +338,12 @@ async def test_full_call_story_barge_in_then_time(factory) -> None:
     interrupted = result.of_type(ev.BotInterrupted)
     assert len(interrupted) == 1 and not interrupted[0].event.deleted
     played_ms = interrupted[0].event.played_ms
-    assert 1500 <= played_ms <= 2600
+    # what was played: from the story's first sample to the pause at the caller's speech onset
+    started = [t for t in result.of_type(ev.BotStartedSpeaking) if t.event.item_id == interrupted[0].event.item_id]
+    paused = result.of_type(ev.UserStartedSpeaking)[1]  # the second user turn, over the story
+    expected_ms = (paused.step - started[0].step) * 20
+    assert abs(played_ms - expected_ms) <= 20, (played_ms, expected_ms)
+    assert 1900 <= played_ms <= 3500
     session = calls[0].model
     story_item = next(i for i in session.items if i.id == interrupted[0].event.item_id)
     assert story_item.truncated_ms == played_ms
