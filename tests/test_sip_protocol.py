@@ -166,6 +166,8 @@ async def test_hold_unhold_latching_rfc4733_in_and_retransmitted_invite() -> Non
             # RFC 4733 digit "9" from the caller's RTP
             rtp.send_dtmf(9)
             await wait_for(lambda: any(isinstance(e, ev.DtmfReceived) for e in events), 2.0, "RFC 4733 DTMF")
+            await wait_for(lambda: not rtp.events, 1.0, "the whole event sent")
+            assert d.media.rtp.stats.dtmf_in == 1
             assert [e.digit for e in events if isinstance(e, ev.DtmfReceived)] == ["9"]
             # hold: sendonly -> recvonly, and the server stops sending
             r = await call.invite(offer_sdp(rtp.port, direction="sendonly"))

@@ -67,10 +67,15 @@ class RtpPeer(asyncio.DatagramProtocol):
         pos = 0
         t0 = time.monotonic()
         n = 0
+        event_ts = 0
         while True:
             n += 1
+            ts = self.ts
             if self.events:
                 pt, marker, payload = self.events.pop(0)
+                if marker:  # RFC 4733: every packet of one event carries its start timestamp
+                    event_ts = self.ts
+                ts = event_ts
             else:
                 frame = self.audio[pos:pos + 160]
                 if len(frame) < 160:
@@ -78,7 +83,7 @@ class RtpPeer(asyncio.DatagramProtocol):
                     frame = self.audio[:160]
                 pos += 160
                 pt, marker, payload = self.pt, 0, ulaw_encode(frame)
-            hdr = struct.pack("!BBHII", 0x80, (marker << 7) | pt, self.seq & 0xFFFF, self.ts & 0xFFFFFFFF, self.ssrc)
+            hdr = struct.pack("!BBHII", 0x80, (marker << 7) | pt, self.seq & 0xFFFF, ts & 0xFFFFFFFF, self.ssrc)
             self.seq += 1
             self.ts += 160
             assert self.transport is not None and self.remote is not None
