@@ -372,3 +372,41 @@ async def test_two_sessions_speak_at_once_without_mixing(factory) -> None:
     for s, col in zip(sessions, cols):
         await s.close()
         await asyncio.wait_for(col.task, 5)
+
+
+def median_pitch_hz(pcm: np.ndarray) -> float:
+    """Median autocorrelation pitch of the loud 40 ms frames (60-400 Hz)."""
+    x = pcm.astype(np.float64)
+    lo, hi, pitches = RATE // 400, RATE // 60, []
+    for i in range(0, len(x) - 960, 480):
+        f = x[i : i + 960]
+        if np.sqrt((f * f).mean()) >= 1000:
+            ac = np.correlate(f, f, "full")[959:]
+            pitches.append(RATE / (lo + int(np.argmax(ac[lo:hi]))))
+    return float(np.median(pitches))
+
+
+async def test_voice_selection_and_unknown_voice_fallback() -> None:
+    # espeak-ng output varies by a few samples from run to run: compare pitch, not samples
+    tts = shared_tts()
+    text = "Hello there, how are you?"
+    default, words = await tts.synthesize(text)
+    female, fwords = await tts.synthesize(text, voice="en-us+f3")
+    assert await tts.has_voice("en") and not await tts.has_voice("alloy")
+    fallback, _ = await tts.synthesize(text, voice="alloy")
+    assert len(words) == len(fwords) == 5
+    p_default, p_female, p_fallback = (median_pitch_hz(x) for x in (default, female, fallback))
+    assert p_female > 1.5 * p_default and abs(p_fallback - p_default) < 0.1 * p_default
+
+    factory = LocalModelFactory(voice="en-us+f3")
+    s = factory.open(mb.SessionConfig())
+    col = Collector(s)
+    await s.connect()
+    await s.send_message("system", f'Say "{text}"')
+    await s.create_response()
+    await col.wait_done()
+    spoken_pcm = np.concatenate([e.pcm for e in col.of(mb.AudioDelta)])
+    assert abs(median_pitch_hz(spoken_pcm) - p_female) < 0.1 * p_female
+    assert col.of(mb.OutputTranscriptDone)[0].text == text
+    await s.close()
+    await asyncio.wait_for(col.task, 5)

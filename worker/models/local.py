@@ -168,8 +168,10 @@ class LocalSession(ModelSession):
         *,
         tts: EspeakTTS | None = None,
         recognizer: Recognizer | None = None,
+        voice: str | None = None,
     ) -> None:
         super().__init__(config)
+        self.voice = config.voice or voice or None  # an espeak-ng voice name; None: en-us
         self._tts = tts
         self._recognizer = recognizer
         self._buffer: list[np.ndarray] = []
@@ -416,7 +418,7 @@ class LocalSession(ModelSession):
             item.text += chunk
             self.emit(OutputTranscriptDelta(item.id, chunk, response_id, offset))
 
-        async with contextlib.aclosing(self._tts.stream(text, cancel)) as chunks:
+        async with contextlib.aclosing(self._tts.stream(text, cancel, self.voice)) as chunks:
             async for chunk in chunks:
                 if cancel.is_set() or item.truncated_ms is not None:
                     break
@@ -449,12 +451,15 @@ class LocalModelFactory(ModelFactory):
     name = "local"
     capabilities = LocalSession.capabilities
 
-    def __init__(self, tts: EspeakTTS | None = None, recognizer: Recognizer | None = None) -> None:
+    def __init__(
+        self, voice: str | None = None, tts: EspeakTTS | None = None, recognizer: Recognizer | None = None
+    ) -> None:
+        self.voice = voice  # espeak-ng voice name (``--voice``), e.g. "en-us+f3"; None: en-us
         self._tts = tts
         self._recognizer = recognizer
 
     def open(self, config: SessionConfig) -> LocalSession:
-        return LocalSession(config, tts=self._tts, recognizer=self._recognizer)
+        return LocalSession(config, tts=self._tts, recognizer=self._recognizer, voice=self.voice)
 
     @staticmethod
     def tools() -> list[tuple[ToolSpec, Any]]:
@@ -469,6 +474,8 @@ class LocalModelFactory(ModelFactory):
         if self._tts is None:
             self._tts = shared_tts()
         await self._tts.ready()
+        if self.voice and not await self._tts.has_voice(self.voice):
+            log.warning("local model: espeak-ng has no voice %r, using %r", self.voice, self._tts.voice)
 
 
 __all__ = ["LocalModelFactory", "LocalSession", "Item", "TurnStats", "trim_quiet", "system_utterance"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ctypes as C
+import logging
 import re
 import threading
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from typing import Any, AsyncIterator
 
 import numpy as np
 import soxr
+
+log = logging.getLogger("v2v.model.local")
 
 OUT_RATE = 24000
 
@@ -114,6 +117,8 @@ class EspeakTTS:
         self._cb = _Callback(self._on_synth)  # keep a reference for the C side
         self._job: _Job | None = None  # the job the callback feeds (espeak thread only)
         self.voice_rate = 0
+        self._current_voice = voice
+        self._bad_voices: set[str] = set()
         self.thread_ids: set[int] = set()  # threads that ran espeak (tests check it is not the loop's)
         self._init_future = self._executor.submit(self._init)
 
@@ -170,10 +175,30 @@ class EspeakTTS:
             return 1
         return 1 if job.stopped() else 0
 
-    def _synth_sentence(self, job: _Job, text_base: int, sentence: str, last: bool) -> None:
-        self.thread_ids.add(threading.get_ident())
+    def _select_voice(self, voice: str | None) -> bool:
+        """Switch espeak to ``voice`` (espeak thread); an unknown voice selects the default."""
         if self._lib is None:
             self._init_future.result()
+        assert self._lib is not None
+        voice = voice or self.voice
+        known = voice not in self._bad_voices
+        if known and voice != self._current_voice:
+            if self._lib.espeak_SetVoiceByName(voice.encode()) == 0:
+                self._lib.espeak_SetParameter(_PARAM_RATE, self.rate_wpm, 0)
+                self._current_voice = voice
+            else:
+                known = False
+                self._bad_voices.add(voice)
+                log.warning("espeak-ng has no voice %r; speaking with %r", voice, self.voice)
+        if not known and self._current_voice != self.voice:  # the default voice always exists
+            self._lib.espeak_SetVoiceByName(self.voice.encode())
+            self._lib.espeak_SetParameter(_PARAM_RATE, self.rate_wpm, 0)
+            self._current_voice = self.voice
+        return known
+
+    def _synth_sentence(self, job: _Job, text_base: int, sentence: str, last: bool, voice: str | None) -> None:
+        self.thread_ids.add(threading.get_ident())
+        self._select_voice(voice)
         assert self._lib is not None
         if not job.stopped() and sentence.strip():
             job.text_base = text_base
@@ -199,8 +224,19 @@ class EspeakTTS:
         """Wait until espeak is initialised; returns its sample rate."""
         return await asyncio.wrap_future(self._init_future)
 
-    async def stream(self, text: str, cancelled: threading.Event | None = None) -> AsyncIterator[SynthChunk]:
+    async def has_voice(self, voice: str) -> bool:
+        """Whether espeak-ng knows ``voice`` (e.g. ``en-us``, ``en-gb+f3``)."""
+        await self.ready()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._select_voice, voice)
+
+    async def stream(
+        self, text: str, cancelled: threading.Event | None = None, voice: str | None = None
+    ) -> AsyncIterator[SynthChunk]:
         """Synthesize ``text`` sentence by sentence; yield 24 kHz chunks as espeak produces them.
+
+        ``voice`` is an espeak-ng voice name (default: the synthesizer's; an
+        unknown name falls back to it, with a warning).
 
         Setting ``cancelled`` (or closing the generator) stops synthesis at the
         next espeak buffer; nothing more is yielded.
@@ -215,7 +251,7 @@ class EspeakTTS:
                 if job.stopped():
                     return
                 fut = loop.run_in_executor(
-                    self._executor, self._synth_sentence, job, base, sentence, k == len(pieces) - 1
+                    self._executor, self._synth_sentence, job, base, sentence, k == len(pieces) - 1, voice
                 )
                 done_marker = asyncio.ensure_future(fut)
                 done_marker.add_done_callback(_end_marker(job))
@@ -234,11 +270,11 @@ class EspeakTTS:
         finally:
             job.cancelled.set()
 
-    async def synthesize(self, text: str) -> tuple[np.ndarray, list[Word]]:
+    async def synthesize(self, text: str, voice: str | None = None) -> tuple[np.ndarray, list[Word]]:
         """The whole utterance at once (tests and benchmarks)."""
         pcm: list[np.ndarray] = []
         words: list[Word] = []
-        async for chunk in self.stream(text):
+        async for chunk in self.stream(text, voice=voice):
             pcm.append(chunk.pcm)
             words.extend(chunk.words)
         return (np.concatenate(pcm) if pcm else np.zeros(0, np.int16)), words
