@@ -828,6 +828,9 @@ def test_bot_output_tracker_matches_sentences_and_heard_text() -> None:
     # heard text with no produced sentence still ends as a segment
     out = t.heard("i2", "Beep beep", final=True)
     assert [o["spoken_status"] for o in out] == ["new", "completed"] and out[-1]["final"] is True
+    # an answer without any text (the echo model's audio) shows nothing
+    assert t.heard("i3", "", final=True) == []
+    assert t.heard("i4", "", final=True, interrupted=True) == []
 
 
 async def test_client_message_flood_is_bounded(h: Harness) -> None:

@@ -487,10 +487,9 @@ class BotOutputTracker:
                 out.append(self._legacy(item_id, seg.text.strip()) if self.legacy
                            else self._msg(item_id, seg, "", "completed"))
         if not out:
-            if self.legacy:
-                return out
-            last = item.segments[-1] if item.segments else self._new_segment(item, "")
-            out.append(self._msg(item_id, last, "", "completed", interrupted))
+            if self.legacy or not item.segments:
+                return out  # an answer without text: nothing to show
+            out.append(self._msg(item_id, item.segments[-1], "", "completed", interrupted))
         heard_all = spoken or item.spoken_text
         out[-1].update(final=True, interrupted=interrupted, spoken_text=heard_all.strip(),
                        unspoken=unspoken.strip())
