@@ -24,6 +24,23 @@ registers with :func:`register_client_message_handler` (for every call) or
 
     register_client_message_handler("lookup-order", lookup_order)
 
+Built in: ``get-state`` answers ``{state}`` (initializing, listening,
+thinking, speaking); ``update-instructions`` takes ``d: {instructions}`` (or
+a string), changes the model's instructions for the rest of the call and
+answers ``{ok: true}``. An unknown ``t`` answers ``error-response``.
+
+Client-executed tools: a tool registered with ``client_side=True`` in the
+call's :class:`~worker.tools.ToolRegistry` is announced with
+``llm-function-call-in-progress``; the client's ``llm-function-call-result``
+(same ``tool_call_id``) is handed to the call, which returns it to the model
+(or a timeout error after the tool's timeout).
+
+``server-message`` data: ``{type: "agent-state", state, previous}`` on every
+state change (and right after ``bot-ready``), ``{type: "dtmf", digit}``,
+``{type: "false-interruption", item_id}``. v2v adds ``item_id`` to speaking,
+transcription and ``bot-output`` messages, and ``final``, ``interrupted``,
+``spoken_text`` and ``unspoken`` to the last ``bot-output`` of an answer.
+
 See :mod:`worker.rtvi_messages` for the wire format.
 """
 
