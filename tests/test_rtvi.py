@@ -873,6 +873,7 @@ async def test_close_sends_peer_left_once(h: Harness) -> None:
     assert h.handler is not None
     mark = len(h.received)
     await h.handler.close()
+    assert h.handler._worker is not None and h.handler._worker.done() and not h.handler._tasks
     left = await h.wait_for(lambda m: isinstance(m, dict) and m.get("type") == "signalling", mark)
     assert left["message"] == {"type": "peerLeft"}
     await h.call.close("test")  # CallEnded after close: nothing more is sent
