@@ -91,6 +91,11 @@ async def test_jssip_register_call_dtmf_hangup(monkeypatch) -> None:
                     assert any(isinstance(e, ev.BotStartedSpeaking) for e in events)
                     # an UPDATE with a new offer (session refresh / renegotiation) is answered
                     assert await page.evaluate("window.v2vSip.renegotiate()") is True
+                    # hold and unhold: re-INVITEs with sendonly / sendrecv answered by aiortc
+                    assert await page.evaluate("window.v2vSip.hold(true)") is True
+                    assert await page.evaluate("window.v2vSip.hold(false)") is False
+                    before = (await page.evaluate("window.v2vSip.stats()"))["inboundPackets"]
+                    await browser_stats_until(page, lambda s: s["inboundPackets"] > before + 25, 5.0)
                     # DTMF via SIP INFO (application/dtmf-relay) reaches the worker
                     dtmf_before = srv.metric("v2v_dtmf_digits_total")
                     await page.evaluate("window.v2vSip.dtmf('5#')")
@@ -104,7 +109,7 @@ async def test_jssip_register_call_dtmf_hangup(monkeypatch) -> None:
                     assert [e.reason for e in events if isinstance(e, ev.CallEnded)] == ["hangup"]
                     state = await page.evaluate("window.v2vSip.state")
                     names = [e["name"] for e in state["events"]]
-                    assert "registered" in names and "confirmed" in names and "renegotiated" in names, names
+                    assert {"registered", "confirmed", "renegotiated", "hold", "unhold"} <= set(names), names
                     await page.evaluate("window.v2vSip.stop()")
                 finally:
                     await browser.close()

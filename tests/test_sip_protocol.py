@@ -127,6 +127,7 @@ async def test_call_over_tcp_ring_delay_pcma_info_dtmf_and_bye() -> None:
             assert r.status == 200 and r.headers.get("Session-Expires") == "90;refresher=uac"
             assert (await call.bye()).status == 200
             await wait_for(lambda: srv.active() == 0, 1.0, "the call to end")
+            assert srv.metric("v2v_calls_total", transport="sip_tcp", outcome="hangup") == 1
             # an unknown dialog
             assert (await call.bye()).status == 481
         finally:

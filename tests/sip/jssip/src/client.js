@@ -66,6 +66,8 @@ function call(target) {
   session.on("failed", (e) => { state.ended = "failed:" + e.cause; log("failed", e.cause); });
   session.on("newInfo", (e) => log("newInfo", e.originator));
   session.on("sdp", (e) => log("sdp", e.originator + ":" + e.type));
+  session.on("hold", (e) => log("hold", e.originator));
+  session.on("unhold", (e) => log("unhold", e.originator));
   session.connection.addEventListener("track", (ev) => {
     // play it (autoplay is allowed by the test's flags) so the pipeline runs
     const audio = new Audio();
@@ -87,6 +89,14 @@ function renegotiate() {
   });
 }
 
+function hold(on) {
+  return new Promise((resolve) => {
+    const done = () => resolve(session.isOnHold().local);
+    const ok = on ? session.hold({}, done) : session.unhold({}, done);
+    if (!ok) resolve(null);
+  });
+}
+
 function hangup() {
   if (session && !session.isEnded()) session.terminate();
 }
@@ -95,5 +105,5 @@ function stop() {
   if (ua) ua.stop();
 }
 
-window.v2vSip = { state, start, call, dtmf, renegotiate, hangup, stop, stats };
+window.v2vSip = { state, start, call, dtmf, renegotiate, hold, hangup, stop, stats };
 window.v2vReady = true;
