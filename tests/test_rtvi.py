@@ -871,6 +871,7 @@ async def test_suspended_ping_watchdog_rearms_on_the_next_ping() -> None:
 
 async def test_close_sends_peer_left_once(h: Harness) -> None:
     assert h.handler is not None
+    await h.roundtrip()
     mark = len(h.received)
     await h.handler.close()
     assert h.handler._worker is not None and h.handler._worker.done() and not h.handler._tasks
