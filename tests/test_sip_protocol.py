@@ -236,3 +236,32 @@ async def test_cancel_during_ring_and_unsupported_offer() -> None:
         finally:
             await rtp.close()
             await sip.close()
+
+
+async def test_delayed_offer_answer_in_ack() -> None:
+    async with running_server() as srv:
+        sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
+        rtp = await RtpPeer.open(TONE)
+        try:
+            call = Call(sip, rtp, f"sip:echo@127.0.0.1:{srv.sip_port}")
+            sip.send(sip.request("INVITE", call.uri, call.call_id, from_tag=call.from_tag, cseq=1))  # no SDP
+            r = await sip.recv_final(call.call_id, "INVITE")
+            assert r.status == 200
+            offer = r.body.decode()
+            assert "m=audio" in offer and " RTP/AVP 0 8 101" in offer and "telephone-event/8000" in offer
+            call.to_tag = r.to.tag
+            # answer PCMA in the ACK
+            sip.send(sip.request("ACK", call.uri, call.call_id, from_tag=call.from_tag, to_tag=call.to_tag, cseq=1,
+                                 body=offer_sdp(rtp.port, codecs="8 101")))
+            rtp.pt = 8
+            rtp.start(call._remote_rtp(r))
+            await wait_for(lambda: len(rtp.received) > 20, 2.0, "RTP after the answer in ACK")
+            assert {pt for _, pt, _ in rtp.received} == {8}
+            (d,) = srv.sip.core.dialogs.values()
+            assert d.media.rtp.codec.name == "PCMA" and not d.media.awaiting_answer
+            call.cseq = 2
+            assert (await call.bye()).status == 200
+            await wait_for(lambda: srv.active() == 0, 1.0, "the call to end")
+        finally:
+            await rtp.close()
+            await sip.close()

@@ -68,9 +68,14 @@ class SipReject(Exception):
 class SipMedia(ABC):
     """One call's media + worker, created from an offer (see MediaFactory)."""
 
-    answer_sdp: str
+    answer_sdp: str  # our answer, or our offer when the INVITE had none (delayed offer)
     ended: asyncio.Event
     end_reason: str = ""
+    awaiting_answer: bool = False  # delayed offer: the answer comes in the ACK
+
+    async def set_answer(self, sdp: str) -> None:
+        """The caller's answer to our offer (delayed offer, in the ACK)."""
+        raise NotImplementedError
 
     @abstractmethod
     async def start(self) -> None:
@@ -470,8 +475,8 @@ class SipCore:
         if req.body and req.content_type not in ("application/sdp", ""):
             self._respond(req, conn, 415, extra=[("Accept", "application/sdp")])
             return
-        if not req.body:
-            self._respond(req, conn, 488, "Offer Required")
+        if not req.body and conn.transport in ("WS", "WSS"):
+            self._respond(req, conn, 488, "Offer Required")  # WebRTC media needs the caller's offer
             return
         req_uri = req.request_uri
         contact = req.contact
@@ -593,7 +598,19 @@ class SipCore:
                 if tx.dialog is not None and tx.dialog.call_id == req.call_id and tx.dialog.local_tag == req.to.tag:
                     tx.dialog.acked.set()
             return
+        first_ack = not d.acked.is_set()
         d.acked.set()
+        if first_ack and req.body and d.media is not None and d.media.awaiting_answer:
+            # delayed offer: the 200 carried our offer, the ACK carries the answer
+            self._spawn(self._ack_answer(d, req.body.decode("utf-8", "replace")), f"sip-ack-sdp-{d.call_id}")
+
+    async def _ack_answer(self, d: Dialog, sdp: str) -> None:
+        assert d.media is not None
+        try:
+            await d.media.set_answer(sdp)
+        except Exception as e:  # RFC 3261 13.2.2.4: a bad answer in ACK -> BYE
+            log.info("sip: unusable answer in ACK for %s: %s", d.call_id, e)
+            await self.end_dialog(d, "error", send_bye=True)
 
     def _on_cancel(self, req: SipRequest, conn: Conn) -> None:
         key = tx_key(req)

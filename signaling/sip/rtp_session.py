@@ -223,6 +223,8 @@ class RtpSession:
         return p.serialize()
 
     def _send(self, data: bytes) -> None:
+        if self.remote[1] == 0:  # delayed offer: nowhere to send until the answer or the first packet
+            return
         if self._transport is not None and not self._closed:
             try:
                 self._transport.sendto(data, self.remote)

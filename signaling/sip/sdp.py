@@ -124,17 +124,34 @@ class SdpSession:
         self.session_id = int(time.time() * 1000) & 0x7FFFFFFF
         self.version = 0
 
-    def build_answer(self, offer: AudioOffer, port: int, direction: str | None = None) -> str:
-        self.version += 1
+    def _head(self) -> list[str]:
         ip = "IP6" if ":" in self.address else "IP4"
-        direction = direction or ANSWER_DIRECTION.get(offer.direction, "sendrecv")
-        lines = [
+        return [
             "v=0",
             f"o=v2v {self.session_id} {self.version} IN {ip} {self.address}",
             "s=v2v",
             f"c=IN {ip} {self.address}",
             "t=0 0",
         ]
+
+    def build_offer(self, port: int, dtmf_pt: int = 101) -> str:
+        """Our offer when the INVITE had none: PCMU, PCMA, telephone-event."""
+        self.version += 1
+        lines = self._head() + [
+            f"m=audio {port} RTP/AVP 0 8 {dtmf_pt}",
+            "a=rtpmap:0 PCMU/8000",
+            "a=rtpmap:8 PCMA/8000",
+            f"a=rtpmap:{dtmf_pt} telephone-event/8000",
+            f"a=fmtp:{dtmf_pt} 0-16",
+            "a=ptime:20",
+            "a=sendrecv",
+        ]
+        return "\r\n".join(lines) + "\r\n"
+
+    def build_answer(self, offer: AudioOffer, port: int, direction: str | None = None) -> str:
+        self.version += 1
+        direction = direction or ANSWER_DIRECTION.get(offer.direction, "sendrecv")
+        lines = self._head()
         for idx, m in enumerate(offer.media):
             if idx != offer.audio_index:
                 lines.append(f"m={m.kind} 0 {m.proto} {m.fmts[0] if m.fmts else '0'}")

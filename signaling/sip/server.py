@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCSessionDescription
 
+from media.g711 import G711Codec
 from media.playout import PlayoutBuffer
 from worker.transport import QueueAudioInput
 
@@ -26,7 +27,7 @@ from ..calls import DispatchError
 from .core import CallRequest, SipCore, SipMedia, SipReject
 from .digest import DigestAuth
 from .rtp_session import PortAllocator, RtpSession, public_address
-from .sdp import SdpError, SdpSession, parse_offer
+from .sdp import AudioOffer, SdpError, SdpSession, parse_offer
 from .udp_tcp import SipNetServers
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class RtpCallMedia(SipMedia):
     def __init__(self) -> None:
         self.ended = asyncio.Event()
         self.end_reason = ""
+        self.awaiting_answer = False
         self.call: Call | None = None
         self.rtp: RtpSession | None = None
         self.sdp: SdpSession | None = None
@@ -57,10 +59,12 @@ class RtpCallMedia(SipMedia):
     async def create(cls, sip: "SipServers", creq: CallRequest) -> "RtpCallMedia":
         self = cls()
         mgr = sip.manager
-        try:
-            offer = parse_offer(creq.offer_sdp)
-        except SdpError as e:
-            raise SipReject(488, str(e)[:80]) from e
+        offer = None
+        if creq.offer_sdp.strip():
+            try:
+                offer = parse_offer(creq.offer_sdp)
+            except SdpError as e:
+                raise SipReject(488, str(e)[:80]) from e
         try:
             mgr.check_capacity(creq.transport)
         except DispatchError as e:
@@ -68,12 +72,17 @@ class RtpCallMedia(SipMedia):
         sock = sip.ports.bind(sip.rtp_host)
         audio_in = QueueAudioInput(8000)
         playout = PlayoutBuffer()
+        if offer is not None:
+            codec, pt, dtmf_pt, remote = offer.codec, offer.payload_type, offer.dtmf_pt, (offer.address, offer.port)
+        else:  # delayed offer: we offer PCMU/PCMA/telephone-event, the ACK answers
+            codec, pt, dtmf_pt, remote = "PCMU", 0, 101, ("0.0.0.0", 0)
+            self.awaiting_answer = True
         self.rtp = RtpSession(
-            sock, offer.codec, offer.payload_type, offer.dtmf_pt, (offer.address, offer.port), playout,
+            sock, codec, pt, dtmf_pt, remote, playout,
             audio_in.put, self._on_dtmf, self._on_timeout, timeout=sip.config.media_timeout,
         )
-        self.rtp.update_remote((offer.address, offer.port), not offer.on_hold,
-                               offer.direction in ("sendrecv", "sendonly"))
+        if offer is not None:
+            self.rtp.update_remote(remote, not offer.on_hold, offer.direction in ("sendrecv", "sendonly"))
         try:
             self.call = await mgr.create_call(
                 creq.transport, creq.profile, audio_in, playout, f"{creq.remote[0]}:{creq.remote[1]}", start=False
@@ -85,10 +94,13 @@ class RtpCallMedia(SipMedia):
             sock.close()
             raise
         self.call.on_end(self._on_call_end)
-        self.call.log.event("sip-call", sip_call_id=creq.call_id, codec=offer.codec, rtp_port=self.rtp.local_port,
-                            user=creq.user, from_uri=creq.from_uri)
+        self.call.log.event("sip-call", sip_call_id=creq.call_id, codec=codec, rtp_port=self.rtp.local_port,
+                            user=creq.user, from_uri=creq.from_uri, delayed_offer=offer is None)
         self.sdp = SdpSession(sip.public_host)
-        self.answer_sdp = self.sdp.build_answer(offer, self.rtp.local_port)
+        if offer is not None:
+            self.answer_sdp = self.sdp.build_answer(offer, self.rtp.local_port)
+        else:
+            self.answer_sdp = self.sdp.build_offer(self.rtp.local_port)
         return self
 
     async def start(self) -> None:
@@ -98,21 +110,26 @@ class RtpCallMedia(SipMedia):
         await self.rtp.start()
         self.call.manager.start_call(self.call)
 
+    def _apply(self, desc: AudioOffer) -> None:
+        assert self.rtp is not None
+        if desc.codec != self.rtp.codec.name or desc.payload_type != self.rtp.payload_type:
+            self.rtp.codec = G711Codec(desc.codec)
+            self.rtp.payload_type = desc.payload_type
+        self.rtp.dtmf_pt = desc.dtmf_pt
+        self.rtp.update_remote((desc.address, desc.port), not desc.on_hold, desc.direction in ("sendrecv", "sendonly"))
+
     async def reoffer(self, sdp: str) -> str:
         assert self.rtp is not None and self.sdp is not None
         offer = parse_offer(sdp)
-        if offer.codec != self.rtp.codec.name or offer.payload_type != self.rtp.payload_type:
-            from media.g711 import G711Codec  # noqa: PLC0415
-
-            self.rtp.codec = G711Codec(offer.codec)
-            self.rtp.payload_type = offer.payload_type
-        self.rtp.dtmf_pt = offer.dtmf_pt
-        self.rtp.update_remote((offer.address, offer.port), not offer.on_hold,
-                               offer.direction in ("sendrecv", "sendonly"))
+        self._apply(offer)
         if self.call is not None:
             self.call.log.event("sip-hold" if offer.on_hold else "sip-unhold", direction=offer.direction)
         self.answer_sdp = self.sdp.build_answer(offer, self.rtp.local_port)
         return self.answer_sdp
+
+    async def set_answer(self, sdp: str) -> None:
+        self.awaiting_answer = False
+        self._apply(parse_offer(sdp))
 
     def _on_dtmf(self, digit: str) -> None:
         if self.call is not None and not self.call.ending:
