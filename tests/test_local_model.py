@@ -197,6 +197,14 @@ async def test_story_is_long_with_increasing_word_offsets_and_truncation_cuts_te
     await col.wait(lambda: len(col.of(mb.ModelError)) >= 2)
     assert item.text == expected
 
+    # "go on" resumes the story where the caller cut it
+    mark = len(col.events)
+    await session.send_message("user", "go on")
+    await session.create_response()
+    await col.wait_done(mark)
+    resumed = col.of(mb.OutputTranscriptDone, mark)[0].text
+    assert resumed == "As I was saying: " + brain.STORY[len(item.text):].strip()
+
     await session.delete_item(item_id)
     assert all(i.id != item_id for i in session.items)
 
@@ -267,6 +275,9 @@ def test_brain_and_helpers() -> None:
     assert brain.decide("hello there") == brain.Say(brain.GREETING)
     assert brain.decide("open the door") == brain.Say("You said: open the door.")
     assert isinstance(brain.decide(""), brain.Say)
+    assert brain.decide("stop talking") == brain.Say("Okay, I stopped.")
+    assert brain.decide("please continue", "the rest.") == brain.Say("As I was saying: the rest.")
+    assert brain.decide("please continue") == brain.Say("You said: please continue.")
     assert brain.speak_tool_output("get_time", json.dumps({"text": "It is 1:05 PM."})) == "It is 1:05 PM."
     assert "failed" in brain.speak_tool_output("get_time", json.dumps({"error": "boom"}))
     assert brain.speak_tool_output("x", "plain words") == "plain words"

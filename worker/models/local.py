@@ -77,6 +77,7 @@ class Item:
     words: list[tuple[int, int]] = field(default_factory=list)  # assistant: (char start, sample offset)
     samples: int = 0  # assistant: audio samples sent
     truncated_ms: int | None = None
+    intended: str = ""  # assistant: the whole text the response set out to say
     recognition: asyncio.Task | None = None  # user audio item: pending recognition
 
 
@@ -384,7 +385,16 @@ class LocalSession(ModelSession):
         m = _DTMF.search(heard)
         if m and heard.lstrip().startswith("["):
             return brain.Say(f"You pressed {m.group(1)}.")
-        return brain.decide(heard)
+        return brain.decide(heard, self._unfinished())
+
+    def _unfinished(self) -> str:
+        """The unspoken rest of the last assistant answer, if the caller cut it short."""
+        for i in reversed(self.items):
+            if i.role == "assistant":
+                if i.truncated_ms is None or not i.intended.startswith(i.text):
+                    return ""
+                return i.intended[len(i.text):]
+        return ""
 
     def _tool_registered(self, name: str) -> bool:
         return any(t.name == name for t in self.config.tools)
@@ -404,7 +414,7 @@ class LocalSession(ModelSession):
 
     async def _speak(self, response_id: str, text: str, cancel: threading.Event, t0: float) -> None:
         assert self._tts is not None
-        item = Item(f"local_item_{next(_ids)}", "assistant", "", answered=True)
+        item = Item(f"local_item_{next(_ids)}", "assistant", "", answered=True, intended=text)
         self.items.append(item)
         aligner = _WordAligner(text)
         first_audio: float | None = None

@@ -22,7 +22,8 @@ GREETING = "Hello! I am the local v2v assistant. Ask me what time it is, or ask 
 
 CAPABILITIES = (
     "I can tell you the time of day. I can tell you a long story, and you can interrupt me "
-    "whenever you like, just start talking. And if I do not understand, I repeat what I heard."
+    "whenever you like, just start talking; say go on, and I continue where you stopped me. "
+    "And if I do not understand, I repeat what I heard."
 )
 
 STORY = (
@@ -71,13 +72,25 @@ def _words(text: str) -> list[str]:
     return _WORD_RE.findall(text.lower())
 
 
-def decide(heard: str) -> Decision:
-    """What to do about one user turn (recognized speech or a text message)."""
+_STOP = ("stop", "quiet", "enough", "shut")
+_CONTINUE = ("continue", "go on", "carry on", "keep going", "go ahead")
+
+
+def decide(heard: str, unfinished: str = "") -> Decision:
+    """What to do about one user turn (recognized speech or a text message).
+
+    ``unfinished`` is the unspoken rest of the last answer, when the caller
+    interrupted it: "continue" (or "go on"...) resumes it from there.
+    """
     words = _words(heard)
     ws = set(words)
     joined = " ".join(words)
     if not words:
         return Say("Sorry, I did not catch that. Could you say it again?")
+    if unfinished.strip() and any(c in joined for c in _CONTINUE):
+        return Say("As I was saying: " + unfinished.strip())
+    if ws.intersection(_STOP):
+        return Say("Okay, I stopped.")
     if "story" in ws or "stories" in ws:
         return ToolCall("tell_story")
     if "time" in ws or "clock" in ws:

@@ -62,6 +62,17 @@ hey there
 good morning
 good afternoon
 good evening
+please continue
+continue the story
+go on
+go on please
+carry on
+keep going
+stop
+please stop
+stop talking
+that is enough
+be quiet
 """
 
 CORPUS = """
