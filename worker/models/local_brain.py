@@ -2,7 +2,8 @@
 
 :func:`decide` maps what the caller said to either a tool call (the time of
 day, a long story for trying barge-in, "what can you do") or a direct spoken
-reply (greetings, small talk, and repeating back what it heard). The tools are
+reply (greetings, small talk, "go on" after an interruption resumes the cut
+answer, and repeating back what it heard). The tools are
 plain async functions the worker registers in its tool registry (see
 :func:`tool_specs`); their outputs are turned into speech by
 :func:`speak_tool_output`.
