@@ -548,12 +548,18 @@ async def test_llm_text_and_non_fatal_errors() -> None:
 async def test_legacy_client_gets_llm_function_call_and_1x_bot_output() -> None:
     h = await Harness(ToolEchoFactory(), _tools()).open()
     try:
-        await h.ready("1.2.0")
+        await h.ready("1.0.0")  # RTVI 1.0/1.1 clients only run client functions on llm-function-call
         mark, _ = h.send("send-text", {"content": "call get_location {}"})
         legacy = await h.wait_for("llm-function-call", mark)
         assert set(legacy["data"]) == {"function_name", "tool_call_id", "args"}
         h.send("llm-function-call-result", {"tool_call_id": legacy["data"]["tool_call_id"], "result": "x"})
         await h.wait_for("llm-function-call-stopped", mark)
+        await h.ready("1.2.0")  # from 1.2 on, llm-function-call-in-progress only
+        mark, _ = h.send("send-text", {"content": "call get_location {}"})
+        prog = await h.wait_for("llm-function-call-in-progress", mark)
+        h.send("llm-function-call-result", {"tool_call_id": prog["data"]["tool_call_id"], "result": "y"})
+        await h.wait_for("llm-function-call-stopped", mark)
+        assert not h.of_type("llm-function-call", mark)
         mark, _ = h.send("send-text", {"content": "One two. Three."})
         await h.wait_for("bot-stopped-speaking", mark, timeout=15)
         await h.roundtrip()

@@ -165,6 +165,7 @@ class RTVIHandler:
         self.ready_timeout = ready_timeout
         self.max_frame_bytes = max_frame_bytes
         self.client_major = 2
+        self.client_minor = 1
         self.client_version: str | None = None
         self.client_about: dict[str, Any] = {}
         self.client_ready = False
@@ -391,6 +392,7 @@ class RTVIHandler:
     # -- client-ready ------------------------------------------------------
     def _on_client_ready(self, msg: m.ClientReady) -> None:
         self.client_major = msg.major
+        self.client_minor = msg.minor
         self.client_version = msg.version
         self.client_about = msg.about
         self._out.legacy = msg.major < 2
@@ -550,7 +552,8 @@ class RTVIHandler:
         self.send_message("llm-function-call-in-progress", {
             "tool_call_id": e.call_id, "function_name": e.name, "arguments": e.arguments,
         })
-        if e.client_side and self.client_major < 2:  # 1.x clients run client tools on this one
+        if e.client_side and (self.client_major, self.client_minor) < (1, 2):
+            # RTVI before 1.2 runs client functions on the deprecated message only
             self.send_message("llm-function-call", {
                 "function_name": e.name, "tool_call_id": e.call_id, "args": e.arguments,
             })

@@ -94,6 +94,7 @@ class ClientReady:
     major: int  # 2 for 2.x (and unknown), 1 for 1.x, 0 for 0.x
     about: dict[str, Any]
     problem: str | None = None  # a non-fatal complaint about version/about
+    minor: int = 1
 
 
 @dataclass
@@ -186,22 +187,22 @@ def _content_text(content: Any) -> str:
     return text
 
 
-def _version_major(version: Any) -> tuple[int, str | None]:
+def _version(version: Any) -> tuple[tuple[int, int], str | None]:
+    """(major, minor) of a client's RTVI version, and a complaint if any."""
     if version is None:
-        return 2, "client version unknown; assuming RTVI 2.x"
+        return (2, 1), "client version unknown; assuming RTVI 2.x"
     if not isinstance(version, str):
-        return 2, "invalid client version; assuming RTVI 2.x"
+        return (2, 1), "invalid client version; assuming RTVI 2.x"
     parts = version.split(".")
     try:
         nums = [int(p) for p in parts]
         if len(nums) != 3 or min(nums) < 0:
             raise ValueError
     except ValueError:
-        return 2, f"invalid client version format ({version[:32]}); assuming RTVI 2.x"
-    major = nums[0]
-    if major > 2:
-        return 2, f"client RTVI {version} is newer than this server's {PROTOCOL_VERSION}"
-    return major, None
+        return (2, 1), f"invalid client version format ({version[:32]}); assuming RTVI 2.x"
+    if nums[0] > 2:
+        return (2, 1), f"client RTVI {version} is newer than this server's {PROTOCOL_VERSION}"
+    return (nums[0], nums[1]), None
 
 
 def _parse_signalling(obj: dict[str, Any]) -> ParsedFrame:
@@ -220,12 +221,12 @@ def _parse_rtvi(type_: str, id_: str | None, data: dict[str, Any]) -> ParsedFram
     if type_ == "client-ready":
         if id_ is None:
             raise _Invalid("client-ready needs an id")
-        major, problem = _version_major(data.get("version"))
+        (major, minor), problem = _version(data.get("version"))
         about = data.get("about")
         if about is not None and not isinstance(about, dict):
             about, problem = {}, problem or "about must be an object; ignored"
         return ClientReady(id_, data.get("version") if isinstance(data.get("version"), str) else None,
-                           major, about or {}, problem)
+                           major, about or {}, problem, minor)
     if type_ == "send-text":
         opts = data.get("options")
         opts = {} if opts is None else opts
