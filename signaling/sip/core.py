@@ -302,6 +302,10 @@ class SipCore:
             log.info("sip: bad %s: %s", getattr(msg, "method", "response"), e)
             if isinstance(msg, SipRequest) and msg.method != "ACK":
                 self._respond(msg, conn, 400, f"Bad Request ({str(e)[:60]})", cache=False)
+        except Exception:  # a bug must not take the transport down
+            log.exception("sip: failed to handle %s", getattr(msg, "method", "a response"))
+            if isinstance(msg, SipRequest) and msg.method != "ACK":
+                self._respond(msg, conn, 500, cache=False)
 
     def _fix_via(self, req: SipRequest, conn: Conn) -> None:
         """RFC 3261 18.2.1 received + RFC 3581 rport on the top Via."""
