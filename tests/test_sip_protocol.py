@@ -265,3 +265,29 @@ async def test_delayed_offer_answer_in_ack() -> None:
         finally:
             await rtp.close()
             await sip.close()
+
+
+async def test_udp_2xx_retransmitted_until_ack() -> None:
+    async with running_server() as srv:
+        sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
+        rtp = await RtpPeer.open(TONE)
+        try:
+            call = Call(sip, rtp, f"sip:echo@127.0.0.1:{srv.sip_port}")
+            sip.send(sip.request("INVITE", call.uri, call.call_id, from_tag=call.from_tag, cseq=1,
+                                 body=offer_sdp(rtp.port)))
+            first = await sip.recv_final(call.call_id, "INVITE")
+            t0 = time.monotonic()
+            again = await sip.recv_final(call.call_id, "INVITE", 2.0)  # timer: T1 = 500 ms
+            third = await sip.recv_final(call.call_id, "INVITE", 2.0)  # then 2*T1
+            t1 = time.monotonic()
+            assert again.serialize() == first.serialize() == third.serialize()
+            assert 1.2 < t1 - t0 + 0.5 < 2.2, t1 - t0  # 0.5 s + 1.0 s after the first
+            call.to_tag = first.to.tag
+            sip.send(sip.request("ACK", call.uri, call.call_id, from_tag=call.from_tag, to_tag=call.to_tag, cseq=1))
+            (d,) = srv.sip.core.dialogs.values()
+            await asyncio.wait_for(d.acked.wait(), 1.0)
+            call.cseq = 2
+            assert (await call.bye()).status == 200
+        finally:
+            await rtp.close()
+            await sip.close()
