@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -158,7 +158,7 @@ class RtpCallMedia(SipMedia):
 
 
 class WebRTCCallMedia(SipMedia):
-    """A SIP-over-WebSocket call: the media is WebRTC (aiortc)."""
+    """A SIP-over-WebSocket call: the media is WebRTC, through :mod:`signaling.webrtc`."""
 
     def __init__(self) -> None:
         self.ended = asyncio.Event()
@@ -168,50 +168,25 @@ class WebRTCCallMedia(SipMedia):
 
     @classmethod
     async def create(cls, sip: "SipServers", creq: CallRequest) -> "WebRTCCallMedia":
-        from ..webrtc import WebRTCCall  # noqa: PLC0415
-
         self = cls()
         mgr = sip.manager
         try:
-            mgr.check_capacity(creq.transport)
-        except DispatchError as e:
-            raise _reject(e) from e
-        wc = WebRTCCall(mgr.webrtc, f"sip-ws-{creq.call_id[:24]}")
-        self.wc = wc
-        from media.track import AssistantTrack  # noqa: PLC0415
-
-        wc.pc = wc._new_pc()
-        wc.track = AssistantTrack(wc.playout)
-        try:
-            sdp = await wc._negotiate(wc.pc, RTCSessionDescription(sdp=creq.offer_sdp, type="offer"), wc.track)
-            wc.call = await mgr.create_call(
-                creq.transport, creq.profile, wc.audio_in, wc.playout, f"{creq.remote[0]}:{creq.remote[1]}",
-                start=False,
+            self.wc, self.answer_sdp = await mgr.webrtc.answer(
+                creq.offer_sdp, f"{creq.remote[0]}:{creq.remote[1]}", transport=creq.transport,
+                profile=creq.profile, call_id=f"{creq.transport}-{uuid.uuid4().hex[:12]}", rtvi=False, start=False,
             )
         except DispatchError as e:
-            await wc._release()
             raise (SipReject(488, e.message[:80]) if e.status == 400 else _reject(e)) from e
-        except BaseException:
-            await wc._release()
-            raise
-        wc.call.on_end(wc._on_call_end)
-        wc.call.on_end(self._on_call_end)
-        wc.call.log.event("sip-call", sip_call_id=creq.call_id, user=creq.user, from_uri=creq.from_uri)
-        self.answer_sdp = sdp
+        call = self.wc.call
+        call.on_end(self._on_call_end)
+        call.log.event("sip-call", sip_call_id=creq.call_id, user=creq.user, from_uri=creq.from_uri)
         return self
 
     async def start(self) -> None:
-        wc = self.wc
-        if wc.call is None or wc.call.ending:
-            return
-        wc._since = time.monotonic()
-        wc._watchdog = wc._spawn(wc._watch())
-        wc.transport.manager.start_call(wc.call)
-        wc._on_state(wc.pc)
+        self.wc.start()
 
     async def reoffer(self, sdp: str) -> str:
-        wc = self.wc
-        self.answer_sdp = await wc._negotiate(wc.pc, RTCSessionDescription(sdp=sdp, type="offer"), wc.track)
+        self.answer_sdp = await self.wc.renegotiate(RTCSessionDescription(sdp=sdp, type="offer"), False)
         return self.answer_sdp
 
     async def dtmf(self, digit: str) -> None:
@@ -227,8 +202,6 @@ class WebRTCCallMedia(SipMedia):
         call = self.wc.call if self.wc is not None else None
         if call is not None:
             await call.end(reason)
-        elif self.wc is not None:
-            await self.wc._release()
         self.ended.set()
 
 
