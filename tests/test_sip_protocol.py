@@ -9,7 +9,7 @@ import aiohttp
 import numpy as np
 
 from signaling.sip.digest import compute_response, parse_auth_header
-from signaling.sip.message import SipResponse, make_response, parse
+from signaling.sip.message import SipRequest, SipResponse, make_response, parse
 from tests.sip.harness import running_server, wait_for
 from tests.sip.uac import Call, RtpPeer, SipClient, offer_sdp
 from worker import events as ev
@@ -288,6 +288,32 @@ async def test_udp_2xx_retransmitted_until_ack() -> None:
             await asyncio.wait_for(d.acked.wait(), 1.0)
             call.cseq = 2
             assert (await call.bye()).status == 200
+        finally:
+            await rtp.close()
+            await sip.close()
+
+
+async def test_server_shutdown_sends_bye() -> None:
+    async with running_server() as srv:
+        sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
+        rtp = await RtpPeer.open(TONE)
+        try:
+            call = await Call.dial(sip, rtp, f"sip:echo@127.0.0.1:{srv.sip_port}")
+            await wait_for(lambda: len(rtp.received) > 5, 2.0, "RTP")
+
+            async def answer_bye() -> SipRequest:
+                while True:
+                    msg = parse(await sip.inbox.get())
+                    if isinstance(msg, SipRequest) and msg.method == "BYE":
+                        sip.send(bytes(make_response(msg, 200)))
+                        return msg
+
+            waiter = asyncio.create_task(answer_bye())
+            await srv.app.shutdown()  # what the server does on SIGINT/SIGTERM before cleanup
+            bye = await asyncio.wait_for(waiter, 5.0)
+            assert bye.call_id == call.call_id
+            assert srv.active() == 0
+            assert srv.metric("v2v_calls_total", transport="sip_udp", outcome="shutdown") == 1
         finally:
             await rtp.close()
             await sip.close()
