@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import contextlib
 import itertools
 import json
@@ -178,7 +179,7 @@ class LocalSession(ModelSession):
         self._buffer: list[np.ndarray] = []
         self._buffered = 0
         self.items: list[Item] = []
-        self.stats: list[TurnStats] = []
+        self.stats: collections.deque[TurnStats] = collections.deque(maxlen=200)  # recent turns
         self._response_task: asyncio.Task | None = None
         self._response_cancel: threading.Event | None = None
         self._closed = False
