@@ -8,7 +8,9 @@ The test page (tests/pipecat_client/src) uses ``PipecatClient`` from
 a CDN). Debian's chromium runs it headless with a fake microphone playing a
 committed speech WAV, against the real ``v2v serve`` (echo and local models).
 Every assertion reads what the client SDK itself reported through its
-callbacks (``window.v2vTest.events``), or the server's /metrics.
+callbacks (``window.v2vTest.events``), or the server's /metrics. The same page
+is also bundled with an RTVI 1.x SDK (client-js 1.10, RTVI 1.4.0, in
+tests/pipecat_client/legacy) to check the 1.x reply shapes.
 """
 
 from __future__ import annotations
@@ -59,21 +61,22 @@ def _build_bundle() -> None:
     """npm ci (when node_modules is missing) and the esbuild bundle."""
     npm = shutil.which("npm")
     assert npm and shutil.which("node"), "node and npm are needed (apt-get install nodejs npm)"
-    if not (CLIENT_DIR / "node_modules" / "@pipecat-ai" / "client-js").exists():
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=CLIENT_DIR, check=True, timeout=600)
+    for d in (CLIENT_DIR, CLIENT_DIR / "legacy"):
+        if not (d / "node_modules" / "@pipecat-ai" / "client-js").exists():
+            subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=d, check=True, timeout=600)
     subprocess.run(["node", "build.mjs"], cwd=CLIENT_DIR, check=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
 def page_url() -> Iterator[str]:
     _build_bundle()
-    assert (DIST / "client.js").stat().st_size > 100_000
+    assert (DIST / "client.js").stat().st_size > 100_000 and (DIST / "legacy.js").stat().st_size > 100_000
     handler = functools.partial(_QuietHandler, directory=str(DIST))
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/index.html"
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -173,20 +176,20 @@ class Client:
         return self.events("onError")
 
 
-def open_client(browser: Browser, page_url: str, server: Server) -> Client:
+def open_client(browser: Browser, page_url: str, server: Server, page: str = "index.html") -> Client:
     ctx = browser.new_context()
-    page = ctx.new_page()
-    client = Client(page, server)
-    page.goto(f"{page_url}?server={server.url}")
-    page.wait_for_function("window.v2vTest && v2vTest.events.length > 0", timeout=10_000)
+    p = ctx.new_page()
+    client = Client(p, server)
+    p.goto(f"{page_url}{page}?server={server.url}")
+    p.wait_for_function("window.v2vTest && v2vTest.events.length > 0", timeout=10_000)
     return client
 
 
-def connect(c: Client) -> dict[str, Any]:
+def connect(c: Client, version: str = "2.1.0") -> dict[str, Any]:
     res = c.page.evaluate("v2vTest.connect()")
     assert res["ok"], f"connect() rejected: {res}\n{c.server.log()[-3000:]}"
     ready = res["data"]
-    assert ready["version"] == "2.1.0" and ready["about"]["library"] == "v2v"
+    assert ready["version"] == version and ready["about"]["library"] == "v2v"
     names = [e["name"] for e in c.events()]
     assert "onConnected" in names and "onBotReady" in names
     assert names.index("onBotReady") < names.index("connectResolved")
@@ -322,33 +325,80 @@ def test_server_hangup_reaches_the_client(browser: Browser, page_url: str, echo_
         c.page.context.close()
 
 
-def test_pipecat_client_against_local(browser: Browser, page_url: str, tmp_module: Path) -> None:
+@pytest.fixture(scope="module")
+def local_server(tmp_module: Path) -> Iterator[Server]:
     with v2v_serve("local", tmp_module) as server:
-        c = open_client(browser, page_url, server)
-        try:
-            connect(c)
-            # "Hello, what time is it?" -> recognized, and the local model calls get_time,
-            # which this application executes in the browser (a client-side tool)
-            # (the fake microphone loops from page load: the first turn heard may be a partial one)
-            tr = c.wait_event("onUserTranscript", 40, "e.data.final && /time/i.test(e.data.text)")["data"]
-            assert tr["user_id"] and ISO_RE.match(tr["timestamp"]), tr
-            c.wait_event("onLLMFunctionCallStarted", 20, "e.data.function_name === 'get_time'")
-            prog = c.wait_event("onLLMFunctionCallInProgress", 5, "e.data.function_name === 'get_time'")
-            assert prog["data"]["tool_call_id"]
-            c.wait("v2vTest.functionCalls.some(f => f.functionName === 'get_time')", 5, "the client's handler")
-            stopped = c.wait_event("onLLMFunctionCallStopped", 10,
-                                   f"e.data.tool_call_id === {prog['data']['tool_call_id']!r}")["data"]
-            assert stopped["cancelled"] is False and stopped["result"]["time"] == "12:34", stopped
-            # the model speaks the client's answer
-            c.wait_event("onBotTranscript", 30, "e.data.text.includes('12:34')")
-            c.wait_event("onBotStartedSpeaking", 20)
-            c.wait("v2vTest.audio.trackStarted && v2vTest.audio.loudFrames >= 10", 20, "bot audio with sound")
-            c.wait_event("onBotOutput", 30, "e.data.spoken_status === 'completed' && "
-                                            "e.data.spoken_progress.accumulated_text.includes('12:34')")
-            r = c.page.evaluate("v2vTest.request('get-state', {})")
-            assert r["ok"] and r["data"]["state"] in STATES, r
-            assert not c.errors(), c.errors()
-            assert not c.problems, c.problems
-            disconnect_and_check(c)
-        finally:
-            c.page.context.close()
+        yield server
+
+
+def test_rtvi_1x_client_against_echo(browser: Browser, page_url: str, echo_server: Server) -> None:
+    """client-js 1.10 speaks RTVI 1.4.0: it gets the 1.x reply shapes."""
+    c = open_client(browser, page_url, echo_server, "legacy.html")
+    try:
+        connect(c, version="1.4.0")
+        r = c.page.evaluate("v2vTest.request('get-state', {})")
+        assert r["ok"] and r["data"]["state"] in STATES, r
+        c.wait_event("onUserStoppedSpeaking", 20)
+        mute_between_turns(c)
+        mark = len(c.events())
+        c.page.evaluate("v2vTest.sendText('One two. Three.')")
+        c.wait(f"v2vTest.events.slice({mark}).filter(e => e.name === 'onBotOutput').length >= 2", 20,
+               "two heard sentences")
+        c.wait_event("onBotStoppedSpeaking", 10)
+        outs = [e["data"] for e in c.events()[mark:] if e["name"] == "onBotOutput"]
+        assert [o["text"] for o in outs] == ["One two.", "Three."], outs
+        assert all(o["spoken"] is True and "spoken_status" not in o for o in outs)
+        assert not c.errors(), c.errors()
+        disconnect_and_check(c)
+    finally:
+        c.page.context.close()
+
+
+def test_rtvi_1x_client_function_call(browser: Browser, page_url: str, local_server: Server) -> None:
+    c = open_client(browser, page_url, local_server, "legacy.html")
+    try:
+        connect(c, version="1.4.0")
+        c.wait("v2vTest.functionCalls.some(f => f.functionName === 'get_time')", 60, "the client's handler")
+        c.page.evaluate("v2vTest.enableMic(false)")  # no further turns from the looping microphone
+        stopped = c.wait_event("onLLMFunctionCallStopped", 10)["data"]
+        assert stopped["result"]["time"] == "12:34", stopped
+        c.wait_event("onBotOutput", 30, "e.data.text.includes('12:34')")
+        # each announced call ran once (RTVI 1.2+ clients get no deprecated llm-function-call too)
+        announced = c.events("onLLMFunctionCallInProgress")
+        assert announced and len(c.page.evaluate("v2vTest.functionCalls")) == len(announced)
+        assert not c.errors(), c.errors()
+        disconnect_and_check(c)
+    finally:
+        c.page.context.close()
+
+
+def test_pipecat_client_against_local(browser: Browser, page_url: str, local_server: Server) -> None:
+    server = local_server
+    c = open_client(browser, page_url, server)
+    try:
+        connect(c)
+        # "Hello, what time is it?" -> recognized, and the local model calls get_time,
+        # which this application executes in the browser (a client-side tool)
+        # (the fake microphone loops from page load: the first turn heard may be a partial one)
+        tr = c.wait_event("onUserTranscript", 40, "e.data.final && /time/i.test(e.data.text)")["data"]
+        assert tr["user_id"] and ISO_RE.match(tr["timestamp"]), tr
+        c.wait_event("onLLMFunctionCallStarted", 20, "e.data.function_name === 'get_time'")
+        prog = c.wait_event("onLLMFunctionCallInProgress", 5, "e.data.function_name === 'get_time'")
+        assert prog["data"]["tool_call_id"]
+        c.wait("v2vTest.functionCalls.some(f => f.functionName === 'get_time')", 5, "the client's handler")
+        stopped = c.wait_event("onLLMFunctionCallStopped", 10,
+                               f"e.data.tool_call_id === {prog['data']['tool_call_id']!r}")["data"]
+        assert stopped["cancelled"] is False and stopped["result"]["time"] == "12:34", stopped
+        # the model speaks the client's answer
+        c.wait_event("onBotTranscript", 30, "e.data.text.includes('12:34')")
+        c.wait_event("onBotStartedSpeaking", 20)
+        c.wait("v2vTest.audio.trackStarted && v2vTest.audio.loudFrames >= 10", 20, "bot audio with sound")
+        c.wait_event("onBotOutput", 30, "e.data.spoken_status === 'completed' && "
+                                        "e.data.spoken_progress.accumulated_text.includes('12:34')")
+        r = c.page.evaluate("v2vTest.request('get-state', {})")
+        assert r["ok"] and r["data"]["state"] in STATES, r
+        assert not c.errors(), c.errors()
+        assert not c.problems, c.problems
+        disconnect_and_check(c)
+    finally:
+        c.page.context.close()
