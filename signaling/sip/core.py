@@ -20,15 +20,19 @@ import logging
 import re
 import secrets
 import time
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Callable
 
+from .dialog import (
+    CallRequest, Conn, Dialog, MediaFactory, ServerTx, SipMedia, SipReject, new_branch, new_tag, tx_key,
+)
 from .digest import DigestAuth
 from .message import (
     Headers, NameAddr, SipMessage, SipParseError, SipRequest, SipResponse, Via, make_response, parse,
+    salvage_bad_request,
 )
 from .profiles import pick_profile
+
+__all__ = ["CallRequest", "Conn", "Dialog", "MediaFactory", "SipCore", "SipMedia", "SipReject"]
 
 log = logging.getLogger("v2v.sip")
 
@@ -37,159 +41,6 @@ T2 = 4.0
 TX_LINGER = 32.0
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, REGISTER"
 SERVER = "v2v"
-
-
-@dataclass
-class Conn:
-    """Where a message came from, and how to send back."""
-
-    transport: str  # UDP | TCP | WS
-    remote: tuple[str, int]
-    local: tuple[str, int]
-    send: Callable[[bytes], None]
-    is_open: Callable[[], bool] = lambda: True
-
-    @property
-    def reliable(self) -> bool:
-        return self.transport != "UDP"
-
-    @property
-    def label(self) -> str:
-        return {"UDP": "sip_udp", "TCP": "sip_tcp", "WS": "sip_ws", "WSS": "sip_ws"}[self.transport]
-
-
-class SipReject(Exception):
-    def __init__(self, status: int, reason: str | None = None) -> None:
-        super().__init__(f"{status} {reason or ''}")
-        self.status = status
-        self.reason = reason
-
-
-class SipMedia(ABC):
-    """One call's media + worker, created from an offer (see MediaFactory)."""
-
-    answer_sdp: str  # our answer, or our offer when the INVITE had none (delayed offer)
-    ended: asyncio.Event
-    end_reason: str = ""
-    awaiting_answer: bool = False  # delayed offer: the answer comes in the ACK
-
-    async def set_answer(self, sdp: str) -> None:
-        """The caller's answer to our offer (delayed offer, in the ACK)."""
-        raise NotImplementedError
-
-    @abstractmethod
-    async def start(self) -> None:
-        """The 200 OK went out: start sending media and the call itself."""
-
-    @abstractmethod
-    async def reoffer(self, sdp: str) -> str:
-        """A re-INVITE/UPDATE offer (hold, unhold, new address) -> answer SDP."""
-
-    @abstractmethod
-    async def dtmf(self, digit: str) -> None: ...
-
-    @abstractmethod
-    async def close(self, reason: str) -> None: ...
-
-
-@dataclass
-class CallRequest:
-    call_id: str
-    transport: str  # sip_udp | sip_tcp | sip_ws
-    profile: str | None
-    user: str
-    offer_sdp: str
-    remote: tuple[str, int]
-    from_uri: str
-
-
-MediaFactory = Callable[[CallRequest], Awaitable[SipMedia]]
-
-
-@dataclass
-class Dialog:
-    call_id: str
-    local_tag: str
-    remote_tag: str
-    invite: SipRequest
-    conn: Conn
-    remote_target: str
-    local_cseq: int = 0
-    remote_cseq: int = 0
-    route_set: list[str] = field(default_factory=list)
-    media: SipMedia | None = None
-    state: str = "early"  # early | confirmed | terminated
-    acked: asyncio.Event = field(default_factory=asyncio.Event)
-    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-    final_sent: bool = False
-    task: asyncio.Task | None = None
-    watch: asyncio.Task | None = None
-    session_expires: str | None = None
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.call_id, self.local_tag
-
-
-@dataclass
-class _ServerTx:
-    response: bytes | None
-    conn: Conn
-    created: float
-    dialog: Dialog | None = None
-
-
-def _branch() -> str:
-    return "z9hG4bK" + secrets.token_hex(8)
-
-
-def _tag() -> str:
-    return secrets.token_hex(6)
-
-
-def tx_key(msg: SipMessage) -> tuple[str, str, str]:
-    """(branch, method, sent-by); ACK and CANCEL map onto their INVITE's branch."""
-    top = msg.vias[0]
-    _, method = msg.cseq
-    sent_by = f"{top.host}:{top.port or ''}"
-    return top.branch or msg.call_id + msg.header("CSeq"), method, sent_by
-
-
-_HDR = re.compile(r"(?im)^(via|v|from|f|to|t|call-id|i|cseq)[ \t]*:[ \t]*(.*?)[ \t]*$")
-
-
-def salvage_bad_request(data: bytes) -> SipResponse | None:
-    """Build a 400 for a request we could not parse, if it can be answered at all."""
-    try:
-        text = data[:8192].decode("utf-8", "strict")
-    except UnicodeDecodeError:
-        return None
-    first = text.split("\r\n", 1)[0]
-    if first.startswith("SIP/2.0") or not re.match(r"^[A-Z]+ \S+ SIP/2\.0$", first):
-        return None
-    if first.startswith("ACK "):
-        return None
-    found: dict[str, str] = {}
-    vias: list[str] = []
-    names = {"v": "via", "f": "from", "t": "to", "i": "call-id"}
-    for m in _HDR.finditer(text.split("\r\n\r\n", 1)[0]):
-        name = names.get(m.group(1).lower(), m.group(1).lower())
-        if name == "via":
-            vias.append(m.group(2))
-        else:
-            found.setdefault(name, m.group(2))
-    if not vias or not all(k in found for k in ("from", "to", "call-id", "cseq")):
-        return None
-    try:
-        Via.parse(vias[0].split(",")[0])
-    except SipParseError:
-        return None
-    h = Headers()
-    for v in vias:
-        h.add("Via", v)
-    for k, n in (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq")):
-        h.add(n, found[k])
-    return SipResponse(h, b"", status=400, reason="Bad Request")
 
 
 class SipCore:
@@ -211,8 +62,8 @@ class SipCore:
         self.ports = ports or {}
         self.dialogs: dict[tuple[str, str], Dialog] = {}
         self.registrations: dict[str, tuple[str, float]] = {}
-        self._invite_txs: dict[tuple[str, str, str], _ServerTx] = {}
-        self._txs: dict[tuple[str, str, str], _ServerTx] = {}
+        self._invite_txs: dict[tuple[str, str, str], ServerTx] = {}
+        self._txs: dict[tuple[str, str, str], ServerTx] = {}
         self._client_txs: dict[str, asyncio.Future[SipResponse]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
@@ -253,7 +104,7 @@ class SipCore:
             table = self._invite_txs if req.method == "INVITE" else self._txs
             tx = table.get(key)
             if tx is None:
-                table[key] = _ServerTx(data, conn, time.monotonic())
+                table[key] = ServerTx(data, conn, time.monotonic())
             elif status >= 101 or tx.response is None:
                 tx.response = data
         return resp
@@ -366,7 +217,7 @@ class SipCore:
 
     # ------------------------------------------------------------ simple methods
     def _on_options(self, req: SipRequest, conn: Conn) -> None:
-        self._respond(req, conn, 200, to_tag=None if req.to.tag else _tag(),
+        self._respond(req, conn, 200, to_tag=None if req.to.tag else new_tag(),
                       extra=[("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", "timer"),
                              ("Contact", self.contact(conn))])
 
@@ -376,7 +227,7 @@ class SipCore:
         ok, stale, _user = self.auth.check(req.method, req.headers.get("Authorization"))
         if ok:
             return True
-        self._respond(req, conn, 401, to_tag=_tag(), extra=[("WWW-Authenticate", self.auth.challenge(stale))])
+        self._respond(req, conn, 401, to_tag=new_tag(), extra=[("WWW-Authenticate", self.auth.challenge(stale))])
         return False
 
     def _on_register(self, req: SipRequest, conn: Conn) -> None:
@@ -399,7 +250,7 @@ class SipCore:
             self.registrations[aor] = (c.uri, time.time() + exp)
             extra.append(("Contact", str(c)))
             extra.append(("Expires", str(exp)))
-        self._respond(req, conn, 200, to_tag=None if req.to.tag else _tag(), extra=extra)
+        self._respond(req, conn, 200, to_tag=None if req.to.tag else new_tag(), extra=extra)
 
     def _find_dialog(self, req: SipRequest) -> Dialog | None:
         tag = req.to.tag
@@ -470,7 +321,7 @@ class SipCore:
                 self._respond(req, conn, 481)
                 return
             d.conn = conn
-            self._invite_txs[tx_key(req)] = _ServerTx(None, conn, time.monotonic(), d)
+            self._invite_txs[tx_key(req)] = ServerTx(None, conn, time.monotonic(), d)
             self._respond(req, conn, 100)
             self._spawn(self._refresh(d, req, conn), f"sip-reinvite-{d.call_id}")
             return
@@ -485,7 +336,7 @@ class SipCore:
         req_uri = req.request_uri
         contact = req.contact
         d = Dialog(
-            call_id=req.call_id, local_tag=_tag(), remote_tag=req.from_.tag or "", invite=req, conn=conn,
+            call_id=req.call_id, local_tag=new_tag(), remote_tag=req.from_.tag or "", invite=req, conn=conn,
             remote_target=contact.uri if contact else req.from_.uri, remote_cseq=req.cseq[0],
             route_set=list(req.headers.get_all("Record-Route")),
         )
@@ -493,7 +344,7 @@ class SipCore:
         if se and "timer" in (req.headers.get("Supported") or "") + (req.headers.get("Require") or ""):
             d.session_expires = _refresher_uac(se)
         self.dialogs[d.key] = d
-        self._invite_txs[tx_key(req)] = _ServerTx(None, conn, time.monotonic(), d)
+        self._invite_txs[tx_key(req)] = ServerTx(None, conn, time.monotonic(), d)
         self._respond(req, conn, 100)
         creq = CallRequest(
             call_id=req.call_id, transport=conn.label,
@@ -512,7 +363,7 @@ class SipCore:
                 if not d.cancelled.is_set():
                     self._final_error(d, req, conn, e.status, e.reason)
                 return
-            except Exception as e:
+            except Exception:
                 log.exception("sip: cannot set up %s", d.call_id)
                 if not d.cancelled.is_set():
                     self._final_error(d, req, conn, 500, None)
@@ -559,7 +410,7 @@ class SipCore:
             if tx is not None:
                 self._spawn(self._retransmit_final(d, tx, conn), f"sip-final-{d.call_id}")
 
-    async def _retransmit_final(self, d: Dialog, tx: _ServerTx, conn: Conn) -> None:
+    async def _retransmit_final(self, d: Dialog, tx: ServerTx, conn: Conn) -> None:
         """Timer G/H: resend a non-2xx final response until ACK (UDP)."""
         interval = T1
         deadline = time.monotonic() + 64 * T1
@@ -572,7 +423,7 @@ class SipCore:
                     conn.send(tx.response)
                 interval = min(interval * 2, T2)
 
-    async def _retransmit_2xx(self, d: Dialog, tx: _ServerTx, conn: Conn, end_on_timeout: bool) -> None:
+    async def _retransmit_2xx(self, d: Dialog, tx: ServerTx, conn: Conn, end_on_timeout: bool) -> None:
         """RFC 3261 13.3.1.4: resend the 2xx until ACK; no ACK in 64*T1 ends the call."""
         interval = T1
         deadline = time.monotonic() + 64 * T1
@@ -666,7 +517,7 @@ class SipCore:
         if not conn.is_open():
             return
         d.local_cseq = max(d.local_cseq, 1) + 1
-        branch = _branch()
+        branch = new_branch()
         h = Headers()
         via_host = self.public_host if conn.transport not in ("WS", "WSS") else f"{secrets.token_hex(4)}.invalid"
         via_port = "" if conn.transport in ("WS", "WSS") else f":{self.ports.get(conn.transport, conn.local[1])}"

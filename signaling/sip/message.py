@@ -3,8 +3,9 @@
 A small, strict layer: requests and responses, compact header names expanded,
 header folding unfolded, comma-separated Via/Contact/Route split into separate
 values, Content-Length counted in bytes. Parsing raises :class:`SipParseError`
-on anything malformed (the servers answer 400 or drop it). :class:`StreamFramer`
-cuts messages out of a byte stream (TCP) using Content-Length.
+on anything malformed (the servers answer 400 or drop it; :func:`salvage_bad_request` builds that
+400 when enough of the request is readable). :class:`StreamFramer` cuts
+messages out of a byte stream (TCP) using Content-Length.
 """
 
 from __future__ import annotations
@@ -458,3 +459,40 @@ def make_response(req: SipRequest, status: int, reason: str | None = None, *,
     for k, v in extra or []:
         h.add(k, v)
     return SipResponse(h, body, status=status, reason=reason or REASONS.get(status, "Unknown"))
+
+
+_HDR = re.compile(r"(?im)^(via|v|from|f|to|t|call-id|i|cseq)[ \t]*:[ \t]*(.*?)[ \t]*$")
+
+
+def salvage_bad_request(data: bytes) -> SipResponse | None:
+    """Build a 400 for a request we could not parse, if it can be answered at all."""
+    try:
+        text = data[:8192].decode("utf-8", "strict")
+    except UnicodeDecodeError:
+        return None
+    first = text.split("\r\n", 1)[0]
+    if first.startswith("SIP/2.0") or not re.match(r"^[A-Z]+ \S+ SIP/2\.0$", first):
+        return None
+    if first.startswith("ACK "):
+        return None
+    found: dict[str, str] = {}
+    vias: list[str] = []
+    names = {"v": "via", "f": "from", "t": "to", "i": "call-id"}
+    for m in _HDR.finditer(text.split("\r\n\r\n", 1)[0]):
+        name = names.get(m.group(1).lower(), m.group(1).lower())
+        if name == "via":
+            vias.append(m.group(2))
+        else:
+            found.setdefault(name, m.group(2))
+    if not vias or not all(k in found for k in ("from", "to", "call-id", "cseq")):
+        return None
+    try:
+        Via.parse(vias[0].split(",")[0])
+    except SipParseError:
+        return None
+    h = Headers()
+    for v in vias:
+        h.add("Via", v)
+    for k, n in (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq")):
+        h.add(n, found[k])
+    return SipResponse(h, b"", status=400, reason="Bad Request")
