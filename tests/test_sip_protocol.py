@@ -233,6 +233,9 @@ async def test_cancel_during_ring_and_unsupported_offer() -> None:
             call2 = Call(sip, rtp, call.uri)
             r = await call2.invite(offer_sdp(rtp.port, codecs="18"))
             assert r.status == 488
+            # a required extension we do not do -> 420 naming it
+            r = await Call(sip, rtp, call.uri).invite(offer_sdp(rtp.port), extra="Require: 100rel")
+            assert r.status == 420 and r.headers.get("Unsupported") == "100rel"
         finally:
             await rtp.close()
             await sip.close()

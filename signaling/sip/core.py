@@ -327,6 +327,11 @@ class SipCore:
             return
         if not self._authorized(req, conn):
             return
+        unsupported = [x.strip() for r in req.headers.get_all("Require") for x in r.split(",")
+                       if x.strip() and x.strip().lower() != "timer"]
+        if unsupported:  # e.g. 100rel: RFC 3261 8.2.2.3
+            self._respond(req, conn, 420, to_tag=new_tag(), extra=[("Unsupported", ", ".join(unsupported))])
+            return
         if req.body and req.content_type not in ("application/sdp", ""):
             self._respond(req, conn, 415, extra=[("Accept", "application/sdp")])
             return
