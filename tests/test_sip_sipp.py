@@ -118,5 +118,8 @@ async def test_sipp_20_concurrent_calls(monkeypatch: pytest.MonkeyPatch) -> None
         assert peak == 20, f"only {peak} calls were up at once"
         await wait_for(lambda: srv.active() == 0 and not srv.sip.core.dialogs, 1.0, "all 20 calls released")
         assert len(rec.of(ev.CallEnded)) == 20
+        # nothing left behind: SIP tasks done, RTP sockets closed, calls released by the manager
+        await wait_for(lambda: not srv.sip.core._tasks and not srv.manager.calls, 2.0, "SIP tasks and calls gone")
+        assert all(m.rtp._closed and m.rtp._task.done() and m.rtp.sock.fileno() == -1 for m in rec.media)
         assert all(m.rtp.stats.packets_in > 100 and m.rtp.stats.packets_out > 100 for m in rec.media)
         assert srv.metric("v2v_calls_total", transport="sip_udp") == 20
