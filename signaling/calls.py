@@ -313,6 +313,7 @@ class CallManager:
         self._live: set[str] = set()  # calls not ending (count against --max-calls)
         self._closing = False
         self._warmup: asyncio.Task | None = None
+        self._app_tools = load_app(config.app) if config.app else None
         self.webrtc = WebRTCTransport(self)
 
     # -- models ------------------------------------------------------------
@@ -451,7 +452,13 @@ class CallManager:
         caps = getattr(factory, "capabilities", None)
         turn = "server" if self.config.turn_detection == "server" and getattr(caps, "server_vad", False) else "local"
         cc = CallConfig(turn_detection=turn, greeting=self.config.greeting)
-        return CallSession(call_id, factory, cc, playout, _tools_for(factory), sc)
+        tools = _tools_for(factory)
+        if self._app_tools is not None:
+            from worker.tools import ToolRegistry  # noqa: PLC0415
+
+            tools = tools or ToolRegistry()
+            self._app_tools(tools)
+        return CallSession(call_id, factory, cc, playout, tools, sc)
 
     def _call_ending(self, call: Call) -> None:
         if call.call_id in self._live:
@@ -486,6 +493,27 @@ class CallManager:
         if calls:
             await asyncio.gather(*(c.end(reason) for c in calls), return_exceptions=True)
         await self.webrtc.close()
+
+
+def load_app(spec: str) -> Callable[[Any], None] | None:
+    """Import the application module of ``--app`` (a dotted name or a .py path).
+
+    Importing it runs its registrations (e.g. RTVI client-message handlers);
+    its ``register_tools(registry)``, if any, is returned to be called with
+    every new call's :class:`worker.tools.ToolRegistry`.
+    """
+    import runpy  # noqa: PLC0415
+
+    try:
+        if spec.endswith(".py"):
+            namespace = runpy.run_path(spec, run_name="v2v_app")
+            register = namespace.get("register_tools")
+        else:
+            register = getattr(importlib.import_module(spec), "register_tools", None)
+    except Exception as exc:
+        raise ValueError(f"--app {spec!r} could not be loaded: {exc}") from exc
+    log.info("application module %s loaded%s", spec, " (tools)" if register else "")
+    return register if callable(register) else None
 
 
 def _tools_for(factory: ModelFactory) -> Any:

@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(g, "--instructions", default=d.instructions or None, help="system instructions for the model")
     _add(g, "--voice", default=d.voice or None, help="model voice name")
     _add(g, "--greeting", default=d.greeting or None, help="what the assistant is asked to say when a caller joins")
+    _add(g, "--app", default=d.app or None,
+         help="application module (import path or .py file) imported at start: it may register RTVI "
+              "client-message handlers, and its register_tools(registry) adds tools to every call")
     g = s.add_argument_group("calls")
     _add(g, "--max-calls", type=int, default=d.max_calls, help="concurrent calls; past it offers get 503 + Retry-After")
     _add(g, "--media-timeout", type=_positive_float, default=d.media_timeout,
@@ -158,6 +161,7 @@ def config_from_args(a: argparse.Namespace) -> ServerConfig:
         instructions=a.instructions or "",
         voice=a.voice or "",
         greeting=a.greeting or "",
+        app=a.app or "",
         max_calls=a.max_calls,
         media_timeout=a.media_timeout,
         ice_timeout=a.ice_timeout,

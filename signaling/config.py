@@ -36,6 +36,7 @@ class ServerConfig:
     instructions: str = ""
     voice: str = ""
     greeting: str = ""  # said by the assistant when the caller joins
+    app: str = ""  # application module: its register_tools(registry) adds tools to every call
     # calls
     max_calls: int = 100
     media_timeout: float = 30.0  # s without an inbound media packet -> end

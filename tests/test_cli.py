@@ -25,7 +25,7 @@ V2V = [sys.executable, "-m", "signaling.cli"]
 
 SERVE_FLAGS = [
     "--host", "--port", "--model", "--openai-model", "--openai-base-url", "--turn-detection",
-    "--instructions", "--voice", "--greeting", "--max-calls", "--media-timeout", "--ice-timeout",
+    "--instructions", "--voice", "--greeting", "--app", "--max-calls", "--media-timeout", "--ice-timeout",
     "--ice-server", "--max-body", "--log-format", "--log-level", "--sip-port", "--sip-ring-ms",
     "--sip-user", "--sip-public-address", "--rtp-ports",
 ]
@@ -181,3 +181,31 @@ def test_sigint_ends_live_calls_gracefully():
             p.wait(timeout=10)
             p.stdout.close()
             p.stderr.close()
+
+
+def test_app_module_adds_tools_to_every_call(tmp_path):
+    from signaling.calls import load_app
+    from worker.tools import ToolRegistry
+
+    mod = tmp_path / "myapp.py"
+    mod.write_text(
+        "async def lookup(order: int) -> dict:\n"
+        "    return {'order': order, 'status': 'shipped'}\n"
+        "def register_tools(registry):\n"
+        "    registry.register('lookup', 'look up an order', None, lookup)\n"
+        "    registry.register('gps', 'device location', None, client_side=True)\n"
+    )
+    register = load_app(str(mod))
+    first, second = ToolRegistry(), ToolRegistry()
+    register(first)
+    register(second)
+    assert "lookup" in first and "lookup" in second
+    assert first.get("gps").client_side
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('nope')\n")
+    import pytest
+
+    with pytest.raises(ValueError, match="could not be loaded"):
+        load_app(str(broken))
+    with pytest.raises(ValueError, match="could not be loaded"):
+        load_app("no.such.module")

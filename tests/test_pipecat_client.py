@@ -91,13 +91,11 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 @contextmanager
 def v2v_serve(model: str, tmp_dir: Path) -> Iterator[Server]:
     """The real CLI, ``v2v serve --model <model>``, with the application hooks of
-    tests/pipecat_client/app_hooks.py loaded first."""
+    tests/pipecat_client/app_hooks.py as its --app."""
     port = free_port()
     log_path = tmp_dir / f"v2v-serve-pipecat-{model}-{port}.log"
-    code = ("import runpy, sys; runpy.run_path(sys.argv.pop(1)); "
-            "from signaling.cli import main; sys.exit(main())")
-    cmd = [sys.executable, "-c", code, str(HOOKS), "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--model", model, "--log-level", "info"]
+    cmd = [sys.executable, "-m", "signaling.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--model", model, "--log-level", "info", "--app", str(HOOKS)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     with open(log_path, "wb") as log:
