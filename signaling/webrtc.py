@@ -374,7 +374,10 @@ class WebRTCCall:
                     return await self._negotiate(self.pc, offer, self.track)
                 except BadRequest:
                     raise
-            # restart: a new peer connection under the same pc_id and call
+            # restart: a new peer connection under the same pc_id and call;
+            # the client's pings pause while its data channel is replaced
+            if self.rtvi is not None:
+                self.rtvi.suspend_ping_watchdog()
             old_pc, old_track = self.pc, self.track
             new_pc = self._new_pc()
             new_track = AssistantTrack(self.playout)
