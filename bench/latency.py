@@ -292,7 +292,8 @@ async def barge_caller(url: str, segs: list[Segment], silence: bytes, cycles: in
                 # let the last reply play out, no barge-in
                 break
             # barge in at a random point of the reply
-            delay = rng.uniform(0.3, 7.0)
+            reply_s = (seg.last_loud - seg.first_loud) * FRAME / RATE
+            delay = rng.uniform(0.3, max(0.4, min(7.0, reply_s - 1.5)))
             await asyncio.sleep(max(0.0, t_reply + delay - time.monotonic()))
             seg = segs[(k + 1) % len(segs)]
             played = c.source.play(seg)
@@ -456,7 +457,8 @@ def codec_span_bias(pcm: np.ndarray, dither: float) -> list[float]:
     rng = np.random.default_rng(0)
     x = np.clip(pcm.astype(np.float64) + rng.normal(0.0, dither, len(pcm)), -32768, 32767).astype(np.int16)
     out = []
-    for start, length in ((RATE, 2 * RATE), (RATE // 2, 3 * RATE + 7 * 48), (RATE // 4, 4 * RATE + 13 * 48)):
+    n = len(x)
+    for start, length in ((n // 8, n // 3), (n // 10, n // 2 + 7 * 48), (n // 20, 2 * n // 3 + 13 * 48)):
         sig = np.zeros(length + 3 * RATE, np.int16)
         sig[RATE : RATE + length] = x[start : start + length]
         a = Arrivals(keep_payload=True)

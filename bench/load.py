@@ -5,8 +5,8 @@ run :mod:`loadgen` with N callers pinned to the other CPU, sample the server's
 ``/proc/PID/stat`` and ``/proc/PID/status`` around the load generator's
 measurement window, and record CPU ms per call-second, RSS per call and the
 pacing figures measured at the callers. ``--ramp`` raises N until the p99
-arrival interval leaves 20 +- 5 ms or a frame is late, and reports the last
-good N. Servers are interleaved per N (v2v, aiortc, pipecat, then the next N)
+arrival interval leaves 20 +- 5 ms, a frame is late or fewer than 98 % of the
+expected packets arrive, and reports the last good N. Servers are interleaved per N (v2v, aiortc, pipecat, then the next N)
 so the ratios compare runs made under the same background load.
 
     python bench/load.py --calls 1,10,20 --seconds 10            # fixed N
@@ -86,6 +86,7 @@ def good(r: dict[str, Any]) -> bool:
         and p99 is not None
         and GOOD_P99_MS[0] <= p99 <= GOOD_P99_MS[1]
         and r.get("late_frames", 1) == 0
+        and r.get("packets", 0) >= 0.98 * r.get("packets_expected", 1)
     )
 
 

@@ -11,6 +11,11 @@ a comma-separated list (or pass ``--variant`` before ``serve``):
 - ``opus=mono32c5``   the same at complexity 5
 - ``dec=mono``        Opus decoder output mono (aiortc: stereo, then down-mixed)
 - ``encode=inline``   encode on the event loop instead of a thread-pool hop per frame
+- ``decode=inline``   decode each packet on the event loop instead of aiortc's decoder thread per call
+- ``switch=MS``       the interpreter's GIL switch interval (default 5 ms)
+- ``track=packet[C]`` the assistant track encodes Opus itself (mono, 32 kbit/s, on the event loop) and hands
+                      aiortc ready packets (no executor hop, no audio-level loop, no upmix to stereo);
+                      C: Opus complexity 0-10 (libopus default 10)
 
     python bench/v2v_server.py --variant level=aiortc serve --model echo --port 8080
 """
@@ -96,6 +101,98 @@ def _inline_encode() -> None:
     rtcrtpsender.RTCRtpSender.__init__ = __init__
 
 
+def _inline_decode() -> None:
+    """Replace aiortc's per-receiver decoder thread by decoding each packet on the event loop."""
+    import threading  # noqa: PLC0415
+    import types  # noqa: PLC0415
+
+    from aiortc import rtcrtpreceiver  # noqa: PLC0415
+    from aiortc.codecs import get_decoder  # noqa: PLC0415
+
+    class _InlineQueue:
+        def __init__(self, receiver: Any) -> None:
+            self.receiver = receiver
+            self.decoder: Any = None
+            self.codec_name: str | None = None
+
+        def put(self, item: Any) -> None:
+            track_q = self.receiver._track._queue  # noqa: SLF001
+            if item is None:
+                track_q.put_nowait(None)
+                return
+            codec, encoded_frame = item
+            if codec.name != self.codec_name:
+                self.decoder = get_decoder(codec)
+                self.codec_name = codec.name
+            try:
+                frames = self.decoder.decode(encoded_frame)
+            except Exception:  # noqa: BLE001 - like aiortc: drop the frame, keep the decoder
+                return
+            for frame in frames:
+                track_q.put_nowait(frame)
+
+    class _NoThread:
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            pass
+
+        def start(self) -> None:
+            pass
+
+        def join(self, timeout: float | None = None) -> None:
+            pass
+
+    def _thread(*a: Any, target: Any = None, **kw: Any) -> Any:
+        if target is rtcrtpreceiver.decoder_worker:
+            return _NoThread()
+        return threading.Thread(*a, target=target, **kw)
+
+    rtcrtpreceiver.threading = types.SimpleNamespace(Thread=_thread, Event=threading.Event)
+    original = rtcrtpreceiver.RTCRtpReceiver.__init__
+
+    def __init__(self: Any, *a: Any, **kw: Any) -> None:
+        original(self, *a, **kw)
+        self._RTCRtpReceiver__decoder_queue = _InlineQueue(self)
+
+    rtcrtpreceiver.RTCRtpReceiver.__init__ = __init__
+
+
+def _track_packets(complexity: int | None) -> None:
+    from fractions import Fraction  # noqa: PLC0415
+
+    import av  # noqa: PLC0415
+
+    from media import track as mtrack  # noqa: PLC0415
+
+    original = mtrack.AssistantTrack.recv
+    tb = Fraction(1, 48000)
+
+    async def recv(self: Any) -> Any:
+        enc = getattr(self, "_bench_encoder", None)
+        if enc is None:
+            enc = av.CodecContext.create("libopus", "w")
+            enc.bit_rate = 32000
+            enc.format = "s16"
+            enc.layout = "mono"
+            enc.sample_rate = 48000
+            enc.time_base = tb
+            opts = {"application": "voip"}
+            if complexity is not None:
+                opts["compression_level"] = str(complexity)
+            enc.options = opts
+            self._bench_encoder = enc
+        while True:
+            frame = await original(self)
+            pts = frame.pts
+            packets = enc.encode(frame)
+            if packets:
+                packet = packets[0]
+                packet.pts = pts
+                packet.time_base = tb
+                return packet
+
+    mtrack.AssistantTrack.recv = recv
+
+
 def apply(variants: list[str]) -> None:
     from aiortc import rtp  # noqa: PLC0415
 
@@ -105,7 +202,9 @@ def apply(variants: list[str]) -> None:
 
     for v in variants:
         key, _, val = v.partition("=")
-        if key == "uvloop" and val == "0":
+        if key == "none":
+            pass
+        elif key == "uvloop" and val == "0":
             import asyncio  # noqa: PLC0415
 
             cli._run = asyncio.run  # type: ignore[attr-defined]
@@ -122,6 +221,12 @@ def apply(variants: list[str]) -> None:
             _mono_decoder()
         elif key == "encode" and val == "inline":
             _inline_encode()
+        elif key == "track" and val.startswith("packet"):
+            _track_packets(int(val[len("packet"):]) if val[len("packet"):] else None)
+        elif key == "switch":
+            sys.setswitchinterval(float(val) / 1000.0)
+        elif key == "decode" and val == "inline":
+            _inline_decode()
         elif v:
             raise SystemExit(f"unknown bench variant {v!r}")
 
