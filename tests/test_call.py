@@ -254,6 +254,12 @@ async def test_function_call_round_trip(name: str, args: str, expect: dict | Non
     assert names.index("function_output") < len(names) - 1 - names[::-1].index("create_response")
     assert result.of_type(ev.BotStartedSpeaking)
     assert result.call.end_reason == "input-ended"
+    # the agent stays "thinking" from the turn's end, through the tool call, until the reply is heard
+    seq = [t.event for t in result.events]
+    i = next(k for k, e in enumerate(seq) if isinstance(e, ev.AgentStateChanged) and e.state == "thinking")
+    j = next(k for k, e in enumerate(seq) if isinstance(e, ev.BotStartedSpeaking))
+    states = [e.state for e in seq[i:j] if isinstance(e, ev.AgentStateChanged)]
+    assert "listening" not in states, states
 
 
 async def test_greeting_only_once_and_only_when_ready() -> None:

@@ -131,6 +131,7 @@ class CallSession:
         self._texts: dict[str, _ItemText] = {}
         self._bot_speaking_item: str | None = None
         self._client_calls: dict[str, asyncio.Future] = {}
+        self._tools_running = 0
         playout.add_listener(self._on_playout)
 
     # ------------------------------------------------------------------ API
@@ -194,7 +195,7 @@ class CallSession:
             return
         self.end_reason = reason
         self.ended.set()
-        log.info("call %s: ended (%s)", self.call_id, reason)
+        log.debug("call %s: ended (%s)", self.call_id, reason)
         self.playout.flush()
         for fut in self._client_calls.values():
             if not fut.done():
@@ -240,7 +241,7 @@ class CallSession:
         return True
 
     async def dtmf(self, digit: str) -> None:
-        log.info("call %s: DTMF %s", self.call_id, digit)
+        log.debug("call %s: DTMF %s", self.call_id, digit)
         self.publish(ev.DtmfReceived(digit))
         await self.model.send_message("user", f"[The caller pressed the telephone key {digit}]")
 
@@ -289,7 +290,7 @@ class CallSession:
         if vev.kind == "start":
             self._user_speaking = True
             self.publish(ev.UserStartedSpeaking(onset))
-            log.info("call %s: user started speaking at %.2fs", self.call_id, onset / self.input_rate)
+            log.debug("call %s: user started speaking at %.2fs", self.call_id, onset / self.input_rate)
             if self._barge is not None:
                 # speech again while a burst is pending: measure from the new onset
                 self._barge.onset = onset
@@ -297,7 +298,7 @@ class CallSession:
             elif self._assistant_active():
                 self.playout.pause()
                 self._barge = _Barge(onset, decided, self.position, self.clock())
-                log.info("call %s: barge-in candidate, playout paused", self.call_id)
+                log.debug("call %s: barge-in candidate, playout paused", self.call_id)
         else:
             self._user_speaking = False
             self.publish(ev.UserStoppedSpeaking(onset))
@@ -320,7 +321,7 @@ class CallSession:
         ):
             self._barge = None
             item = self.playout.current_item or ""
-            log.info("call %s: false interruption, playout resumed", self.call_id)
+            log.debug("call %s: false interruption, playout resumed", self.call_id)
             self.publish(ev.FalseInterruption(item))
             self.playout.resume()
             if not self.playout.has_audio() and self._response_id is None:
@@ -354,7 +355,7 @@ class CallSession:
             else:
                 await self.model.truncate_item(item_id, 0, audio_end_ms)
             spoken, unspoken = self._cut_text(item_id, played, received)
-            log.info(
+            log.debug(
                 "call %s: interrupted (%s) item %s at %d ms of %d ms%s",
                 self.call_id, reason, item_id, audio_end_ms, received * 1000 // MODEL_RATE,
                 " (deleted)" if deleted else "",
@@ -500,6 +501,7 @@ class CallSession:
             if e.text or e.final:
                 self.publish(ev.UserTranscript(e.text, e.final, e.item_id))
         elif isinstance(e, mb.FunctionCall):
+            self._tools_running += 1
             self._spawn(self._run_tool(e), f"tool-{e.name}")
         elif isinstance(e, mb.SpeechStarted):
             if self._assistant_active():
@@ -523,11 +525,11 @@ class CallSession:
                 and self._text_only_retries < self.config.text_only_retries
             ):
                 self._text_only_retries += 1
-                log.info("call %s: text-only response, asking again for audio", self.call_id)
+                log.debug("call %s: text-only response, asking again for audio", self.call_id)
                 await self._create_response("Say your previous answer aloud.")
                 return
             self._text_only_retries = 0
-            if self.state == "thinking" and not self.playout.has_audio():
+            if self.state == "thinking" and not self.playout.has_audio() and not self._tools_running:
                 self._set_state("listening")
         elif isinstance(e, mb.Connected):
             self._connected = True
@@ -582,6 +584,14 @@ class CallSession:
 
     # -- tools -------------------------------------------------------------
     async def _run_tool(self, call: mb.FunctionCall) -> None:
+        # counted from the FunctionCall event on (see _on_model_event), so the
+        # response that carried the call ending does not read as "idle"
+        try:
+            await self._run_tool_inner(call)
+        finally:
+            self._tools_running -= 1
+
+    async def _run_tool_inner(self, call: mb.FunctionCall) -> None:
         tool = self.tools.get(call.name)
         self.publish(ev.FunctionCallStarted(call.call_id, call.name))
         try:
