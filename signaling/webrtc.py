@@ -378,16 +378,19 @@ class WebRTCCall:
             # the client's pings pause while its data channel is replaced
             if self.rtvi is not None:
                 self.rtvi.suspend_ping_watchdog()
-            old_pc, old_track = self.pc, self.track
+            old_pc, old_track, old_channel = self.pc, self.track, self.channel
             new_pc = self._new_pc()
             new_track = AssistantTrack(self.playout)
             self.pc, self.track, self.channel = new_pc, new_track, None
             try:
                 sdp = await self._negotiate(new_pc, offer, new_track)
             except BaseException:
-                self.pc, self.track = old_pc, old_track
+                # the old peer connection and its data channel carry on
+                self.pc, self.track, self.channel = old_pc, old_track, old_channel
                 new_track.stop()
                 await self._close_pc(new_pc)
+                if old_channel is not None and old_channel.readyState == "open":
+                    self._flush_outbox()  # what was queued meanwhile
                 raise
             self._since = time.monotonic()
             self.connected_at = None

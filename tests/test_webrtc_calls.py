@@ -348,3 +348,33 @@ async def test_offer_with_video_and_a_second_audio_section():
             await asyncio.wait_for(caller.received.first_loud.wait(), 8)  # the first audio section is the call
         finally:
             await caller.hangup()
+
+
+async def test_failed_restart_pc_keeps_the_old_channel():
+    async with running_server() as server:
+        caller = Caller(server.url)
+        try:
+            await caller.connect()
+            await asyncio.wait_for(caller.bot_ready.wait(), 5)
+            call = server.manager.get(caller.pc_id)
+            wc = server.manager.webrtc.get(caller.pc_id)
+            pc_before = wc.pc
+            # passes the cheap checks, fails in setRemoteDescription
+            bad = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nbogus\r\n"
+            body = {"sdp": bad, "type": "offer", "pc_id": caller.pc_id, "restart_pc": True}
+            async with caller.http.post(server.offer_url, json=body) as r:
+                assert r.status == 400
+            assert wc.pc is pc_before and not call.ending
+            assert server.manager.webrtc.open_peer_connections == 1
+            # server -> client RTVI still flows over the old data channel
+            msg_id = caller.send_rtvi("client-message", {"t": "get-state", "d": {}})
+            await wait_until(
+                lambda: any(m.get("id") == msg_id and m.get("type") == "server-response" for m in caller.messages),
+                5, "the get-state answer",
+            )
+            # and closing that channel still ends the call
+            caller.channel.close()
+            await wait_until(lambda: call.ending, 3, "call ended by the data channel closing")
+            assert call.end_reason == "peer-closed"
+        finally:
+            await caller.close()
