@@ -82,6 +82,35 @@ async def test_register_open_and_with_digest() -> None:
             await sip.close()
 
 
+async def test_register_with_non_ascii_digest_fields_is_refused_not_500(caplog) -> None:
+    async with running_server(sip_users=["alice:wonder"]) as srv:
+        sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
+        try:
+            sip.send(sip.request("REGISTER", "sip:127.0.0.1", "reg-u", from_tag="r", cseq=1))
+            r = await sip.recv()
+            assert r.status == 401
+            _, ch = parse_auth_header(r.headers.get("WWW-Authenticate"))
+            good_nonce = ch["nonce"]
+            forged_nonce = good_nonce.split(".")[0] + ".\u00e9\u00e9"
+            cases = [
+                (good_nonce, "\u00e9"),  # a non-ASCII response
+                # the right password over a nonce whose signature is non-ASCII
+                (forged_nonce, compute_response("alice", ch["realm"], "wonder", "REGISTER", "sip:127.0.0.1",
+                                                forged_nonce, "auth", "00000001", "c0ffee")),
+            ]
+            for cseq, (nonce, resp) in enumerate(cases, start=2):
+                auth = (f'Authorization: Digest username="alice", realm="{ch["realm"]}", nonce="{nonce}", '
+                        f'uri="sip:127.0.0.1", response="{resp}", algorithm=MD5, qop=auth, nc=00000001, '
+                        f'cnonce="c0ffee"')
+                sip.send(sip.request("REGISTER", "sip:127.0.0.1", "reg-u", from_tag="r", cseq=cseq, extra=auth))
+                r = await sip.recv()
+                assert r.status in (400, 401), r.status
+            assert not [rec for rec in caplog.records if rec.exc_info], "a traceback was logged"
+            assert not srv.sip.core.registrations
+        finally:
+            await sip.close()
+
+
 async def test_call_over_tcp_ring_delay_pcma_info_dtmf_and_bye() -> None:
     async with running_server(sip_ring_ms=400) as srv:
         events: list[object] = []

@@ -20,6 +20,12 @@ def md5(s: str) -> str:
     return hashlib.md5(s.encode("utf-8")).hexdigest()
 
 
+def _same(a: str, b: str) -> bool:
+    """Constant-time string equality that any input can reach (compare_digest
+    raises TypeError on non-ASCII ``str``)."""
+    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))
+
+
 def parse_auth_header(value: str) -> tuple[str, dict[str, str]]:
     """`Digest a="b", c=d` -> ("digest", {"a": "b", "c": "d"})."""
     scheme, _, rest = value.strip().partition(" ")
@@ -74,7 +80,7 @@ class DigestAuth:
         return bool(self.users)
 
     def _sign(self, ts: str) -> str:
-        return hmac.new(self._key, ts.encode(), hashlib.sha256).hexdigest()[:24]
+        return hmac.new(self._key, ts.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:24]
 
     def make_nonce(self) -> str:
         ts = f"{int(time.time()):x}"
@@ -82,7 +88,7 @@ class DigestAuth:
 
     def nonce_ok(self, nonce: str) -> bool:
         ts, _, sig = nonce.partition(".")
-        if not ts or not hmac.compare_digest(sig, self._sign(ts)):
+        if not ts or not _same(sig, self._sign(ts)):
             return False
         try:
             age = time.time() - int(ts, 16)
@@ -114,7 +120,7 @@ class DigestAuth:
             return False, False, user
         want = compute_response(user, self.realm, password, method, uri, nonce, qop,
                                 p.get("nc", ""), p.get("cnonce", ""))
-        if not hmac.compare_digest(want, resp.lower()):
+        if not _same(want, resp.lower()):
             return False, False, user
         if not self.nonce_ok(nonce):
             return False, True, user
