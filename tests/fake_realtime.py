@@ -256,6 +256,8 @@ class FakeConnection:
     # -- main loop -------------------------------------------------------------
     async def run(self) -> None:
         try:
+            if self.server.garbage_frames:
+                await self.ws.send_str(self.server.garbage_frames.pop(0))
             await self.send(SessionCreatedEvent, type="session.created", session=self.session)
             async for msg in self.ws:
                 if msg.type == WSMsgType.TEXT:
@@ -754,6 +756,9 @@ class FakeRealtimeServer:
         self.text_only_responses = 0  # the next N responses come back as text only
         self.drop_connections: set[int] = set()  # connection indexes dropped mid-response
         self.drop_after_deltas = 3
+        # raw text frames sent on the next connections before session.created
+        # (one string per connection, e.g. "not json" or "[1, 2]")
+        self.garbage_frames: list[str] = []
         self.race_window = 0.25  # s: a cancel this soon after response.done is a race
         self.reply_audio: Callable[[int], np.ndarray] | None = None  # reply n -> pcm
         self.reply_text: Callable[[int, str], str] = (

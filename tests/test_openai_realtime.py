@@ -642,6 +642,55 @@ async def test_reconnect_gives_up_after_the_attempts_fatal(fake: FakeRealtimeSer
     assert fake.violations == []
 
 
+async def test_garbage_frame_while_connecting_is_retried(fake: FakeRealtimeServer) -> None:
+    fake.garbage_frames = ["not json {"]
+    rec = await open_session(fake)
+    await rec.wait_type(Connected)
+    assert fake.handshakes == [101, 101] and not rec.of(ModelError)
+    await rec.close()
+
+
+async def test_garbage_frames_on_reconnect_retry_then_fail_properly(fake: FakeRealtimeServer) -> None:
+    fake.speed = 0
+    fake.drop_connections, fake.drop_after_deltas = {0, 2}, 2
+    rec = await open_session(fake)
+    s = rec.session
+    await rec.wait_type(Connected)
+    # a JSON array on the first reconnect: retried, the session carries on
+    fake.garbage_frames = ["[1, 2]"]
+    await s.send_message("user", "hello")
+    await s.create_response()
+    await rec.wait_type(Connected, count=2)
+    assert len(fake.connections) == 3 and not rec.of(ModelError, where=lambda e: e.fatal)
+    # garbage on every attempt: the session fails for good, and says so
+    fake.garbage_frames = ["nope"] * 4 + ["[]"] * 4
+    await s.send_message("user", "again")
+    await s.create_response()
+    fatal = (await rec.wait_type(ModelError, where=lambda e: e.fatal))[0]
+    assert fatal.code == "connect_failed"
+    assert rec.of(Disconnected)[-1].fatal
+    await rec.close()
+
+
+async def test_reader_failure_fails_the_session(fake: FakeRealtimeServer) -> None:
+    fake.speed = 0
+    fake.drop_connections, fake.drop_after_deltas = {0}, 2
+    rec = await open_session(fake)
+    s = rec.session
+    await rec.wait_type(Connected)
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    s._open_socket = broken  # the reconnect hits an unexpected error
+    await s.send_message("user", "hello")
+    await s.create_response()
+    fatal = (await rec.wait_type(ModelError, where=lambda e: e.fatal))[0]
+    assert fatal.code == "internal_error" and "a bug" in fatal.message
+    assert rec.of(Disconnected)[-1].fatal
+    await rec.close()
+
+
 async def test_update_session_and_close_while_connecting(fake: FakeRealtimeServer) -> None:
     rec = await open_session(fake)
     s = rec.session

@@ -500,7 +500,12 @@ class OpenAIRealtimeSession(ModelSession):
             msg = await ws.receive(timeout=left)
             if msg.type != aiohttp.WSMsgType.TEXT:
                 raise _Retryable(f"socket closed while waiting for {etype}")
-            ev = json.loads(msg.data)
+            try:
+                ev = json.loads(msg.data)
+            except ValueError:
+                raise _Retryable(f"non-JSON message while waiting for {etype}") from None
+            if not isinstance(ev, dict):
+                raise _Retryable(f"a non-object JSON message while waiting for {etype}")
             t = ev.get("type")
             if t == etype:
                 return
@@ -510,10 +515,26 @@ class OpenAIRealtimeSession(ModelSession):
                     f"the realtime API rejected the session: {err.get('message', '')}",
                     str(err.get("code") or "session_rejected"),
                 )
-            self._dispatch(ev)
+            try:
+                self._dispatch(ev)
+            except Exception as e:  # a malformed event must not stop the connect
+                log.warning("openai realtime: bad %s event ignored: %s", t, self._err(repr(e)))
 
     async def _run(self) -> None:
-        """Read events; on a drop, reconnect and restore."""
+        """Read events; on a drop, reconnect and restore. Whatever goes wrong
+        ends the session with a fatal ModelError + Disconnected, never silently."""
+        try:
+            await self._run_loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if self._closing:
+                return
+            log.exception("openai realtime: the reader failed")
+            await self._close_socket()
+            self._fail(f"the model connection failed: {type(e).__name__}: {e}", "internal_error")
+
+    async def _run_loop(self) -> None:
         while not self._closing:
             reason = await self._read_loop()
             if self._closing:
