@@ -111,6 +111,39 @@ async def test_register_with_non_ascii_digest_fields_is_refused_not_500(caplog) 
             await sip.close()
 
 
+async def test_registrations_expire_and_are_capped() -> None:
+    async with running_server() as srv:
+        core = srv.sip.core
+        now = [1_000_000.0]
+        core.clock = lambda: now[0]
+        core.max_registrations = 3
+        sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
+
+        async def register(user: str, expires: int) -> None:
+            sip.send(sip.request("REGISTER", f"sip:{user}@127.0.0.1", f"reg-{user}-{expires}", from_tag="r",
+                                 extra=f"Expires: {expires}"))
+            assert (await sip.recv()).status == 200
+
+        try:
+            await register("short", 5)
+            await register("long", 600)
+            assert set(core.registrations) == {"sip:short@127.0.0.1", "sip:long@127.0.0.1"}
+            now[0] += 10  # "short" has expired: the next REGISTER purges it
+            await register("other", 600)
+            assert set(core.registrations) == {"sip:long@127.0.0.1", "sip:other@127.0.0.1"}
+            for i in range(5):
+                await register(f"u{i}", 600)
+                assert len(core.registrations) <= 3
+            # the oldest went first
+            assert list(core.registrations) == ["sip:u2@127.0.0.1", "sip:u3@127.0.0.1", "sip:u4@127.0.0.1"]
+            # a refresh makes an entry the newest
+            await register("u2", 600)
+            await register("u5", 600)
+            assert list(core.registrations) == ["sip:u4@127.0.0.1", "sip:u2@127.0.0.1", "sip:u5@127.0.0.1"]
+        finally:
+            await sip.close()
+
+
 async def test_call_over_tcp_ring_delay_pcma_info_dtmf_and_bye() -> None:
     async with running_server(sip_ring_ms=400) as srv:
         events: list[object] = []

@@ -41,6 +41,7 @@ T2 = 4.0
 TX_LINGER = 32.0
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, REGISTER"
 SERVER = "v2v"
+MAX_REGISTRATIONS = 10_000  # registered AORs kept; the oldest go first
 
 
 class SipCore:
@@ -61,7 +62,9 @@ class SipCore:
         self.profiles = profiles or {}
         self.ports = ports or {}
         self.dialogs: dict[tuple[str, str], Dialog] = {}
-        self.registrations: dict[str, tuple[str, float]] = {}
+        self.registrations: dict[str, tuple[str, float]] = {}  # aor -> (contact, expires at), oldest first
+        self.max_registrations = MAX_REGISTRATIONS
+        self.clock: Callable[[], float] = time.time  # registration expiry clock (tests move it)
         self._invite_txs: dict[tuple[str, str, str], ServerTx] = {}
         self._txs: dict[tuple[str, str, str], ServerTx] = {}
         self._client_txs: dict[str, asyncio.Future[SipResponse]] = {}
@@ -230,9 +233,15 @@ class SipCore:
         self._respond(req, conn, 401, to_tag=new_tag(), extra=[("WWW-Authenticate", self.auth.challenge(stale))])
         return False
 
+    def _purge_registrations(self) -> None:
+        now = self.clock()
+        for aor in [a for a, (_, until) in self.registrations.items() if until <= now]:
+            del self.registrations[aor]
+
     def _on_register(self, req: SipRequest, conn: Conn) -> None:
         if not self._authorized(req, conn):
             return
+        self._purge_registrations()
         extra: list[tuple[str, str]] = []
         default_exp = req.headers.get("Expires")
         aor = req.to.uri
@@ -247,7 +256,10 @@ class SipCore:
                 self.registrations.pop(aor, None)
                 continue
             c.params["expires"] = str(exp)
-            self.registrations[aor] = (c.uri, time.time() + exp)
+            self.registrations.pop(aor, None)  # a refresh makes it the newest
+            self.registrations[aor] = (c.uri, self.clock() + exp)
+            while len(self.registrations) > self.max_registrations:
+                del self.registrations[next(iter(self.registrations))]
             extra.append(("Contact", str(c)))
             extra.append(("Expires", str(exp)))
         self._respond(req, conn, 200, to_tag=None if req.to.tag else new_tag(), extra=extra)
