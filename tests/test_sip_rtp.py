@@ -126,6 +126,28 @@ async def test_receive_reorder_ssrc_change_latch_foreign_and_dtmf_in() -> None:
         await s.close()
 
 
+async def test_garbage_or_foreign_payload_type_does_not_steal_the_latch() -> None:
+    peer = await _peer()
+    got: list[np.ndarray] = []
+    s = await _session(peer, PlayoutBuffer(), got, [], [])
+    loop = asyncio.get_running_loop()
+    other_t, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    try:
+        assert peer.transport is not None
+        dest = ("127.0.0.1", s.local_port)
+        other_t.sendto(b"\xa0" + b"\x00" * 15, dest)  # version 2, but not a parseable RTP packet
+        other_t.sendto(_rtp(1, b"\x00" * 160, pt=96), dest)  # RTP, but not this call's payload type
+        await wait_for(lambda: s.stats.bad_packets >= 1 and s.stats.foreign_packets + s.stats.packets_in >= 1,
+                       2.0, "the stranger's datagrams")
+        assert not s.latched and s.remote == ("127.0.0.1", peer.port)
+        peer.transport.sendto(_rtp(10, ulaw_encode(np.full(160, 1000, np.int16))), dest)
+        await wait_for(lambda: len(got) >= 1, 2.0, "the caller's audio")
+        assert s.latched and s.remote == ("127.0.0.1", peer.port)
+    finally:
+        other_t.close()
+        await s.close()
+
+
 async def test_inactivity_timeout_and_hold_suspends_it() -> None:
     peer = await _peer()
     timeouts: list[float] = []

@@ -36,6 +36,7 @@ FRAME_8K = 160
 FRAME_24K = 480
 PTIME = 0.020
 DTMF_EVENTS = "0123456789*#ABCD"
+CN_PT = 13  # comfort noise (RFC 3389), static payload type
 
 
 class PlayoutSource(Protocol):
@@ -167,16 +168,21 @@ class RtpSession:
         pt = data[1] & 0x7F
         if 72 <= pt <= 76:  # RTCP (RFC 5761 range): ignore
             return
-        if not self.latched:
-            self.remote = (addr[0], addr[1])
-            self.latched = True
-        elif (addr[0], addr[1]) != self.remote:
-            self.stats.foreign_packets += 1
-            return
         try:
             pkt = RtpPacket.parse(data)
         except ValueError:
             self.stats.bad_packets += 1
+            return
+        if not self.latched:
+            # only a packet of this call's media (its codec, telephone-event or
+            # comfort noise) may move where we send
+            if pkt.payload_type not in (self.payload_type, self.dtmf_pt, CN_PT):
+                self.stats.foreign_packets += 1
+                return
+            self.remote = (addr[0], addr[1])
+            self.latched = True
+        elif (addr[0], addr[1]) != self.remote:
+            self.stats.foreign_packets += 1
             return
         self.stats.packets_in += 1
         self._last_rx = time.monotonic()
