@@ -251,6 +251,38 @@ async def test_hold_unhold_latching_rfc4733_in_and_retransmitted_invite() -> Non
             await sip.close()
 
 
+async def test_rfc4733_dtmf_delivery_is_tracked_and_cancelled_at_call_end() -> None:
+    async with running_server() as srv:
+        sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
+        rtp = await RtpPeer.open(TONE)
+        try:
+            call = await Call.dial(sip, rtp, f"sip:echo@127.0.0.1:{srv.sip_port}")
+            await wait_for(lambda: len(rtp.received) > 5, 2.0, "RTP")
+            (d,) = srv.sip.core.dialogs.values()
+            media = d.media
+            started, cancelled = asyncio.Event(), asyncio.Event()
+
+            async def slow_dtmf(digit: str) -> None:  # the worker is busy with the digit
+                started.set()
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    cancelled.set()
+                    raise
+
+            media.call.session.dtmf = slow_dtmf
+            rtp.send_dtmf(4)
+            await asyncio.wait_for(started.wait(), 2.0)
+            assert len(media._tasks) == 1  # a reference is kept while it runs
+            assert (await call.bye()).status == 200
+            await asyncio.wait_for(media.ended.wait(), 5.0)
+            await asyncio.wait_for(cancelled.wait(), 2.0)
+            await wait_for(lambda: not media._tasks, 2.0, "the DTMF task to go")
+        finally:
+            await rtp.close()
+            await sip.close()
+
+
 async def test_rtp_inactivity_ends_call_with_bye() -> None:
     async with running_server(media_timeout=0.6) as srv:
         sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()

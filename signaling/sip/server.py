@@ -54,6 +54,7 @@ class RtpCallMedia(SipMedia):
         self.rtp: RtpSession | None = None
         self.sdp: SdpSession | None = None
         self.answer_sdp = ""
+        self._tasks: set[asyncio.Task] = set()  # DTMF deliveries in flight
 
     @classmethod
     async def create(cls, sip: "SipServers", creq: CallRequest) -> "RtpCallMedia":
@@ -133,7 +134,22 @@ class RtpCallMedia(SipMedia):
 
     def _on_dtmf(self, digit: str) -> None:
         if self.call is not None and not self.call.ending:
-            asyncio.get_running_loop().create_task(self.dtmf(digit))
+            task = asyncio.get_running_loop().create_task(self.dtmf(digit), name=f"sip-dtmf-{digit}")
+            self._tasks.add(task)
+            task.add_done_callback(self._dtmf_done)
+
+    def _dtmf_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("sip: DTMF delivery failed", exc_info=task.exception())
+
+    async def _cancel_tasks(self) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def dtmf(self, digit: str) -> None:
         if self.call is not None and not self.call.ending:
@@ -146,6 +162,7 @@ class RtpCallMedia(SipMedia):
     async def _on_call_end(self, reason: str) -> None:
         self.end_reason = reason
         self.ended.set()
+        await self._cancel_tasks()
         if self.rtp is not None:
             await self.rtp.close()
 
@@ -154,6 +171,7 @@ class RtpCallMedia(SipMedia):
             await self.call.end(reason)
         elif self.rtp is not None:
             await self.rtp.close()
+        await self._cancel_tasks()
         self.ended.set()
 
 
