@@ -211,6 +211,27 @@ class PlayoutBuffer:
         item = self._stats.get(item_id)
         return item.received if item else 0
 
+    def _fade_out(self, head: _Item, out: np.ndarray) -> None:
+        """Write a fade from the current position into ``out`` without consuming.
+
+        Reads past the head item into the following ones; if less than the
+        fade length is queued, the ramp is shortened to what there is, so the
+        output always ends at zero with bounded steps.
+        """
+        want = min(self.fade_samples, len(out))
+        tmp = np.zeros(want, dtype=np.int16)
+        got = head.take(tmp, consume=False)
+        if got < want:  # (after a flush the queue is empty: only the head remains)
+            for item in list(self._items)[1:]:
+                got += item.take(tmp[got:], consume=False)
+                if got == want:
+                    break
+        if got == 0:
+            return
+        ramp = self._fade_down[:got] if got == self.fade_samples else np.linspace(
+            1.0, 0.0, got, endpoint=False, dtype=np.float32)
+        out[:got] = (tmp[:got] * ramp).astype(np.int16)
+
     # -- reader side (the transport's paced sender) -------------------------
     def read(self, n: int) -> np.ndarray:
         """Return exactly ``n`` samples to send now; silence when idle."""
@@ -222,9 +243,7 @@ class PlayoutBuffer:
             reason: Literal["paused", "flushed"] = "flushed" if self._flush_head else "paused"
             self._flush_head = None
             if head is not None:
-                tmp = np.zeros(min(self.fade_samples, n), dtype=np.int16)
-                got = head.take(tmp, consume=False)
-                out[:got] = (tmp[:got] * self._fade_down[:got]).astype(np.int16)
+                self._fade_out(head, out)
             if self._audible_item is not None:
                 stopped = self._audible_item
                 self._audible_item = None
@@ -237,8 +256,7 @@ class PlayoutBuffer:
             item = self._items[0]
             got = item.take(out[filled:], consume=True)
             if got and self._audible_item != item.item_id:
-                if self._audible_item is not None:
-                    self._emit(PlayoutStopped(self._audible_item, "drained"))
+                # a new item (audio goes on without a gap when one was playing)
                 self._audible_item = item.item_id
                 self._emit(PlayoutStarted(item.item_id))
             filled += got

@@ -24,6 +24,7 @@ from .resample import ExactResampler
 
 FRAME_MS = 20
 OUT_RATE = 48000
+MAX_LAG = 0.1  # seconds behind schedule before the clock is re-anchored
 
 
 class AssistantTrack(MediaStreamTrack):
@@ -57,6 +58,10 @@ class AssistantTrack(MediaStreamTrack):
             wait = due - self._clock()
             if wait > 0:
                 await asyncio.sleep(wait)
+            elif wait < -MAX_LAG:
+                # the loop stalled: re-anchor instead of bursting the backlog
+                # (pts stay contiguous; the caller hears a gap, not a rush)
+                self._start = self._clock() - self._pts / self.out_rate
         pcm = self.playout.read(self._in_per_frame)
         out = self._upsample.process(pcm)
         frame = av.AudioFrame.from_ndarray(out.reshape(1, -1), format="s16", layout="mono")

@@ -94,11 +94,12 @@ class CallLog:
         if isinstance(e, ev.AgentStateChanged):
             self.event("state", state=e.state, previous=e.previous)
         elif isinstance(e, ev.BotInterrupted):
-            self.event("barge-in", item=e.item_id)
+            self.event("barge-in", item=e.item_id, played_ms=e.played_ms)
+        elif isinstance(e, ev.ItemTruncated):
             if e.deleted:
                 self.event("item-deleted", item=e.item_id, played_ms=0)
             else:
-                self.event("truncation", item=e.item_id, audio_end_ms=e.played_ms)
+                self.event("truncation", item=e.item_id, audio_end_ms=e.audio_end_ms)
         elif isinstance(e, ev.FalseInterruption):
             self.event("false-interruption", item=e.item_id)
         elif isinstance(e, ev.UserStartedSpeaking):

@@ -93,6 +93,7 @@ class ServerMetrics:
     def observe(self, event: object) -> None:
         if isinstance(event, ev.BotInterrupted):
             self.barge_ins.inc()
+        elif isinstance(event, ev.ItemTruncated):
             if not event.deleted:
                 self.truncations.inc()
         elif isinstance(event, ev.FalseInterruption):

@@ -31,6 +31,11 @@ class Script:
     reply_text: str = "one two three four five six seven eight nine ten"
     first_audio_delay_steps: int = 0  # loop yields before the first delta (simulated thinking)
     tool_call: tuple[str, str] | None = None  # (name, json args) requested by the first response
+    tool_calls: list[tuple[str, str]] | None = None  # several calls in the first response
+    transcript_done_delay: int = 0  # loop yields between AudioDone and OutputTranscriptDone
+    second_item_delay: int | None = None  # yields before a second audio item of the same response
+    commit_delay: int = 0  # loop yields commit_input takes (like speech-to-text on the turn)
+    ignore_cancel: bool = False  # keep streaming after response.cancel (events already in flight)
     connect_event: asyncio.Event | None = None  # connect completes when set
     server_vad: bool = False
 
@@ -42,7 +47,7 @@ class ScriptedSession(mb.ModelSession):
         self.script = script
         self.calls: list[tuple[str, Any]] = log
         self._task: asyncio.Task | None = None
-        self._tool_pending = script.tool_call
+        self._tool_pending = [script.tool_call] if script.tool_call else list(script.tool_calls or [])
 
     def _rec(self, name: str, arg: Any = None) -> None:
         self.calls.append((name, arg))
@@ -69,6 +74,8 @@ class ScriptedSession(mb.ModelSession):
 
     async def commit_input(self) -> None:
         self._rec("commit_input")
+        for _ in range(self.script.commit_delay):
+            await asyncio.sleep(0)
 
     async def clear_input(self) -> None:
         self._rec("clear_input")
@@ -86,10 +93,10 @@ class ScriptedSession(mb.ModelSession):
         self.emit(mb.ResponseCreated(rid))
         status = "completed"
         try:
-            if self._tool_pending is not None:
-                name, args = self._tool_pending
-                self._tool_pending = None
-                self.emit(mb.FunctionCall(f"call_{n}", name, args, item, rid))
+            if self._tool_pending:
+                for k, (name, args) in enumerate(self._tool_pending):
+                    self.emit(mb.FunctionCall(f"call_{n}_{k}", name, args, f"{item}_{k}", rid))
+                self._tool_pending = []
                 return
             for _ in range(self.script.first_audio_delay_steps):
                 await asyncio.sleep(0)
@@ -100,8 +107,16 @@ class ScriptedSession(mb.ModelSession):
             for i in range(0, len(audio), 2400):
                 self.emit(mb.AudioDelta(item, audio[i : i + 2400], rid))
                 await asyncio.sleep(0)
-            self.emit(mb.OutputTranscriptDone(item, self.script.reply_text, rid))
             self.emit(mb.AudioDone(item, rid))
+            for _ in range(self.script.transcript_done_delay):
+                await asyncio.sleep(0)
+            self.emit(mb.OutputTranscriptDone(item, self.script.reply_text, rid))
+            if self.script.second_item_delay is not None:
+                for _ in range(self.script.second_item_delay):
+                    await asyncio.sleep(0)
+                second = f"{item}_b"
+                self.emit(mb.AudioDelta(second, reply_signal(1.0, n + 1000), rid))
+                self.emit(mb.AudioDone(second, rid))
         except asyncio.CancelledError:
             status = "cancelled"
             raise
@@ -110,7 +125,7 @@ class ScriptedSession(mb.ModelSession):
 
     async def cancel_response(self) -> None:
         self._rec("cancel_response")
-        if self._task and not self._task.done():
+        if self._task and not self._task.done() and not self.script.ignore_cancel:
             self._task.cancel()
 
     async def truncate_item(self, item_id: str, content_index: int, audio_end_ms: int) -> None:

@@ -282,3 +282,65 @@ async def test_no_greeting_when_empty() -> None:
     factory = ScriptedFactory(Script())
     await run_wav_call(factory, np.zeros(RATE, np.int16), RATE, tail_s=0.2)
     assert factory.of("send_message") == [] and "create_response" not in factory.names()
+
+
+async def test_several_tool_calls_in_one_response_get_one_new_response() -> None:
+    factory = ScriptedFactory(Script(reply_seconds=0.5, tool_calls=[("add", '{"a": 1, "b": 2}'), ("broken", "{}")]))
+    result = await run_wav_call(factory, compose((0.0, turn_a()), total_s=3.0), RATE, tail_s=2.0, tools=_tools())
+    outputs = dict(factory.of("function_output"))
+    assert len(outputs) == 2 and {k.rsplit("_", 1)[1] for k in outputs} == {"0", "1"}
+    names = factory.names()
+    # the turn's response, then exactly one more once both outputs are in
+    assert names.count("create_response") == 2
+    last_output = max(i for i, n in enumerate(names) if n == "function_output")
+    assert names.index("create_response", names.index("function_output")) > last_output
+    assert result.of_type(ev.BotStartedSpeaking)
+
+
+async def test_transcript_finishing_after_the_audio_still_completes_the_output() -> None:
+    factory = ScriptedFactory(Script(reply_seconds=0.4, transcript_done_delay=8 * 60))
+    result = await run_wav_call(factory, compose((0.0, turn_a()), total_s=3.0), RATE, tail_s=3.0)
+    played = first(result, ev.BotStoppedSpeaking)
+    finals = [t for t in result.of_type(ev.BotOutput) if t.event.final]
+    assert len(finals) == 1 and finals[0].step > played.step
+    assert finals[0].event.spoken == Script().reply_text and not finals[0].event.interrupted
+    assert result.call._texts == {}
+
+
+async def test_contiguous_items_are_one_stretch_of_speech() -> None:
+    factory = ScriptedFactory(Script(reply_seconds=1.0, second_item_delay=0))
+    result = await run_wav_call(factory, compose((0.0, turn_a()), total_s=3.0), RATE, tail_s=3.0)
+    assert len(result.of_type(ev.BotStartedSpeaking)) == 1
+    assert len(result.of_type(ev.BotStoppedSpeaking)) == 1
+    assert np.count_nonzero(result.output) == 2 * 24000
+
+
+async def test_late_items_of_an_interrupted_response_are_deleted() -> None:
+    factory = ScriptedFactory(Script(reply_seconds=3.0, second_item_delay=8 * 150, ignore_cancel=True))
+    end = await _turn_end_time()
+    start, clip = _clip_with_onset_at(end + 1.0)
+    result = await run_wav_call(factory, _barge_input(start, clip), RATE, tail_s=0.5)
+    names = factory.names()
+    assert names.index("cancel_response") < names.index("truncate_item")
+    (item, _, ms), = factory.of("truncate_item")
+    late = [d for d in factory.of("delete_item") if d.endswith("_b")]
+    assert late == [item + "_b"]
+    assert len(result.of_type(ev.BotInterrupted)) == 1
+    # the late item was never heard
+    interrupted = first(result, ev.BotInterrupted)
+    nxt = [t.step for t in result.of_type(ev.BotStartedSpeaking) if t.step > interrupted.step]
+    assert not result.output[(interrupted.step + 1) * FRAME_OUT : (nxt[0] if nxt else result.steps) * FRAME_OUT].any()
+
+
+async def test_reply_arriving_while_the_caller_talks_is_held() -> None:
+    # the caller talks again while the model is still transcribing the turn
+    # (no response yet, so this speech is not a barge-in); the reply then
+    # arrives mid-speech: it is held, and deleted once the caller has talked on
+    end = await _turn_end_time()
+    factory = ScriptedFactory(Script(reply_seconds=3.0, commit_delay=8 * 30))
+    start, clip = _clip_with_onset_at(end + 0.1)
+    result = await run_wav_call(factory, _barge_input(start, clip), RATE, tail_s=0.5)
+    interrupted = first(result, ev.BotInterrupted)
+    assert interrupted.event.deleted
+    assert not result.output[: interrupted.step * FRAME_OUT].any()
+    assert len(factory.of("delete_item")) == 1 and factory.of("truncate_item") == []

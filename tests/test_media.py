@@ -202,6 +202,40 @@ def test_playout_flush_fades_and_reports() -> None:
     assert not p.read(480).any()
 
 
+def test_playout_contiguous_items_do_not_stop_between() -> None:
+    events: list = []
+    p = PlayoutBuffer(listener=events.append)
+    p.add("a", np.full(300, 9, np.int16))
+    p.end_item("a")
+    p.add("b", np.full(300, 9, np.int16))
+    p.read(480)
+    assert events == [PlayoutStarted("a"), ItemPlayed("a", 300), PlayoutStarted("b")]
+
+
+@pytest.mark.parametrize("queued", [30, 119])
+def test_playout_fade_with_little_audio_left_still_reaches_zero(queued: int) -> None:
+    p = PlayoutBuffer()
+    p.add("a", np.full(480 + queued, 20000, np.int16))
+    p.read(480)
+    p.pause()
+    faded = p.read(480)
+    steps = np.abs(np.diff(np.concatenate([[20000], faded[: queued + 1]]).astype(np.int32)))
+    assert steps.max() <= 20000 // queued + 1, steps.max()
+    assert not faded[queued:].any()
+
+
+def test_playout_fade_reads_into_the_next_item() -> None:
+    p = PlayoutBuffer()
+    p.add("a", np.full(500, 20000, np.int16))
+    p.end_item("a")
+    p.add("b", np.full(500, 20000, np.int16))
+    p.read(480)
+    p.pause()
+    faded = p.read(480)
+    assert np.count_nonzero(faded) == p.fade_samples
+    assert np.abs(np.diff(faded[: p.fade_samples + 1].astype(np.int32))).max() <= 20000 // p.fade_samples + 1
+
+
 def test_playout_pause_before_audio_holds_it() -> None:
     p = PlayoutBuffer()
     p.pause()
@@ -239,8 +273,10 @@ async def test_track_frames_pts_and_pacing(monkeypatch: pytest.MonkeyPatch) -> N
     assert pts == [i * 960 for i in range(50)]
     assert p.played("a") == 50 * 480
     assert len(sleeps) == 49 and all(abs(s - 0.02) < 1e-9 for s in sleeps)
-    clock.now += 0.5  # the sender fell behind: no sleep until caught up
+    clock.now += 0.5  # the loop stalled: the clock re-anchors instead of bursting 25 frames
     sleeps.clear()
-    await track.recv()
-    assert sleeps == []
+    frame = await track.recv()
+    assert sleeps == [] and frame.pts == 50 * 960
+    frame = await track.recv()
+    assert len(sleeps) == 1 and abs(sleeps[0] - 0.02) < 1e-9 and frame.pts == 51 * 960
     track.stop()

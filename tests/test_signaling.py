@@ -236,7 +236,9 @@ def test_metrics_registries_are_per_app_and_observe_events():
     a, b = ServerMetrics(), ServerMetrics()
     a.call_started("webrtc")
     a.observe(ev.BotInterrupted("i1", 1200, False))
+    a.observe(ev.ItemTruncated("i1", 1200, False))
     a.observe(ev.BotInterrupted("i2", 0, True))
+    a.observe(ev.ItemTruncated("i2", 0, True))
     a.observe(ev.FalseInterruption("i3"))
     a.observe(ev.DtmfReceived("5"))
     a.observe(ev.CallError("model went away"))
@@ -262,6 +264,7 @@ def test_call_log_lines_text_and_json():
         log = CallLog("pc-1", "127.0.0.1:5000", "webrtc")
         log.observe(ev.AgentStateChanged("speaking", "thinking"))
         log.observe(ev.BotInterrupted("item_1", 840, False))
+        log.observe(ev.ItemTruncated("item_1", 840, False))
         log.observe(ev.FunctionCallInProgress("c1", "get_time", {}, False))
         log.event("call-ended", reason="hangup", name="reserved", message="also")
         lines = [json.loads(x) for x in buf.getvalue().splitlines()]

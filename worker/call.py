@@ -15,6 +15,7 @@ Wall-clock time (one monotonic clock) is used only for reported latencies.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 import re
@@ -61,7 +62,8 @@ class _ItemText:
     """Assistant transcript of one response item, and how much was shown."""
 
     text: str = ""
-    offsets: list[tuple[int, int]] = field(default_factory=list)  # (char position, audio sample offset)
+    chars: list[int] = field(default_factory=list)  # char position where each timed word starts
+    audio: list[int] = field(default_factory=list)  # its audio sample offset in the item (ascending)
     emitted: int = 0  # characters already published as bot-output
     sentence_from: int = 0  # characters already published as bot-transcription
     done: bool = False
@@ -127,7 +129,9 @@ class CallSession:
         self._response_had_audio = False
         self._text_only_retries = 0
         self._cancelled: set[str] = set()  # response ids whose audio is dropped
-        self._item_response: dict[str, str] = {}
+        self._item_response: dict[str, str] = {}  # item id -> response id
+        self._settled: set[str] = set()  # items played to the end, truncated or deleted
+        self._tool_batches: dict[str, int] = {}  # response id -> its tool calls still running
         self._texts: dict[str, _ItemText] = {}
         self._bot_speaking_item: str | None = None
         self._client_calls: dict[str, asyncio.Future] = {}
@@ -343,11 +347,17 @@ class CallSession:
             self._cancelled.add(response_id)
             await self.model.cancel_response()
         flushed = self.playout.flush()
-        t_barge = self.clock()
-        for item_id, (played, received) in flushed.items():
-            played = min(played, received)
-            if self._item_response.get(item_id) is not None:
+        for item_id in flushed:
+            if self._item_response.get(item_id):
                 self._cancelled.add(self._item_response[item_id])
+        # items of the dropped responses that never reached playout: nothing heard
+        for item_id, rid in self._item_response.items():
+            if rid in self._cancelled and item_id not in flushed and item_id not in self._settled:
+                flushed[item_id] = (0, 0)
+        head: tuple[str, int, bool] | None = None
+        for item_id, (played, received) in flushed.items():
+            self._settled.add(item_id)
+            played = min(played, received)
             audio_end_ms = played * 1000 // MODEL_RATE
             deleted = played == 0
             if deleted:
@@ -360,8 +370,12 @@ class CallSession:
                 self.call_id, reason, item_id, audio_end_ms, received * 1000 // MODEL_RATE,
                 " (deleted)" if deleted else "",
             )
-            self.publish(ev.BotInterrupted(item_id, audio_end_ms, deleted))
-            self.publish(ev.BotOutput(item_id, "", final=True, interrupted=True, spoken=spoken, unspoken=unspoken))
+            self.publish(ev.ItemTruncated(item_id, audio_end_ms, deleted))
+            if spoken or unspoken:
+                self.publish(ev.BotOutput(item_id, "", final=True, interrupted=True, spoken=spoken, unspoken=unspoken))
+            if head is None:
+                head = (item_id, audio_end_ms, deleted)
+        self.publish(ev.BotInterrupted(*(head or ("", 0, True))))
         if self._bot_speaking_item is not None:
             self.publish(ev.BotStoppedSpeaking(self._bot_speaking_item))
             self._bot_speaking_item = None
@@ -379,15 +393,16 @@ class CallSession:
 
     @staticmethod
     def _spoken_chars(it: _ItemText, played: int, received: int) -> int:
-        """Characters of the item's text spoken after ``played`` samples."""
-        if it.offsets:
-            spoken = 0
-            for i, (char_pos, offset) in enumerate(it.offsets):
-                if offset >= played:
-                    break
-                nxt = it.offsets[i + 1][0] if i + 1 < len(it.offsets) else len(it.text)
-                spoken = nxt
-            return spoken
+        """Characters of the item's text spoken after ``played`` samples.
+
+        With word timings: every word that started before ``played``;
+        otherwise in proportion to the audio received.
+        """
+        if it.audio:
+            started = bisect.bisect_left(it.audio, played)
+            if started == 0:
+                return 0
+            return it.chars[started] if started < len(it.chars) else len(it.text)
         if received <= 0:
             return 0
         return len(it.text) * min(played, received) // received
@@ -403,7 +418,7 @@ class CallSession:
         played = self.playout.played(item_id)
         received = self.playout.received(item_id)
         upto = self._spoken_chars(it, played, received)
-        if not it.offsets and not it.audio_done:
+        if not it.audio and not it.audio_done:
             upto = min(upto, len(it.text))
         # publish whole words only
         while upto < len(it.text) and upto > it.emitted and not it.text[upto].isspace():
@@ -437,6 +452,7 @@ class CallSession:
             if pe.reason == "drained":
                 self._set_state("thinking" if self._response_id is not None else "listening")
         elif isinstance(pe, ItemPlayed):
+            self._settled.add(pe.item_id)
             it = self._texts.get(pe.item_id)
             if it is not None and (it.done or not it.text):
                 self._finish_item_text(pe.item_id)
@@ -460,39 +476,50 @@ class CallSession:
             except Exception:  # noqa: BLE001 - one bad event must not end the call
                 log.exception("call %s: failed handling %s", self.call_id, type(event).__name__)
 
+    def _dropped(self, item_id: str, response_id: str) -> bool:
+        """Track which response an item belongs to; True if that response was
+        interrupted (its output is dropped, and a new item of it is deleted)."""
+        if not response_id:
+            return False
+        self._item_response.setdefault(item_id, response_id)
+        if response_id not in self._cancelled:
+            return False
+        if item_id not in self._settled:
+            self._settled.add(item_id)
+            self._spawn(self.model.delete_item(item_id), "delete-item")
+        return True
+
     async def _on_model_event(self, e: mb.ModelEvent) -> None:  # noqa: C901 - a dispatch table
-        if isinstance(e, mb.AudioDelta):
-            if e.response_id in self._cancelled:
+        if isinstance(e, (mb.AudioDelta, mb.AudioDone, mb.OutputTranscriptDelta, mb.OutputTranscriptDone)):
+            if self._dropped(e.item_id, e.response_id):
                 return
-            if e.response_id:
-                self._item_response[e.item_id] = e.response_id
+        if isinstance(e, mb.AudioDelta):
+            if self._user_speaking and self._barge is None and not self.playout.audible and not self.playout.paused:
+                # the reply arrives while the caller is talking: hold it as a barge-in candidate
+                self.playout.pause()
+                self._barge = _Barge(self.position, self.position, self.position, self.clock())
             self._response_had_audio = True
             self.playout.add(e.item_id, e.pcm)
         elif isinstance(e, mb.AudioDone):
-            if e.response_id in self._cancelled:
-                return
             self.playout.end_item(e.item_id)
             it = self._texts.get(e.item_id)
             if it is not None:
                 it.audio_done = True
         elif isinstance(e, mb.OutputTranscriptDelta):
-            if e.response_id in self._cancelled:
-                return
             it = self._texts.setdefault(e.item_id, _ItemText())
             if e.audio_offset is not None:
-                it.offsets.append((len(it.text), e.audio_offset))
+                it.chars.append(len(it.text) + len(e.text) - len(e.text.lstrip()))
+                it.audio.append(e.audio_offset)
             it.text += e.text
             self._publish_sentences(e.item_id, it, final=False)
         elif isinstance(e, mb.OutputTranscriptDone):
-            if e.response_id in self._cancelled:
-                return
             it = self._texts.setdefault(e.item_id, _ItemText())
             if e.text and len(e.text) >= len(it.text):
                 it.text = e.text
             it.done = True
             self._publish_sentences(e.item_id, it, final=True)
-            if self.playout.received(e.item_id) == 0 and e.item_id not in self._item_response:
-                pass  # no audio (yet): finished when its audio plays
+            if e.item_id in self._settled:  # its audio already played to the end
+                self._finish_item_text(e.item_id)
         elif isinstance(e, mb.TextDelta):
             self.publish(ev.BotLLMText(e.text, e.item_id))
         elif isinstance(e, mb.TextDone):
@@ -502,6 +529,7 @@ class CallSession:
                 self.publish(ev.UserTranscript(e.text, e.final, e.item_id))
         elif isinstance(e, mb.FunctionCall):
             self._tools_running += 1
+            self._tool_batches[e.response_id] = self._tool_batches.get(e.response_id, 0) + 1
             self._spawn(self._run_tool(e), f"tool-{e.name}")
         elif isinstance(e, mb.SpeechStarted):
             if self._assistant_active():
@@ -634,4 +662,16 @@ class CallSession:
         output = result if isinstance(result, str) else json.dumps(result, default=str)
         self.publish(ev.FunctionCallStopped(call.call_id, call.name, result))
         await self.model.function_output(call.call_id, output)
+        # one new response per batch: once the asking response is over, all its
+        # calls are known; the last one to finish asks for the answer
+        if self._response_id is not None and self._response_id == call.response_id:
+            try:
+                await asyncio.wait_for(self._response_idle.wait(), self.config.response_wait_s)
+            except asyncio.TimeoutError:
+                pass
+        left = self._tool_batches.get(call.response_id, 1) - 1
+        if left > 0:
+            self._tool_batches[call.response_id] = left
+            return
+        self._tool_batches.pop(call.response_id, None)
         await self._create_response()

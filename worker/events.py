@@ -41,9 +41,20 @@ class BotStoppedSpeaking:
 
 @dataclass
 class BotInterrupted:
+    """One confirmed interruption of the assistant (published once per barge-in)."""
+
+    item_id: str  # the item the caller was hearing ("" if none had started)
+    played_ms: int  # what the caller heard of that item; its truncation point
+    deleted: bool  # nothing of it was heard: it was deleted instead
+
+
+@dataclass
+class ItemTruncated:
+    """One assistant item cut to what was heard (or deleted) by an interruption."""
+
     item_id: str
-    played_ms: int  # what the caller heard of the item; the truncation point
-    deleted: bool  # nothing was heard: the item was deleted instead
+    audio_end_ms: int
+    deleted: bool
 
 
 @dataclass
@@ -153,6 +164,7 @@ CallEvent = Union[
     BotStartedSpeaking,
     BotStoppedSpeaking,
     BotInterrupted,
+    ItemTruncated,
     FalseInterruption,
     UserTranscript,
     BotTranscript,
