@@ -97,9 +97,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         x = np.array([w["calls"] for w in warm], float)
         y = np.array([w["rss_mb"] for w in warm], float)
         slope = float(np.polyfit(x, y, 1)[0]) * 1024  # KB per call
+    half = [x for x in samples if x["calls"] >= args.calls // 2]
+    slope_half = None
+    if len(half) >= 2:
+        slope_half = float(np.polyfit([h["calls"] for h in half], [h["rss_mb"] for h in half], 1)[0]) * 1024
     return {
         "params": vars(args),
         "server": args.server,
+        "rss_growth_kb_per_call_last_half": round(slope_half, 2) if slope_half is not None else None,
         "samples": samples,
         "rss_growth_kb_per_call_after_warm": round(slope, 2) if slope is not None else None,
         "rss_start_mb": samples[0]["rss_mb"],

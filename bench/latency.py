@@ -56,6 +56,8 @@ LOUD_RMS = 300.0
 SILENT_DBOV = -127
 VAD_END_MS = 500  # worker.call.CallConfig.vad_end_ms default
 INTERRUPTED = re.compile(r"call (\S+): interrupted \((\w+)\) item (\S+) at (\d+) ms of (\d+) ms( \(deleted\))?")
+# the structured per-call log of signaling/logs.py
+TRUNCATION = re.compile(r"\b(truncation|item-deleted) call=(\S+)\b.*?\bitem=(\S+)(?:.*?\baudio_end_ms=(\d+))?")
 
 
 @dataclass
@@ -323,7 +325,15 @@ async def barge_caller(url: str, segs: list[Segment], silence: bytes, cycles: in
 
 
 def truncations_from_log(text: str) -> dict[str, list[dict[str, Any]]]:
+    """Truncation points per call, in order, from the server's log lines (structured or worker format)."""
     out: dict[str, list[dict[str, Any]]] = {}
+    for m in TRUNCATION.finditer(text):
+        deleted = m.group(1) == "item-deleted"
+        out.setdefault(m.group(2), []).append({"reason": "log", "item": m.group(3),
+                                               "audio_end_ms": 0 if deleted else int(m.group(4) or 0),
+                                               "item_ms": None, "deleted": deleted})
+    if out:
+        return out
     for m in INTERRUPTED.finditer(text):
         out.setdefault(m.group(1), []).append({"reason": m.group(2), "item": m.group(3),
                                                "audio_end_ms": int(m.group(4)), "item_ms": int(m.group(5)),
@@ -377,7 +387,7 @@ async def bench_barge(args: argparse.Namespace, segs: list[Segment], silence: by
     errs_ms: list[float] = []
     rows = []
     for pc_id, recs in by_call.items():
-        tl = [t for t in truncs.get(pc_id, []) if t["reason"] == "speech" or True]
+        tl = truncs.get(pc_id, [])
         recs.sort(key=lambda r: r.onset_sent)
         if len(tl) != len(recs):
             errors.append(f"{pc_id}: {len(recs)} barge-ins measured, {len(tl)} interruptions logged")

@@ -79,13 +79,14 @@ async def run_loadgen(server: Server, n: int, args: argparse.Namespace) -> dict[
     return result
 
 
-def good(r: dict[str, Any]) -> bool:
+def good(r: dict[str, Any], late_tolerance: float = 0.0) -> bool:
+    """p99 interval within 20 +- 5 ms, at most ``late_tolerance`` of the packets late, >= 98 % delivered."""
     p99 = r.get("interval_p99_ms")
     return (
         r.get("connected") == r.get("calls")
         and p99 is not None
         and GOOD_P99_MS[0] <= p99 <= GOOD_P99_MS[1]
-        and r.get("late_frames", 1) == 0
+        and r.get("late_frames", 1) <= late_tolerance * max(1, r.get("packets", 0))
         and r.get("packets", 0) >= 0.98 * r.get("packets_expected", 1)
     )
 
@@ -104,7 +105,8 @@ async def one_step(kind: str, n: int, args: argparse.Namespace) -> dict[str, Any
         r["server_idle_rss_mb"] = round(idle.rss_kb / 1024, 1)
         if "server_rss_mb" in r:
             r["server_rss_per_call_mb"] = round((r["server_rss_mb"] - r["server_idle_rss_mb"]) / max(1, r["connected"]), 2)
-        r["good"] = good(r)
+        r["good_strict"] = good(r)
+        r["good"] = good(r, args.late_tolerance)
         return r
     finally:
         server.stop()
@@ -117,7 +119,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"unknown server {k!r}")
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     last_good: dict[str, int | None] = {k: None for k in kinds}
-    if args.ramp:
+    if args.ramp and args.ns:
+        ns = [int(x) for x in args.ns.split(",")]
+    elif args.ramp:
         ns = list(range(args.start, args.max + 1, args.step))
     else:
         ns = [int(x) for x in args.calls.split(",")]
@@ -153,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--late-ms", type=float, default=40.0)
+    ap.add_argument("--late-tolerance", type=float, default=0.0,
+                    help="fraction of late packets still counted good (the shared machine's noise), default 0")
+    ap.add_argument("--ns", default=None, help="comma-separated N for --ramp instead of start/step/max")
     ap.add_argument("--wav", default=None)
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)

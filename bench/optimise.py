@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--late-ms", type=float, default=40.0)
+    ap.add_argument("--late-tolerance", type=float, default=0.0)
     ap.add_argument("--wav", default=None)
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
