@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 
 import aiohttp
@@ -10,6 +11,8 @@ import numpy as np
 
 from signaling.sip.digest import compute_response, parse_auth_header
 from signaling.sip.message import SipRequest, SipResponse, make_response, parse
+from media.g711 import ulaw_encode
+from tests.conftest import load_wav, manifest
 from tests.sip.harness import running_server, wait_for
 from tests.sip.uac import Call, RtpPeer, SipClient, offer_sdp
 from worker import events as ev
@@ -278,6 +281,77 @@ async def test_rfc4733_dtmf_delivery_is_tracked_and_cancelled_at_call_end() -> N
             await asyncio.wait_for(media.ended.wait(), 5.0)
             await asyncio.wait_for(cancelled.wait(), 2.0)
             await wait_for(lambda: not media._tasks, 2.0, "the DTMF task to go")
+        finally:
+            await rtp.close()
+            await sip.close()
+
+
+class SuppressingPeer(RtpPeer):
+    """A phone doing silence suppression: speech packets while it has speech,
+    then one comfort-noise packet (PT 13) and nothing; the RTP timestamp keeps
+    running at 8 kHz all along, so the next talkspurt comes with a jump."""
+
+    def __init__(self, audio: np.ndarray) -> None:
+        super().__init__(audio)
+        self.frames: list[np.ndarray] = []
+        self.cn_sent = 0
+        self.audio_sent = 0
+
+    def say(self, pcm: np.ndarray) -> None:
+        pcm = np.concatenate([pcm, np.zeros(-len(pcm) % 160, np.int16)])
+        self.frames += list(pcm.reshape(-1, 160))
+
+    def _packet(self, pt: int, payload: bytes) -> None:
+        hdr = struct.pack("!BBHII", 0x80, pt, self.seq & 0xFFFF, self.ts & 0xFFFFFFFF, self.ssrc)
+        self.seq += 1
+        assert self.transport is not None and self.remote is not None
+        self.transport.sendto(hdr + payload, self.remote)
+        self.sent += 1
+
+    async def _send_loop(self) -> None:
+        t0, n, silent = time.monotonic(), 0, False
+        while True:
+            n += 1
+            if self.frames:
+                self._packet(0, ulaw_encode(self.frames.pop(0)))
+                self.audio_sent += 1
+                silent = False
+            elif not silent:
+                self._packet(13, bytes([40]))  # CN, -40 dBov: silence starts
+                self.cn_sent += 1
+                silent = True
+            self.ts += 160  # the sampling clock runs whether or not anything is sent
+            await asyncio.sleep(max(0.0, t0 + n * 0.02 - time.monotonic()))
+
+
+async def test_silence_suppression_ends_the_turn_like_silence() -> None:
+    speech, _ = load_wav("speech_8k.wav")
+    (s0, s1), = manifest()["speech_8k.wav"]["speech"]
+    phrase = speech[s0:s1]
+    async with running_server() as srv:
+        events: list[object] = []
+        orig = srv.manager.create_call
+
+        async def create_call(*a, **kw):
+            c = await orig(*a, **kw)
+            c.add_listener(events.append)
+            return c
+
+        srv.manager.create_call = create_call  # type: ignore[method-assign]
+        sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
+        rtp = await SuppressingPeer.open(np.zeros(0, np.int16))
+        count = lambda cls: sum(isinstance(e, cls) for e in events)
+        try:
+            call = await Call.dial(sip, rtp, f"sip:echo@127.0.0.1:{srv.sip_port}")
+            await wait_for(lambda: rtp.cn_sent >= 1 and srv.active() == 1, 2.0, "the call up, the phone silent")
+            for turn in (1, 2):
+                rtp.say(phrase)
+                # the phrase, one CN packet, then nothing: the turn still ends and the echo answers
+                await wait_for(lambda: count(ev.BotStartedSpeaking) >= turn, 8.0, f"the reply to turn {turn}")
+                assert count(ev.UserStoppedSpeaking) >= turn
+                assert rtp.audio_sent == turn * len(range(0, len(phrase), 160)) and rtp.cn_sent == turn + 1
+                await wait_for(lambda: count(ev.BotStoppedSpeaking) >= turn, 8.0, f"the end of reply {turn}")
+            assert (await call.bye()).status == 200
         finally:
             await rtp.close()
             await sip.close()

@@ -148,6 +148,41 @@ async def test_garbage_or_foreign_payload_type_does_not_steal_the_latch() -> Non
         await s.close()
 
 
+async def test_timestamp_gaps_lost_packets_and_comfort_noise_count_as_silence() -> None:
+    peer = await _peer()
+    got: list[np.ndarray] = []
+    s = await _session(peer, PlayoutBuffer(), got, [], [])
+    try:
+        assert peer.transport is not None
+        dest = ("127.0.0.1", s.local_port)
+        frame = lambda level: ulaw_encode(np.full(160, level, np.int16))
+        for i in range(5):  # 100 ms of speech
+            peer.transport.sendto(_rtp(1 + i, frame(1000), ts=160 * i), dest)
+        # seq 6 lost; 7 and 8 declare it (jitter depth 2)
+        peer.transport.sendto(_rtp(7, frame(2000), ts=960), dest)
+        peer.transport.sendto(_rtp(8, frame(2000), ts=1120), dest)
+        peer.transport.sendto(_rtp(9, bytes([40]), pt=13, ts=1280), dest)  # comfort noise: silence starts
+        peer.transport.sendto(_rtp(10, frame(3000), ts=1280 + 8000), dest)  # the next talkspurt, 1 s later
+        peer.transport.sendto(_rtp(11, frame(4000), ts=1440 + 8000 + 20 * 8000), dest)  # a 20 s jump: re-anchored
+        await wait_for(lambda: sum(len(g) for g in got) >= 9600, 2.0, "the audio")
+        pcm = np.concatenate(got)
+        levels = np.round(pcm[:9600].astype(float), -3)
+        expect = np.concatenate([np.full(800, 1000), np.zeros(160), np.full(320, 2000), np.zeros(8000),
+                                 np.full(160, 3000), np.full(160, 4000)])
+        assert np.array_equal(levels, expect)
+        # seq 12 lost, 13 waits behind the hole, then the phone sends nothing more: 13 is released and
+        # silence keeps the input clock going at the real-time pace
+        peer.transport.sendto(_rtp(13, frame(5000), ts=1440 + 8000 + 20 * 8000 + 320), dest)
+        loud = lambda: np.flatnonzero(np.abs(np.concatenate(got)) > 4500)
+        await wait_for(lambda: len(loud()) == 160, 2.0, "the packet behind the hole")
+        end = loud()[-1] + 1
+        await wait_for(lambda: sum(len(g) for g in got) >= end + 1600, 2.0, "real-time silence")
+        assert not np.concatenate(got)[end:].any()
+        assert not np.concatenate(got)[9600:end - 160].any()
+    finally:
+        await s.close()
+
+
 async def test_inactivity_timeout_and_hold_suspends_it() -> None:
     peer = await _peer()
     timeouts: list[float] = []

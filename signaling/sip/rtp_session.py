@@ -4,7 +4,10 @@ One :class:`RtpSession` per call owns a UDP socket from the configured port
 range. Inbound: symmetric RTP with latching (the first packet's source becomes
 the destination), a reordering jitter buffer, G.711 decode to 8 kHz int16
 frames handed to ``on_audio``; telephone-event packets become digits via
-``on_dtmf``. Outbound: a paced sender reads 20 ms (480 samples at 24 kHz) from
+``on_dtmf``. The worker's clock is the count of input samples, so lost
+packets, comfort noise (PT 13) and silence suppression become silence: a
+timestamp jump (up to 10 s) is filled before the packet, and while no packet
+comes silence is generated at the real-time pace. Outbound: a paced sender reads 20 ms (480 samples at 24 kHz) from
 the playout source every 20 ms of a monotonic clock, resamples to 8 kHz and
 sends it (silence when idle) for the whole call, except while the caller holds
 the call. No inbound packet for ``timeout`` seconds calls ``on_timeout``.
@@ -37,6 +40,8 @@ FRAME_24K = 480
 PTIME = 0.020
 DTMF_EVENTS = "0123456789*#ABCD"
 CN_PT = 13  # comfort noise (RFC 3389), static payload type
+MAX_GAP_8K = 10 * 8000  # a timestamp jump up to this is silence; beyond, the stream re-anchors
+FILL_ALLOWANCE_S = 0.08  # silence is generated in real time once no packet came for this long
 
 
 class PlayoutSource(Protocol):
@@ -125,7 +130,13 @@ class RtpSession:
         self.sending = True  # False while the caller holds the call
         self.expect_inbound = True
         self.stats = RtpStats()
-        self._jitter: JitterBuffer[bytes] = JitterBuffer(depth=jitter_depth)
+        # (timestamp, payload, comfort noise?) in sequence order
+        self._jitter: JitterBuffer[tuple[int, bytes, bool]] = JitterBuffer(depth=jitter_depth)
+        # the caller's timeline, in samples: where the next packet is expected
+        # (never moves back), when the last one came, silence made up since
+        self._next_ts: int | None = None
+        self._last_audio_t = time.monotonic()
+        self._filled = 0
         self._rx_ssrc: int | None = None
         self._last_dtmf_ts: int | None = None
         self._resampler = ExactResampler(24000, 8000)
@@ -152,6 +163,7 @@ class RtpSession:
         self.sending = sending
         self.expect_inbound = expect_inbound
         self._last_rx = time.monotonic()
+        self._last_audio_t, self._filled = self._last_rx, 0
 
     def send_dtmf(self, digits: str) -> None:
         """Queue RFC 4733 events (needs a negotiated telephone-event type)."""
@@ -189,27 +201,66 @@ class RtpSession:
         if pkt.payload_type == self.dtmf_pt and self.dtmf_pt is not None:
             self._on_event(pkt)
             return
-        if pkt.payload_type != self.payload_type:
+        if pkt.payload_type not in (self.payload_type, CN_PT):
             return
         if self._rx_ssrc != pkt.ssrc:
             if self._rx_ssrc is not None:
                 self._flush_jitter()
                 self._jitter = JitterBuffer(depth=self._jitter.depth)
+                self._next_ts = None  # a new stream: a new timeline
             self._rx_ssrc = pkt.ssrc
-        for _seq, payload in self._jitter.put(pkt.sequence_number, pkt.payload):
-            self._deliver(payload)
+        item = (pkt.timestamp, pkt.payload, pkt.payload_type == CN_PT)
+        for _seq, got in self._jitter.put(pkt.sequence_number, item):
+            self._deliver(got)
 
     def _flush_jitter(self) -> None:
-        for _seq, payload in self._jitter.flush():
-            self._deliver(payload)
+        for _seq, got in self._jitter.flush():
+            self._deliver(got)
 
-    def _deliver(self, payload: bytes | None) -> None:
-        if payload is None:  # lost: keep the sample count, feed silence
-            pcm = np.zeros(FRAME_8K, dtype=np.int16)
+    def _deliver(self, item: tuple[int, bytes, bool] | None) -> None:
+        """Hand one packet's audio on, preceded by silence for any timestamp gap.
+
+        The worker's clock is the count of input samples: lost packets, comfort
+        noise and silence suppression (no packets, the timestamp jumps) all
+        count as silence, so the caller's timeline keeps its length.
+        """
+        if item is None:  # lost: the next packet's timestamp tells how long
+            return
+        ts, payload, cn = item
+        pcm = np.zeros(0, np.int16) if cn else self.codec.decode(payload)
+        end = (ts + len(pcm)) & 0xFFFFFFFF
+        if self._next_ts is None:
+            self._next_ts = end
         else:
-            pcm = self.codec.decode(payload)
+            gap = ((ts - self._next_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+            if abs(gap) > MAX_GAP_8K:  # the timestamps jumped: re-anchor, no fill
+                self._next_ts = end
+            else:
+                if gap > 0:
+                    self.on_audio(np.zeros(gap, np.int16))
+                ahead = ((end - self._next_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+                if ahead > 0:  # never back: silence made up in real time counts
+                    self._next_ts = end
+        self._last_audio_t, self._filled = time.monotonic(), 0
         if len(pcm):
             self.on_audio(pcm)
+
+    def _fill_silence(self, now: float) -> None:
+        """No packet for a while (silence suppression): silence at the real-time pace."""
+        if self._next_ts is None or not self.expect_inbound:
+            return
+        due = int((now - self._last_audio_t - FILL_ALLOWANCE_S) * 8000)
+        if due - self._filled < FRAME_8K:
+            return
+        if len(self._jitter):  # nothing more came: release what waits behind a hole
+            self._flush_jitter()
+            return
+        n = 0
+        while due - self._filled >= FRAME_8K and n < 5:
+            self.on_audio(np.zeros(FRAME_8K, np.int16))
+            self._filled += FRAME_8K
+            self._next_ts = (self._next_ts + FRAME_8K) & 0xFFFFFFFF
+            n += 1
 
     def _on_event(self, pkt: RtpPacket) -> None:
         if len(pkt.payload) < 4:
@@ -267,6 +318,7 @@ class RtpSession:
                     log.info("rtp: no inbound media for %.0f s on port %d", self.timeout, self.local_port)
                     self.on_timeout()
                     return
+                self._fill_silence(now)
                 if not self.sending:
                     continue
                 if not pending and self._dtmf_queue and self.dtmf_pt is not None:
