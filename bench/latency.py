@@ -149,7 +149,7 @@ class Caller:
     def __init__(self, url: str, silence: bytes) -> None:
         self.url = url.rstrip("/") + "/api/offer"
         self.source = ScriptSource(silence)
-        self.arrivals = Arrivals(keep_payload=True)
+        self.arrivals = Arrivals(keep_payload=True, decode_level=True)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         tr = self.pc.addTransceiver(self.source, direction="sendrecv")
         hook_receiver(tr.receiver, self.arrivals, decode=False)

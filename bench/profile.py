@@ -29,6 +29,7 @@ def summarize_raw(path: Path, top: int = 25) -> dict[str, Any]:
     """Self and inclusive sample shares per function from py-spy's collapsed-stack output."""
     self_c: collections.Counter[str] = collections.Counter()
     incl_c: collections.Counter[str] = collections.Counter()
+    lib_c: collections.Counter[str] = collections.Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -40,10 +41,29 @@ def summarize_raw(path: Path, top: int = 25) -> dict[str, Any]:
         if not frames:
             continue
         self_c[_short(frames[-1])] += n
+        lib_c[_library(frames[-1])] += n
         for f in {_short(f) for f in frames}:
             incl_c[f] += n
     pct = lambda c: [(f, round(100.0 * n / max(1, total), 1)) for f, n in c.most_common(top)]  # noqa: E731
-    return {"samples": total, "self_pct": pct(self_c), "inclusive_pct": pct(incl_c)}
+    return {"samples": total, "self_pct": pct(self_c), "inclusive_pct": pct(incl_c), "self_by_library_pct": pct(lib_c)}
+
+
+def _library(frame: str) -> str:
+    """Where a leaf frame's time goes: a shared library, or the package of a Python file."""
+    _, _, loc = frame.partition(" (")
+    loc = loc.rstrip(")")
+    file = loc.split(":")[0]
+    if ".so" in file:
+        return file.split(".so")[0].split("-")[0] + ".so"
+    if file.endswith(".py"):
+        parts = file.split("/")
+        for pkg in ("aiortc", "aioice", "av", "numpy", "asyncio", "media", "worker", "signaling", "pylibsrtp", "concurrent", "threading"):
+            if pkg in parts or file.endswith(f"/{pkg}.py"):
+                return f"python: {pkg}"
+        return "python: other"
+    if file.endswith((".c", ".h")):
+        return f"C: {file}"
+    return file or "?"
 
 
 def _short(frame: str) -> str:
@@ -61,14 +81,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     server = Server(args.server, cpu=args.server_cpu, env=env,
                     launcher=(BENCH / "v2v_server.py") if args.variant else None)
     await server.start()
-    raw = RESULTS / "tmp" / f"profile_{args.server}.txt"
+    raw = RESULTS / "tmp" / f"{args.name or 'profile_' + args.server}.txt"
     raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.unlink(missing_ok=True)
     spy: subprocess.Popen | None = None
     try:
         # py-spy runs for warmup + window; start it right away, it samples the whole run
         dur = int(args.warmup + args.seconds + args.calls / args.rate + 2)
         spy = subprocess.Popen(["py-spy", "record", "--format", "raw", "-o", str(raw), "-r", str(args.rate_hz),
-                                "-d", str(dur), "-p", str(server.pid), "--nonblocking", *(["--threads"] if args.threads else [])],
+                                "-d", str(dur), "-p", str(server.pid), *(["--threads"] if args.threads else []),
+                                # native stacks need py-spy to pause the process for each sample
+                                *(["--native"] if args.native else ["--nonblocking"])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         r = await run_loadgen(server, args.calls, args)
         spy.wait(dur + 30)
@@ -76,7 +99,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         if spy is not None and spy.poll() is None:
             spy.terminate()
         server.stop()
-    prof = summarize_raw(raw) if raw.exists() else {"error": spy.stderr.read().decode() if spy and spy.stderr else "no output"}
+    err = spy.stderr.read().decode(errors="replace")[-2000:] if spy is not None and spy.stderr else ""
+    prof = summarize_raw(raw) if raw.exists() else {"error": err or "no output"}
     return {"params": vars(args), "load": r, "profile": prof}
 
 
@@ -93,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
     ap.add_argument("--threads", action="store_true")
+    ap.add_argument("--native", action="store_true", help="include C frames (libopus, uvloop, numpy)")
     ap.add_argument("--variant", action="append")
     ap.add_argument("--no-loadgen-uvloop", dest="loadgen_uvloop", action="store_false")
     ap.add_argument("--name", default=None)

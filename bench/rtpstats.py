@@ -38,6 +38,10 @@ class Arrivals:
     size: list[int] = field(default_factory=list)
     keep_payload: bool = False
     payload: list[bytes] = field(default_factory=list)
+    # without the audio-level header extension (a sender of ready Opus packets omits it), the level
+    # is computed from the decoded packet when ``decode_level`` is set (costs a decode per packet)
+    decode_level: bool = False
+    _decoder: Any = None
 
     def add(self, now: float, packet: Any) -> None:
         if self.keep_payload:
@@ -46,8 +50,31 @@ class Arrivals:
         self.seq.append(packet.sequence_number)
         self.ts.append(packet.timestamp)
         lvl = packet.extensions.audio_level
-        self.level.append(-int(lvl[1]) if lvl is not None else None)
+        if lvl is not None:
+            self.level.append(-int(lvl[1]))
+        elif self.decode_level:
+            self.level.append(self._decoded_level(packet))
+        else:
+            self.level.append(None)
         self.size.append(len(packet.payload))
+
+    def _decoded_level(self, packet: Any) -> int:
+        """RFC 6465 level (dBov, -127 for digital silence) of the decoded packet."""
+        import av  # noqa: PLC0415
+        import numpy as np  # noqa: PLC0415
+
+        if self._decoder is None:
+            self._decoder = av.CodecContext.create("libopus", "r")
+            self._decoder.format = "s16"
+            self._decoder.layout = "mono"
+            self._decoder.sample_rate = RTP_RATE
+        pkt = av.Packet(packet.payload)
+        x = np.concatenate([f.to_ndarray().reshape(-1) for f in self._decoder.decode(pkt)] or [np.zeros(0, np.int16)])
+        if not len(x) or not np.any(x):
+            return -127
+        xf = x.astype(np.float32)
+        rms = float(np.sqrt(np.dot(xf, xf) / len(xf))) / 32767.0
+        return int(round(max(-127.0, min(0.0, 20.0 * np.log10(max(rms, 1e-12))))))
 
     def window(self, t0: float, t1: float) -> "Arrivals":
         out = Arrivals()

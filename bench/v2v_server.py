@@ -8,7 +8,8 @@ a comma-separated list (or pass ``--variant`` before ``serve``):
 - ``jitter=aiortc``   keep aiortc's stock audio jitter buffer (4 packets prefetch)
 - ``level=aiortc``    aiortc's pure-Python ``compute_audio_level_dbov`` again
 - ``opus=mono32``     Opus encoder mono, 32 kbit/s (aiortc: stereo 96 kbit/s)
-- ``opus=mono32c5``   the same at complexity 5
+- ``opus=mono32c5``   the same at complexity 5 (any ``mono<kbit/s>[c<complexity>]``)
+- ``gc=high``         freeze the startup heap, collect generation 0 every 50000 allocations (not 700)
 - ``dec=mono``        Opus decoder output mono (aiortc: stereo, then down-mixed)
 - ``encode=inline``   encode on the event loop instead of a thread-pool hop per frame
 - ``decode=inline``   decode each packet on the event loop instead of aiortc's decoder thread per call
@@ -209,14 +210,22 @@ def apply(variants: list[str]) -> None:
 
             cli._run = asyncio.run  # type: ignore[attr-defined]
         elif key == "jitter" and val == "aiortc":
-            webrtc._patch_receiver = lambda receiver: None  # type: ignore[attr-defined]
+            for name in ("patch_receiver", "_patch_receiver"):
+                if hasattr(webrtc, name):
+                    setattr(webrtc, name, lambda receiver: None)
         elif key == "level" and val == "aiortc":
             rtp.compute_audio_level_dbov = stock_level
             webrtc.install_aiortc_speedups = lambda: None  # type: ignore[attr-defined]
-        elif key == "opus" and val == "mono32":
-            _opus_encoder("mono", 32000, None)
-        elif key == "opus" and val == "mono32c5":
-            _opus_encoder("mono", 32000, 5)
+        elif key == "opus" and val.startswith("mono"):
+            # mono<kbit/s>[c<complexity>], e.g. mono32, mono32c5, mono24c1
+            br, _, cx = val[4:].partition("c")
+            _opus_encoder("mono", int(br) * 1000, int(cx) if cx else None)
+        elif key == "gc" and val == "high":
+            import gc  # noqa: PLC0415
+
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(50000, 20, 100)
         elif key == "dec" and val == "mono":
             _mono_decoder()
         elif key == "encode" and val == "inline":
