@@ -261,11 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-datachannel", action="store_true")
     ap.add_argument("--uvloop", action="store_true")
+    ap.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
     args = ap.parse_args(argv)
     if args.calls < 1 or args.calls > 400:
         ap.error("--calls must be 1..400")
     if args.seconds <= 0 or args.seconds > 600:
         ap.error("--seconds must be in (0, 600]")
+    from urllib.parse import urlparse  # noqa: PLC0415
+
+    host = urlparse(args.url).hostname or ""
+    if host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
+        ap.error(f"--url must be a loopback address (got {host!r}); --allow-remote to override")
     coro = run(args)
     if args.uvloop:
         import uvloop  # noqa: PLC0415
