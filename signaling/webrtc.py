@@ -33,6 +33,7 @@ from media.track import AssistantTrack
 from worker.rtvi import RTVIHandler
 from worker.transport import QueueAudioInput
 
+from . import aiortc_tuning
 from .calls import BadRequest, IceCandidateInit, OfferAnswer, OfferRequest, UnknownCall
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ _audio_level_dbov._v2v_original = aiortc_audio_level_dbov  # type: ignore[attr-d
 
 def install_aiortc_speedups() -> None:
     aiortc_rtp.compute_audio_level_dbov = _audio_level_dbov
+    aiortc_tuning.install()
 
 
 install_aiortc_speedups()
