@@ -14,6 +14,7 @@ a comma-separated list (or pass ``--variant`` before ``serve``):
 - ``encode=inline``   encode on the event loop instead of a thread-pool hop per frame
 - ``decode=inline``   decode each packet on the event loop instead of aiortc's decoder thread per call
 - ``switch=MS``       the interpreter's GIL switch interval (default 5 ms)
+- ``rx=direct``       decode the caller's packets in the RTP hook, PCM straight into the worker's input
 - ``track=packet[C]`` the assistant track encodes Opus itself (mono, 32 kbit/s, on the event loop) and hands
                       aiortc ready packets (no executor hop, no audio-level loop, no upmix to stereo);
                       C: Opus complexity 0-10 (libopus default 10)
@@ -194,6 +195,67 @@ def _track_packets(complexity: int | None) -> None:
     mtrack.AssistantTrack.recv = recv
 
 
+def _direct_rx() -> None:
+    """Decode the caller's packets in the RTP hook and hand PCM straight to the worker's input.
+
+    No jitter-buffer object, no decoder thread hand-off, no remote-track queue and no ``_consume``
+    hop: each Opus packet (duplicates and late ones dropped) is decoded to mono 48 kHz on the event
+    loop and put into ``WebRTCCall.audio_in`` with the media-timeout bookkeeping ``_consume`` does.
+    """
+    import time  # noqa: PLC0415
+
+    import av  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+    from aiortc.utils import uint16_add  # noqa: PLC0415
+
+    import signaling.webrtc as webrtc  # noqa: PLC0415
+
+    original = webrtc.WebRTCCall._negotiate
+
+    async def _negotiate(self: Any, pc: Any, offer: Any, track: Any) -> str:
+        sdp = await original(self, pc, offer, track)
+        audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
+        if not audio:
+            return sdp
+        receiver = audio[0].receiver
+        codecs = receiver._RTCRtpReceiver__codecs  # noqa: SLF001
+        dec = av.CodecContext.create("libopus", "r")
+        dec.format = "s16"
+        dec.layout = "mono"
+        dec.sample_rate = 48000
+        state: dict[str, Any] = {"last": None}
+        call = self
+
+        async def _handle_rtp_packet(packet: Any, arrival_time_ms: int) -> None:
+            if pc is not call.pc:
+                return
+            codec = codecs.get(packet.payload_type)
+            if codec is None or codec.name.lower() != "opus" or not packet.payload:
+                return
+            seq = packet.sequence_number
+            last = state["last"]
+            if last is not None:
+                delta = uint16_add(seq, -last)
+                if delta == 0 or (delta > 0x8000 and 0x10000 - delta < 100):
+                    return
+            state["last"] = seq
+            try:
+                frames = dec.decode(av.Packet(packet.payload))
+            except Exception:  # noqa: BLE001 - drop a bad packet, keep the decoder
+                return
+            call._last_media = time.monotonic()  # noqa: SLF001
+            call.packets_in += 1
+            for fr in frames:
+                pcm = fr.to_ndarray().reshape(-1).astype(np.int16, copy=False)
+                if len(pcm):
+                    call.audio_in.put(pcm)
+
+        receiver._handle_rtp_packet = _handle_rtp_packet
+        return sdp
+
+    webrtc.WebRTCCall._negotiate = _negotiate
+
+
 def apply(variants: list[str]) -> None:
     from aiortc import rtp  # noqa: PLC0415
 
@@ -232,6 +294,8 @@ def apply(variants: list[str]) -> None:
             _inline_encode()
         elif key == "track" and val.startswith("packet"):
             _track_packets(int(val[len("packet"):]) if val[len("packet"):] else None)
+        elif key == "rx" and val == "direct":
+            _direct_rx()
         elif key == "switch":
             sys.setswitchinterval(float(val) / 1000.0)
         elif key == "decode" and val == "inline":
