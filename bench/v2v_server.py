@@ -5,6 +5,7 @@ nothing in media/, worker/ or signaling/ changes. ``V2V_BENCH_VARIANT`` holds
 a comma-separated list (or pass ``--variant`` before ``serve``):
 
 - ``uvloop=0``        run on asyncio's default loop (v2v uses uvloop)
+- ``tuning=0``        without signaling/aiortc_tuning.py (codec threads, stereo 96 kbit/s Opus: v2v before 20:42)
 - ``jitter=aiortc``   keep aiortc's stock audio jitter buffer (4 packets prefetch)
 - ``level=aiortc``    aiortc's pure-Python ``compute_audio_level_dbov`` again
 - ``opus=mono32``     Opus encoder mono, 32 kbit/s (aiortc: stereo 96 kbit/s)
@@ -259,13 +260,22 @@ def _direct_rx() -> None:
 def apply(variants: list[str]) -> None:
     from aiortc import rtp  # noqa: PLC0415
 
+    if "tuning=0" in variants:
+        # before signaling.webrtc is imported: its aiortc tuning (codec work on the loop, voice Opus) stays off
+        try:
+            import signaling.aiortc_tuning as tuning  # noqa: PLC0415
+
+            tuning._installed = True
+        except ImportError:
+            pass
+
     stock_level = rtp.compute_audio_level_dbov
     import signaling.cli as cli  # noqa: PLC0415
     import signaling.webrtc as webrtc  # noqa: PLC0415
 
     for v in variants:
         key, _, val = v.partition("=")
-        if key == "none":
+        if key == "none" or v == "tuning=0":
             pass
         elif key == "uvloop" and val == "0":
             import asyncio  # noqa: PLC0415
