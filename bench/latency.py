@@ -269,6 +269,7 @@ class BargeRecord:
     cut_ms: float
     received_ms: float | None
     delay_into_reply_s: float
+    run_packets: int = 0  # non-silent packets of the reply (the server's pre-encode frames, by their RFC 6465 level)
 
 
 async def barge_caller(url: str, segs: list[Segment], silence: bytes, cycles: int, rng: random.Random,
@@ -316,7 +317,8 @@ async def barge_caller(url: str, segs: list[Segment], silence: bytes, cycles: in
             t_last = c.arrivals.t[last]
             span = decode_run(c.arrivals, i0, last)
             received_ms = (span[1] - span[0] + 1) * 1000 / RATE if span else None
-            out.append(BargeRecord(c.pc_id or "", onset, t_reply, t_last, 1000 * (t_last - onset), received_ms, delay))
+            out.append(BargeRecord(c.pc_id or "", onset, t_reply, t_last, 1000 * (t_last - onset), received_ms, delay,
+                                   last - i0 + 1))
         await asyncio.sleep(1.0)
     except Exception as e:  # noqa: BLE001
         errors.append(f"{type(e).__name__}: {e}")
@@ -385,6 +387,7 @@ async def bench_barge(args: argparse.Namespace, segs: list[Segment], silence: by
     for r in records:
         by_call.setdefault(r.pc_id, []).append(r)
     errs_ms: list[float] = []
+    frame_errs: list[float] = []
     rows = []
     for pc_id, recs in by_call.items():
         tl = truncs.get(pc_id, [])
@@ -395,10 +398,16 @@ async def bench_barge(args: argparse.Namespace, segs: list[Segment], silence: by
             err = None if r.received_ms is None else t["audio_end_ms"] - r.received_ms
             if err is not None:
                 errs_ms.append(err)
-            rows.append({**r.__dict__, **t, "truncation_error_ms": err})
+            # frame-exact: items start on a 20 ms frame, playout pauses between frames and the frame
+            # after the pause carries only the 5 ms fade, so the caller got (run - 1) frames of the item
+            frame_err = t["audio_end_ms"] - 20 * (r.run_packets - 1)
+            frame_errs.append(frame_err)
+            rows.append({**r.__dict__, **t, "truncation_error_ms": err, "truncation_frame_error_ms": frame_err})
     return {
         "barge_in_cut_ms": stats([r.cut_ms for r in records]),
         "truncation_error_ms": stats(errs_ms),
+        "truncation_frame_error_ms": stats(frame_errs),
+        "truncation_frame_above": sum(1 for e in frame_errs if e > 0),
         "truncation_abs_max_ms": max((abs(e) for e in errs_ms), default=None),
         "truncation_above_received": sum(1 for e in errs_ms if e > 0),
         "turn_latency_server_ms": stats(turns),

@@ -56,6 +56,7 @@ def test_latency_bench_measures_barge_ins_and_truncation(tmp_path: Path) -> None
     # every measured barge-in was matched with the server's truncation log line
     assert b["rows"] and all(row["audio_end_ms"] >= 0 for row in b["rows"])
     assert b["truncation_error_ms"]["n"] >= 1
+    assert b["truncation_frame_error_ms"]["n"] == b["truncation_error_ms"]["n"]
     c = doc["connect"]
     assert c["offer_to_answer_ms"]["n"] == 2
     assert c["v2v_call"]["runs"] and "connected_s" in c["v2v_call"]["runs"][0]
