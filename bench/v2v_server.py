@@ -74,89 +74,26 @@ def _mono_decoder() -> None:
     opus.OpusDecoder.__init__ = __init__
 
 
-class _InlineLoop:
-    """Stands in for the sender's loop: run_in_executor runs the function at once."""
-
-    def __init__(self, loop: Any) -> None:
-        self._loop = loop
-
-    def run_in_executor(self, executor: Any, func: Any, *args: Any) -> Any:
-        fut = self._loop.create_future()
-        try:
-            fut.set_result(func(*args))
-        except Exception as e:  # noqa: BLE001
-            fut.set_exception(e)
-        return fut
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loop, name)
-
-
 def _inline_encode() -> None:
+    """Only the shipped tuning's encode-on-the-loop part (signaling/aiortc_tuning.py)."""
     from aiortc import rtcrtpsender  # noqa: PLC0415
 
-    original = rtcrtpsender.RTCRtpSender.__init__
+    from signaling import aiortc_tuning  # noqa: PLC0415
 
-    def __init__(self: Any, *a: Any, **kw: Any) -> None:
-        original(self, *a, **kw)
-        self._RTCRtpSender__loop = _InlineLoop(self._RTCRtpSender__loop)
-
-    rtcrtpsender.RTCRtpSender.__init__ = __init__
+    rtcrtpsender.RTCRtpSender.__init__ = aiortc_tuning._sender_init  # noqa: SLF001
 
 
 def _inline_decode() -> None:
-    """Replace aiortc's per-receiver decoder thread by decoding each packet on the event loop."""
+    """Only the shipped tuning's decode-on-the-loop part (signaling/aiortc_tuning.py)."""
     import threading  # noqa: PLC0415
     import types  # noqa: PLC0415
 
     from aiortc import rtcrtpreceiver  # noqa: PLC0415
-    from aiortc.codecs import get_decoder  # noqa: PLC0415
 
-    class _InlineQueue:
-        def __init__(self, receiver: Any) -> None:
-            self.receiver = receiver
-            self.decoder: Any = None
-            self.codec_name: str | None = None
+    from signaling import aiortc_tuning  # noqa: PLC0415
 
-        def put(self, item: Any) -> None:
-            track_q = self.receiver._track._queue  # noqa: SLF001
-            if item is None:
-                track_q.put_nowait(None)
-                return
-            codec, encoded_frame = item
-            if codec.name != self.codec_name:
-                self.decoder = get_decoder(codec)
-                self.codec_name = codec.name
-            try:
-                frames = self.decoder.decode(encoded_frame)
-            except Exception:  # noqa: BLE001 - like aiortc: drop the frame, keep the decoder
-                return
-            for frame in frames:
-                track_q.put_nowait(frame)
-
-    class _NoThread:
-        def __init__(self, *a: Any, **kw: Any) -> None:
-            pass
-
-        def start(self) -> None:
-            pass
-
-        def join(self, timeout: float | None = None) -> None:
-            pass
-
-    def _thread(*a: Any, target: Any = None, **kw: Any) -> Any:
-        if target is rtcrtpreceiver.decoder_worker:
-            return _NoThread()
-        return threading.Thread(*a, target=target, **kw)
-
-    rtcrtpreceiver.threading = types.SimpleNamespace(Thread=_thread, Event=threading.Event)
-    original = rtcrtpreceiver.RTCRtpReceiver.__init__
-
-    def __init__(self: Any, *a: Any, **kw: Any) -> None:
-        original(self, *a, **kw)
-        self._RTCRtpReceiver__decoder_queue = _InlineQueue(self)
-
-    rtcrtpreceiver.RTCRtpReceiver.__init__ = __init__
+    rtcrtpreceiver.threading = types.SimpleNamespace(Thread=aiortc_tuning._thread, Event=threading.Event)  # noqa: SLF001
+    rtcrtpreceiver.RTCRtpReceiver.__init__ = aiortc_tuning._receiver_init  # noqa: SLF001
 
 
 def _track_packets(complexity: int | None) -> None:
