@@ -67,7 +67,6 @@ class _ItemText:
     emitted: int = 0  # characters already published as bot-output
     sentence_from: int = 0  # characters already published as bot-transcription
     done: bool = False
-    audio_done: bool = False
 
 
 @dataclass
@@ -418,8 +417,6 @@ class CallSession:
         played = self.playout.played(item_id)
         received = self.playout.received(item_id)
         upto = self._spoken_chars(it, played, received)
-        if not it.audio and not it.audio_done:
-            upto = min(upto, len(it.text))
         # publish whole words only
         while upto < len(it.text) and upto > it.emitted and not it.text[upto].isspace():
             upto -= 1
@@ -502,9 +499,6 @@ class CallSession:
             self.playout.add(e.item_id, e.pcm)
         elif isinstance(e, mb.AudioDone):
             self.playout.end_item(e.item_id)
-            it = self._texts.get(e.item_id)
-            if it is not None:
-                it.audio_done = True
         elif isinstance(e, mb.OutputTranscriptDelta):
             it = self._texts.setdefault(e.item_id, _ItemText())
             if e.audio_offset is not None:
