@@ -344,3 +344,9 @@ async def test_reply_arriving_while_the_caller_talks_is_held() -> None:
     assert interrupted.event.deleted
     assert not result.output[: interrupted.step * FRAME_OUT].any()
     assert len(factory.of("delete_item")) == 1 and factory.of("truncate_item") == []
+
+
+async def test_bot_transcription_per_sentence() -> None:
+    factory = ScriptedFactory(Script(reply_seconds=0.5, reply_text="Hello there. How are you? I am fine"))
+    result = await run_wav_call(factory, compose((0.0, turn_a()), total_s=3.0), RATE, tail_s=1.5)
+    assert [t.event.text for t in result.of_type(ev.BotTranscript)] == ["Hello there.", "How are you?", "I am fine"]

@@ -574,17 +574,18 @@ class CallSession:
             pass
 
     def _publish_sentences(self, item_id: str, it: _ItemText, final: bool) -> None:
+        """One bot-transcription per completed sentence (the rest when final)."""
         pending = it.text[it.sentence_from :]
-        cut = 0
-        for m in _SENTENCE_END.finditer(pending):
-            cut = m.end()
-        if final:
-            cut = len(pending)
-        if cut:
-            sentence = pending[:cut].strip()
-            it.sentence_from += cut
+        cuts = [m.end() for m in _SENTENCE_END.finditer(pending)]
+        if final and (not cuts or cuts[-1] < len(pending)):
+            cuts.append(len(pending))
+        start = 0
+        for cut in cuts:
+            sentence = pending[start:cut].strip()
+            start = cut
             if sentence:
                 self.publish(ev.BotTranscript(sentence, item_id))
+        it.sentence_from += start
 
     async def _create_response(self, instructions: str | None = None) -> None:
         if self._response_id is not None:
