@@ -31,7 +31,6 @@ import asyncio
 import json
 import random
 import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field

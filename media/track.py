@@ -16,7 +16,6 @@ from fractions import Fraction
 from typing import Callable
 
 import av
-import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .playout import PlayoutBuffer

@@ -16,14 +16,11 @@ tests/pipecat_client/legacy) to check the 1.x reply shapes.
 from __future__ import annotations
 
 import functools
-import os
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import urllib.request
-from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,8 +34,7 @@ from tests.browser_util import (
     Server,
     active_webrtc_calls,
     fake_audio_args,
-    free_port,
-    http_get,
+    run_server,
     speech_wav,
     wait_until,
 )
@@ -88,38 +84,10 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def v2v_serve(model: str, tmp_dir: Path) -> Iterator[Server]:
+def v2v_serve(model: str, tmp_dir: Path) -> Any:
     """The real CLI, ``v2v serve --model <model>``, with the application hooks of
     tests/pipecat_client/app_hooks.py as its --app."""
-    port = free_port()
-    log_path = tmp_dir / f"v2v-serve-pipecat-{model}-{port}.log"
-    cmd = [sys.executable, "-m", "signaling.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--model", model, "--log-level", "info", "--app", str(HOOKS)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = Server(url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path)
-    try:
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"v2v serve exited with {proc.returncode}:\n{server.log()}")
-            try:
-                return http_get(server.url + "/readyz", timeout=1.0)[0] == 200
-            except OSError:
-                return False
-
-        wait_until(ready, 60.0, "v2v serve to answer /readyz")
-        yield server
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+    return run_server(model, tmp_dir, "--log-level", "info", "--app", str(HOOKS))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from signaling.client import Caller
 from signaling.config import ServerConfig, parse_ice_servers
 from signaling.logs import CallLog, setup_logging
 from signaling.metrics import ServerMetrics
-from tests.signaling_util import metric_value, running_server, wait_until
+from tests.signaling_util import metric_value, running_server
 from worker import events as ev
 
 pytestmark = pytest.mark.timeout(60)
