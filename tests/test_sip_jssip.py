@@ -17,7 +17,7 @@ from aiohttp import web
 from playwright.async_api import async_playwright
 
 from tests.browser_util import CHROMIUM, fake_audio_args
-from tests.sip.harness import FIXTURES, running_server, wait_for
+from tests.sip.harness import FIXTURES, record_call_events, running_server, wait_for
 from worker import events as ev
 
 CLIENT_DIR = Path(__file__).parent / "sip" / "jssip"
@@ -51,20 +51,12 @@ async def browser_stats_until(page, cond, timeout: float) -> dict:
         await page.wait_for_timeout(200)
 
 
-async def test_jssip_register_call_dtmf_hangup(monkeypatch) -> None:
+async def test_jssip_register_call_dtmf_hangup() -> None:
     build_page()
     page_runner, page_port = await serve_page()
     try:
         async with running_server(sip_users=["tester:s3cret"]) as srv:
-            events: list[object] = []
-            orig = srv.manager.create_call
-
-            async def create_call(*a, **kw):
-                call = await orig(*a, **kw)
-                call.add_listener(events.append)
-                return call
-
-            monkeypatch.setattr(srv.manager, "create_call", create_call)
+            events = record_call_events(srv)
             async with async_playwright() as pw:
                 browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                                    args=fake_audio_args(FIXTURES / "browser_speech.wav"))

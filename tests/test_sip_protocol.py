@@ -13,7 +13,7 @@ from signaling.sip.digest import compute_response, parse_auth_header
 from signaling.sip.message import SipRequest, SipResponse, make_response, parse
 from media.g711 import ulaw_encode
 from tests.conftest import load_wav, manifest
-from tests.sip.harness import running_server, wait_for
+from tests.sip.harness import record_call_events, running_server, wait_for
 from tests.sip.uac import Call, RtpPeer, SipClient, offer_sdp
 from worker import events as ev
 
@@ -149,15 +149,7 @@ async def test_registrations_expire_and_are_capped() -> None:
 
 async def test_call_over_tcp_ring_delay_pcma_info_dtmf_and_bye() -> None:
     async with running_server(sip_ring_ms=400) as srv:
-        events: list[object] = []
-        orig = srv.manager.create_call
-
-        async def create_call(*a, **kw):
-            c = await orig(*a, **kw)
-            c.add_listener(events.append)
-            return c
-
-        srv.manager.create_call = create_call  # type: ignore[method-assign]
+        events = record_call_events(srv)
         sip = await SipClient("TCP", ("127.0.0.1", srv.sip_port)).connect()
         rtp = await RtpPeer.open(TONE)
         try:
@@ -202,15 +194,7 @@ async def test_call_over_tcp_ring_delay_pcma_info_dtmf_and_bye() -> None:
 
 async def test_hold_unhold_latching_rfc4733_in_and_retransmitted_invite() -> None:
     async with running_server() as srv:
-        events: list[object] = []
-        orig = srv.manager.create_call
-
-        async def create_call(*a, **kw):
-            c = await orig(*a, **kw)
-            c.add_listener(events.append)
-            return c
-
-        srv.manager.create_call = create_call  # type: ignore[method-assign]
+        events = record_call_events(srv)
         sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
         rtp = await RtpPeer.open(TONE)
         try:
@@ -329,15 +313,7 @@ async def test_silence_suppression_ends_the_turn_like_silence() -> None:
     (s0, s1), = manifest()["speech_8k.wav"]["speech"]
     phrase = speech[s0:s1]
     async with running_server() as srv:
-        events: list[object] = []
-        orig = srv.manager.create_call
-
-        async def create_call(*a, **kw):
-            c = await orig(*a, **kw)
-            c.add_listener(events.append)
-            return c
-
-        srv.manager.create_call = create_call  # type: ignore[method-assign]
+        events = record_call_events(srv)
         sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
         rtp = await SuppressingPeer.open(np.zeros(0, np.int16))
         count = lambda cls: sum(isinstance(e, cls) for e in events)

@@ -79,6 +79,20 @@ async def running_server(**overrides) -> AsyncIterator[Server]:
         await runner.cleanup()
 
 
+def record_call_events(srv: Server) -> list[object]:
+    """Every call event of every call the server creates from now on."""
+    events: list[object] = []
+    create = srv.manager.create_call
+
+    async def create_call(*args, **kwargs):
+        call = await create(*args, **kwargs)
+        call.add_listener(events.append)
+        return call
+
+    srv.manager.create_call = create_call  # type: ignore[method-assign]
+    return events
+
+
 async def wait_for(cond: Callable[[], bool], timeout: float, what: str = "condition") -> None:
     """Poll a cheap condition on the event loop (used only for observing the server)."""
     deadline = time.monotonic() + timeout
