@@ -23,8 +23,8 @@ from aiohttp import ClientSession, ClientTimeout
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, SERVER_KINDS, Server, write_result  # noqa: E402
-from loadgen import DEFAULT_WAV, LoadCaller, encode_opus, loop_pcm, read_wav_48k  # noqa: E402
+from common import RESULTS, SERVER_KINDS, Server, write_result
+from loadgen import DEFAULT_WAV, LoadCaller, encode_opus, loop_pcm, read_wav_48k
 
 
 def _fds(pid: int) -> int:
@@ -40,7 +40,7 @@ async def active_calls(http: ClientSession, url: str) -> float | None:
             if r.status != 200:
                 return None
             text = await r.text()
-    except Exception:  # noqa: BLE001 - peers have no /metrics
+    except Exception:
         return None
     total = 0.0
     found = False
@@ -56,7 +56,7 @@ async def one_call(url: str, payloads: list[bytes], talk: float, http: ClientSes
     try:
         await c.connect(http, 20.0)
         await asyncio.sleep(talk)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         errors.append(f"{type(e).__name__}: {e}")
     finally:
         await c.hangup(http)

@@ -21,9 +21,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import av
 import numpy as np
@@ -31,8 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import FIXTURES, RESULTS, write_result  # noqa: E402
-from loadgen import read_wav_48k  # noqa: E402
+from common import FIXTURES, RESULTS, write_result
+from loadgen import read_wav_48k
 
 RATE = 48000
 FRAME = 960
@@ -89,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args(argv)
 
-    from aiortc import rtp  # noqa: PLC0415
-    from aiortc.codecs.opus import OpusDecoder, OpusEncoder  # noqa: PLC0415
-    from aiortc.jitterbuffer import JitterFrame  # noqa: PLC0415
+    from aiortc import rtp
+    from aiortc.codecs.opus import OpusDecoder, OpusEncoder
+    from aiortc.jitterbuffer import JitterFrame
 
     stock_level = rtp.compute_audio_level_dbov
     # signaling.webrtc is imported only after the codec rows: it tunes aiortc's Opus encoder process-wide
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     rows["opus_decode_stereo_aiortc"] = best_ms_per_call_s(dec_stereo, args.repeat)
     rows["opus_decode_mono"] = best_ms_per_call_s(dec_mono, args.repeat)
 
-    import signaling.webrtc as webrtc  # noqa: PLC0415  (installs the numpy level into aiortc.rtp)
+    import v2v.signaling.webrtc as webrtc
 
     sub = max(1, len(mono) // 5)  # the pure-Python loop is slow: a fifth of the frames is enough
 
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     rows["audio_level_v2v_numpy_mono"] = best_ms_per_call_s(lvl(webrtc._audio_level_dbov, mono), args.repeat)
 
     try:
-        import pylibsrtp  # noqa: PLC0415
+        import pylibsrtp
 
         key = bytes(range(30))
         rtp_packets = [rtp.RtpPacket(payload_type=111, sequence_number=i % 65536, timestamp=i * FRAME, ssrc=1234,
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             return len(rtp_packets)
 
         rows["srtp_protect_unprotect"] = best_ms_per_call_s(srtp, args.repeat)
-    except Exception as exc:  # noqa: BLE001 - optional line
+    except Exception as exc:
         rows["srtp_error"] = str(exc)
 
     data = {"params": vars(args), "ms_per_call_second": rows,

@@ -98,7 +98,7 @@ def write_result(name: str, data: dict[str, Any], out_dir: Path | None = None) -
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = {
         "bench": name,
-        "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "when": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name if sys.argv[0] else "python", *sys.argv[1:]]),
         "machine": machine(),
         "versions": versions(),
@@ -166,7 +166,7 @@ class ProcSample:
     threads: int
 
     @classmethod
-    def read(cls, pid: int) -> "ProcSample":
+    def read(cls, pid: int) -> ProcSample:
         t = time.monotonic()
         stat = Path(f"/proc/{pid}/stat").read_text()
         fields = stat[stat.rindex(")") + 2 :].split()
@@ -195,7 +195,7 @@ def server_command(kind: str, port: int, extra: list[str] | None = None, launche
     extra = extra or []
     if kind == "v2v":
         # the interpreter itself (not a shim script), so the PID sampled is the server's
-        base = [sys.executable, str(launcher)] if launcher else [sys.executable, "-m", "signaling.cli"]
+        base = [sys.executable, str(launcher)] if launcher else [sys.executable, "-m", "v2v.signaling.cli"]
         return [*base, "serve", "--model", "echo", "--host", "127.0.0.1", "--port", str(port),
                 "--max-calls", "1000", "--log-level", "info", *extra]
     if kind == "aiortc":
@@ -231,7 +231,7 @@ class Server:
         return self.proc.pid
 
     async def start(self, timeout: float = 60.0) -> None:
-        import aiohttp  # noqa: PLC0415
+        import aiohttp
 
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w")
@@ -248,7 +248,7 @@ class Server:
                                          timeout=aiohttp.ClientTimeout(total=2)) as r:
                         await r.read()
                         return
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                except (TimeoutError, aiohttp.ClientError, OSError):
                     await asyncio.sleep(0.2)
         raise RuntimeError(f"{self.kind} server did not listen within {timeout}s: {self.log_tail()}")
 

@@ -46,9 +46,9 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import FIXTURES, RESULTS, Server, percentile, write_result  # noqa: E402
-from loadgen import FRAME, RATE, encode_opus, read_wav_48k  # noqa: E402
-from rtpstats import Arrivals, hook_receiver  # noqa: E402
+from common import FIXTURES, RESULTS, Server, percentile, write_result
+from loadgen import FRAME, RATE, encode_opus, read_wav_48k
+from rtpstats import Arrivals, hook_receiver
 
 TB = Fraction(1, RATE)
 LOUD_RMS = 300.0
@@ -65,7 +65,7 @@ class Segment:
     loud: list[bool]
 
     @classmethod
-    def from_pcm(cls, pcm: np.ndarray, dither: float = 0.0, seed: int = 0) -> "Segment":
+    def from_pcm(cls, pcm: np.ndarray, dither: float = 0.0, seed: int = 0) -> Segment:
         pcm = np.concatenate([pcm, np.zeros((-len(pcm)) % FRAME, np.int16)])
         frames = pcm.reshape(-1, FRAME).astype(np.float32)
         rms = np.sqrt((frames * frames).mean(axis=1))
@@ -181,7 +181,7 @@ class Caller:
         try:
             async with http.delete(f"{self.url}/{self.pc_id}") as r:
                 await r.read()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         await self.pc.close()
 
@@ -319,7 +319,7 @@ async def barge_caller(url: str, segs: list[Segment], silence: bytes, cycles: in
             out.append(BargeRecord(c.pc_id or "", onset, t_reply, t_last, 1000 * (t_last - onset), received_ms, delay,
                                    last - i0 + 1))
         await asyncio.sleep(1.0)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         errors.append(f"{type(e).__name__}: {e}")
     finally:
         await c.hangup(http)
@@ -440,13 +440,13 @@ async def bench_connect(args: argparse.Namespace, silence: bytes) -> dict[str, A
                         first_packet_ms.append(1000 * (c.arrivals.t[0] - c.t_start))
                     else:
                         errors.append("no RTP from the server within 5 s")
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     errors.append(f"{type(e).__name__}: {e}")
                 finally:
                     await c.hangup(http)
         for _ in range(args.v2v_calls):
             p = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "signaling.cli", "call", server.url, "--play", str(FIXTURES / "what_time_is_it.wav"),
+                sys.executable, "-m", "v2v.signaling.cli", "call", server.url, "--play", str(FIXTURES / "what_time_is_it.wav"),
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
                 cwd=str(Path(__file__).resolve().parent.parent))
             out, _ = await p.communicate()

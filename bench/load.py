@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH, RESULTS, SERVER_KINDS, ProcSample, Server, cpu_ms_per_s, taskset_prefix, write_result  # noqa: E402
+from common import BENCH, RESULTS, SERVER_KINDS, ProcSample, Server, cpu_ms_per_s, taskset_prefix, write_result
 
 GOOD_P99_MS = (15.0, 25.0)
 

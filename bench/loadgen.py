@@ -38,8 +38,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import FIXTURES, ProcSample, percentile  # noqa: E402
-from rtpstats import Arrivals, hook_receiver, pacing  # noqa: E402
+from common import FIXTURES, ProcSample, percentile
+from rtpstats import Arrivals, hook_receiver, pacing
 
 RATE = 48000
 FRAME = 960
@@ -48,7 +48,7 @@ DEFAULT_WAV = FIXTURES / "speech_en_gb_weather.wav"
 
 
 def read_wav_48k(path: str | Path) -> np.ndarray:
-    import wave  # noqa: PLC0415
+    import wave
 
     with wave.open(str(path), "rb") as w:
         if w.getsampwidth() != 2:
@@ -58,7 +58,7 @@ def read_wav_48k(path: str | Path) -> np.ndarray:
     if ch > 1:
         pcm = pcm.reshape(-1, ch).mean(axis=1).astype(np.int16)
     if rate != RATE:
-        import soxr  # noqa: PLC0415
+        import soxr
 
         pcm = soxr.resample(pcm.astype(np.float32), rate, RATE).clip(-32768, 32767).astype(np.int16)
     return pcm
@@ -161,7 +161,7 @@ class LoadCaller:
             try:
                 async with http.delete(f"{self.url}/{self.pc_id}") as r:
                     await r.read()
-            except Exception:  # noqa: BLE001 - the server may be gone
+            except Exception:
                 pass
         await self.pc.close()
 
@@ -184,7 +184,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 await c.connect(http, args.connect_timeout)
                 emit(event="connected", n=sum(1 for x in callers if x.connect_ms is not None))
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 errors.append(f"call {i}: {type(e).__name__}: {e}")
 
         starts = []
@@ -267,14 +267,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--calls must be 1..400")
     if args.seconds <= 0 or args.seconds > 600:
         ap.error("--seconds must be in (0, 600]")
-    from urllib.parse import urlparse  # noqa: PLC0415
+    from urllib.parse import urlparse
 
     host = urlparse(args.url).hostname or ""
     if host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
         ap.error(f"--url must be a loopback address (got {host!r}); --allow-remote to override")
     coro = run(args)
     if args.uvloop:
-        import uvloop  # noqa: PLC0415
+        import uvloop
 
         result = uvloop.run(coro)
     else:

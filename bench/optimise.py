@@ -21,8 +21,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import FIXTURES, RESULTS, write_result  # noqa: E402
-from load import one_step  # noqa: E402
+from common import FIXTURES, RESULTS, write_result
+from load import one_step
 
 
 def _variants(spec: str) -> list[str]:
@@ -44,8 +44,8 @@ async def load_side(spec: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def barge_side(spec: str, args: argparse.Namespace) -> dict[str, Any]:
-    from latency import Segment, bench_barge, encode_opus, read_wav_48k  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
+    from latency import Segment, bench_barge, encode_opus, read_wav_48k
 
     ns = argparse.Namespace(barge_ins=args.barge_ins, callers=args.barge_callers, seed=args.seed,
                             server_cpu=args.server_cpu, variant=_variants(spec) or None)

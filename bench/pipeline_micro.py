@@ -26,12 +26,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from media.audio import frame_to_mono  # noqa: E402
-from media.playout import PlayoutBuffer  # noqa: E402
-from media.resample import ExactResampler  # noqa: E402
-from worker.call import CallConfig, CallSession  # noqa: E402
-from worker.models.echo import EchoModelFactory  # noqa: E402
-from worker.wavcall import read_wav  # noqa: E402
+from v2v.media.audio import frame_to_mono  # noqa: E402
+from v2v.media.playout import PlayoutBuffer  # noqa: E402
+from v2v.media.resample import ExactResampler  # noqa: E402
+from v2v.worker.call import CallConfig, CallSession  # noqa: E402
+from v2v.worker.models.echo import EchoModelFactory  # noqa: E402
+from v2v.worker.wavcall import read_wav  # noqa: E402
 
 
 def stereo_frames(pcm48: np.ndarray) -> list[av.AudioFrame]:

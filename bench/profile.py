@@ -21,8 +21,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH, RESULTS, Server, write_result  # noqa: E402
-from load import run_loadgen  # noqa: E402
+from common import BENCH, RESULTS, Server, write_result
+from load import run_loadgen
 
 
 def summarize_raw(path: Path, top: int = 25) -> dict[str, Any]:

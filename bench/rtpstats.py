@@ -60,8 +60,8 @@ class Arrivals:
 
     def _decoded_level(self, packet: Any) -> int:
         """RFC 6465 level (dBov, -127 for digital silence) of the decoded packet."""
-        import av  # noqa: PLC0415
-        import numpy as np  # noqa: PLC0415
+        import av
+        import numpy as np
 
         if self._decoder is None:
             self._decoder = av.CodecContext.create("libopus", "r")
@@ -76,7 +76,7 @@ class Arrivals:
         rms = float(np.sqrt(np.dot(xf, xf) / len(xf))) / 32767.0
         return int(round(max(-127.0, min(0.0, 20.0 * np.log10(max(rms, 1e-12))))))
 
-    def window(self, t0: float, t1: float) -> "Arrivals":
+    def window(self, t0: float, t1: float) -> Arrivals:
         out = Arrivals()
         for i, t in enumerate(self.t):
             if t0 <= t <= t1:

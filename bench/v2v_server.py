@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _opus_encoder(layout: str, bitrate: int, complexity: int | None) -> None:
-    from aiortc.codecs import opus  # noqa: PLC0415
-    from av import AudioResampler  # noqa: PLC0415
+    from aiortc.codecs import opus
+    from av import AudioResampler
 
     original = opus.OpusEncoder.__init__
 
@@ -59,7 +59,7 @@ def _opus_encoder(layout: str, bitrate: int, complexity: int | None) -> None:
 
 
 def _mono_decoder() -> None:
-    from aiortc.codecs import opus  # noqa: PLC0415
+    from aiortc.codecs import opus
 
     original = opus.OpusDecoder.__init__
 
@@ -76,32 +76,32 @@ def _mono_decoder() -> None:
 
 def _inline_encode() -> None:
     """Only the shipped tuning's encode-on-the-loop part (signaling/aiortc_tuning.py)."""
-    from aiortc import rtcrtpsender  # noqa: PLC0415
+    from aiortc import rtcrtpsender
 
-    from signaling import aiortc_tuning  # noqa: PLC0415
+    from v2v.signaling import aiortc_tuning
 
-    rtcrtpsender.RTCRtpSender.__init__ = aiortc_tuning._sender_init  # noqa: SLF001
+    rtcrtpsender.RTCRtpSender.__init__ = aiortc_tuning._sender_init
 
 
 def _inline_decode() -> None:
     """Only the shipped tuning's decode-on-the-loop part (signaling/aiortc_tuning.py)."""
-    import threading  # noqa: PLC0415
-    import types  # noqa: PLC0415
+    import threading
+    import types
 
-    from aiortc import rtcrtpreceiver  # noqa: PLC0415
+    from aiortc import rtcrtpreceiver
 
-    from signaling import aiortc_tuning  # noqa: PLC0415
+    from v2v.signaling import aiortc_tuning
 
-    rtcrtpreceiver.threading = types.SimpleNamespace(Thread=aiortc_tuning._thread, Event=threading.Event)  # noqa: SLF001
-    rtcrtpreceiver.RTCRtpReceiver.__init__ = aiortc_tuning._receiver_init  # noqa: SLF001
+    rtcrtpreceiver.threading = types.SimpleNamespace(Thread=aiortc_tuning._thread, Event=threading.Event)
+    rtcrtpreceiver.RTCRtpReceiver.__init__ = aiortc_tuning._receiver_init
 
 
 def _track_packets(complexity: int | None) -> None:
-    from fractions import Fraction  # noqa: PLC0415
+    from fractions import Fraction
 
-    import av  # noqa: PLC0415
+    import av
 
-    from media import track as mtrack  # noqa: PLC0415
+    from v2v.media import track as mtrack
 
     original = mtrack.AssistantTrack.recv
     tb = Fraction(1, 48000)
@@ -140,13 +140,13 @@ def _direct_rx() -> None:
     hop: each Opus packet (duplicates and late ones dropped) is decoded to mono 48 kHz on the event
     loop and put into ``WebRTCCall.audio_in`` with the media-timeout bookkeeping ``_consume`` does.
     """
-    import time  # noqa: PLC0415
+    import time
 
-    import av  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-    from aiortc.utils import uint16_add  # noqa: PLC0415
+    import av
+    import numpy as np
+    from aiortc.utils import uint16_add
 
-    import signaling.webrtc as webrtc  # noqa: PLC0415
+    import v2v.signaling.webrtc as webrtc
 
     original = webrtc.WebRTCCall._negotiate
 
@@ -156,7 +156,7 @@ def _direct_rx() -> None:
         if not audio:
             return sdp
         receiver = audio[0].receiver
-        codecs = receiver._RTCRtpReceiver__codecs  # noqa: SLF001
+        codecs = receiver._RTCRtpReceiver__codecs
         dec = av.CodecContext.create("libopus", "r")
         dec.format = "s16"
         dec.layout = "mono"
@@ -179,9 +179,9 @@ def _direct_rx() -> None:
             state["last"] = seq
             try:
                 frames = dec.decode(av.Packet(packet.payload))
-            except Exception:  # noqa: BLE001 - drop a bad packet, keep the decoder
+            except Exception:
                 return
-            call._last_media = time.monotonic()  # noqa: SLF001
+            call._last_media = time.monotonic()
             call.packets_in += 1
             for fr in frames:
                 pcm = fr.to_ndarray().reshape(-1).astype(np.int16, copy=False)
@@ -195,27 +195,27 @@ def _direct_rx() -> None:
 
 
 def apply(variants: list[str]) -> None:
-    from aiortc import rtp  # noqa: PLC0415
+    from aiortc import rtp
 
     if "tuning=0" in variants:
         # before signaling.webrtc is imported: its aiortc tuning (codec work on the loop, voice Opus) stays off
         try:
-            import signaling.aiortc_tuning as tuning  # noqa: PLC0415
+            import v2v.signaling.aiortc_tuning as tuning
 
             tuning._installed = True
         except ImportError:
             pass
 
     stock_level = rtp.compute_audio_level_dbov
-    import signaling.cli as cli  # noqa: PLC0415
-    import signaling.webrtc as webrtc  # noqa: PLC0415
+    import v2v.signaling.cli as cli
+    import v2v.signaling.webrtc as webrtc
 
     for v in variants:
         key, _, val = v.partition("=")
         if key == "none" or v == "tuning=0":
             pass
         elif key == "uvloop" and val == "0":
-            import asyncio  # noqa: PLC0415
+            import asyncio
 
             cli._run = asyncio.run  # type: ignore[attr-defined]
         elif key == "jitter" and val == "aiortc":
@@ -230,7 +230,7 @@ def apply(variants: list[str]) -> None:
             br, _, cx = val[4:].partition("c")
             _opus_encoder("mono", int(br) * 1000, int(cx) if cx else None)
         elif key == "gc" and val == "high":
-            import gc  # noqa: PLC0415
+            import gc
 
             gc.collect()
             gc.freeze()
@@ -260,7 +260,7 @@ def main() -> int:
     apply(variants)
     if variants:
         print(f"v2v bench variants: {', '.join(variants)}", flush=True)
-    from signaling.cli import main as cli_main  # noqa: PLC0415
+    from v2v.signaling.cli import main as cli_main
 
     return cli_main(argv)
 

@@ -14,8 +14,9 @@ No policy here: the worker decides when to pause, resume or flush.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, Union
+from typing import Literal, Union
 
 import numpy as np
 

@@ -45,7 +45,7 @@ class _InlineExecutorLoop:
         fut = self._loop.create_future()
         try:
             fut.set_result(func(*args))
-        except Exception as exc:  # noqa: BLE001 - delivered to the awaiting sender
+        except Exception as exc:
             fut.set_exception(exc)
         return fut
 
@@ -62,7 +62,7 @@ class _InlineDecodeQueue:
         self._codec_name: str | None = None
 
     def put(self, item: Any) -> None:
-        out = self._receiver._track._queue  # noqa: SLF001 - the remote track's frame queue
+        out = self._receiver._track._queue
         if item is None:  # the receiver stops: end the track
             out.put_nowait(None)
             return

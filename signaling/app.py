@@ -29,13 +29,13 @@ METRICS = web.AppKey("v2v_metrics", ServerMetrics)
 
 # Optional parts that add routes (e.g. SIP over WebSocket at /sip) and start
 # their own listeners: module.setup_app(app, manager, config) if importable.
-PLUGINS = ("signaling.sip",)
+PLUGINS = ("v2v.signaling.sip",)
 
 
 def static_dir() -> Path | None:
     """The installed ``static`` package (works for editable and regular installs)."""
     try:
-        spec = importlib.util.find_spec("static")
+        spec = importlib.util.find_spec("v2v.static")
     except (ImportError, ValueError):
         return None
     if spec is None or not spec.submodule_search_locations:

@@ -19,12 +19,13 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
-from worker import events as ev
-from worker.models.base import ModelFactory, SessionConfig
-from worker.transport import AudioInput
+from v2v.worker import events as ev
+from v2v.worker.models.base import ModelFactory, SessionConfig
+from v2v.worker.transport import AudioInput
 
 from .config import ServerConfig
 from .logs import CallLog
@@ -109,9 +110,9 @@ class Dispatcher(Protocol):
 # -----------------------------------------------------------------------------
 
 MODEL_FACTORIES = {
-    "echo": ("worker.models.echo", "EchoModelFactory"),
-    "local": ("worker.models.local", "LocalModelFactory"),
-    "openai": ("worker.models.openai_realtime", "OpenAIRealtimeFactory"),
+    "echo": ("v2v.worker.models.echo", "EchoModelFactory"),
+    "local": ("v2v.worker.models.local", "LocalModelFactory"),
+    "openai": ("v2v.worker.models.openai_realtime", "OpenAIRealtimeFactory"),
 }
 
 
@@ -166,7 +167,7 @@ class Call:
 
     def __init__(
         self,
-        manager: "CallManager",
+        manager: CallManager,
         call_id: str,
         transport: str,
         peer: str,
@@ -259,7 +260,7 @@ class Call:
                 self._runner.cancel()
                 try:
                     await asyncio.wait_for(asyncio.shield(self._runner), 5.0)
-                except (asyncio.CancelledError, asyncio.TimeoutError, Exception):
+                except (TimeoutError, asyncio.CancelledError, Exception):
                     pass
         finally:
             self._listeners.clear()
@@ -303,7 +304,7 @@ class CallManager:
         metrics: ServerMetrics | None = None,
         factories: dict[str, ModelFactory] | None = None,
     ) -> None:
-        from .webrtc import WebRTCTransport  # noqa: PLC0415 (webrtc imports this module)
+        from .webrtc import WebRTCTransport
 
         self.config = config
         self.metrics = metrics or ServerMetrics()
@@ -441,7 +442,7 @@ class CallManager:
     def _make_session(
         self, call_id: str, factory: ModelFactory, playout: Any, session_config: SessionConfig | None
     ) -> Any:
-        from worker.call import CallConfig, CallSession  # noqa: PLC0415
+        from v2v.worker.call import CallConfig, CallSession
 
         sc = session_config or SessionConfig()
         if session_config is None:
@@ -454,7 +455,7 @@ class CallManager:
         cc = CallConfig(turn_detection=turn, greeting=self.config.greeting)
         tools = _tools_for(factory)
         if self._app_tools is not None:
-            from worker.tools import ToolRegistry  # noqa: PLC0415
+            from v2v.worker.tools import ToolRegistry
 
             tools = tools or ToolRegistry()
             self._app_tools(tools)
@@ -502,7 +503,7 @@ def load_app(spec: str) -> Callable[[Any], None] | None:
     its ``register_tools(registry)``, if any, is returned to be called with
     every new call's :class:`worker.tools.ToolRegistry`.
     """
-    import runpy  # noqa: PLC0415
+    import runpy
 
     try:
         if spec.endswith(".py"):
@@ -521,7 +522,7 @@ def _tools_for(factory: ModelFactory) -> Any:
     make = getattr(factory, "tools", None)
     if not callable(make):
         return None
-    from worker.tools import ToolRegistry  # noqa: PLC0415
+    from v2v.worker.tools import ToolRegistry
 
     registry = ToolRegistry()
     try:

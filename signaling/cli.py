@@ -13,7 +13,8 @@ import json
 import os
 import signal
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .config import LOG_FORMATS, MODELS, TURN_DETECTION, ServerConfig, parse_ice_servers
 
@@ -30,9 +31,9 @@ def _add(
     parser: argparse.ArgumentParser,
     flag: str,
     *,
-    type: Callable[[str], Any] = str,  # noqa: A002
+    type: Callable[[str], Any] = str,
     default: Any = None,
-    help: str,  # noqa: A002
+    help: str,
     choices: Sequence[str] | None = None,
     **kw: Any,
 ) -> None:
@@ -189,9 +190,9 @@ def page_url(host: str, port: int) -> str:
 
 async def serve(cfg: ServerConfig, ready: Callable[[str], None] | None = None) -> None:
     """Run the server until SIGINT/SIGTERM, then end every call gracefully."""
-    from aiohttp import web  # noqa: PLC0415
+    from aiohttp import web
 
-    from .app import create_app  # noqa: PLC0415
+    from .app import create_app
 
     app = create_app(cfg)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -227,7 +228,7 @@ async def serve(cfg: ServerConfig, ready: Callable[[str], None] | None = None) -
 
 def _run(coro: Any) -> Any:
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
     except ImportError:
         return asyncio.run(coro)
     return uvloop.run(coro)
@@ -245,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = config_from_args(args)
         except ValueError as e:
             parser.error(str(e))
-        from .logs import setup_logging  # noqa: PLC0415
+        from .logs import setup_logging
 
         setup_logging(cfg.log_format, cfg.log_level)
         try:
@@ -257,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
         return 0
     if args.command == "call":
-        from .client import run_call  # noqa: PLC0415
+        from .client import run_call
 
         if not args.url:
             parser.error("call: the server URL is required")

@@ -26,8 +26,8 @@ from aiohttp import ClientSession, ClientTimeout
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from media.audio import frame_to_mono
-from media.resample import ExactResampler
+from v2v.media.audio import frame_to_mono
+from v2v.media.resample import ExactResampler
 
 from .webrtc import patch_receiver
 
@@ -407,7 +407,7 @@ async def run_call(
     trickle: bool = False,
 ) -> dict[str, Any]:
     """Call ``url``, play the WAV, record the reply, hang up; return the summary."""
-    from worker.wavcall import read_wav, write_wav  # noqa: PLC0415
+    from v2v.worker.wavcall import read_wav, write_wav
 
     pcm, rate = read_wav(play)
     if rate != RATE:
@@ -417,7 +417,7 @@ async def run_call(
         await caller.connect()
         try:
             await asyncio.wait_for(caller.bot_ready.wait(), 5.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         caller.play(pcm)
         wav_s = len(pcm) / RATE

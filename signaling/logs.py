@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from worker import events as ev
+from v2v.worker import events as ev
 
 LOGGER = "v2v"
 log = logging.getLogger(LOGGER)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from worker import events as ev
+from v2v.worker import events as ev
 
 TRANSPORTS = ("webrtc", "sip_ws", "sip_udp", "sip_tcp")
 # End reasons become the `outcome` label; anything else is folded into "other"

@@ -27,11 +27,11 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 from aiortc.utils import uint16_add
 
-from media.audio import frame_to_mono
-from media.playout import PlayoutBuffer
-from media.track import AssistantTrack
-from worker.rtvi import RTVIHandler
-from worker.transport import QueueAudioInput
+from v2v.media.audio import frame_to_mono
+from v2v.media.playout import PlayoutBuffer
+from v2v.media.track import AssistantTrack
+from v2v.worker.rtvi import RTVIHandler
+from v2v.worker.transport import QueueAudioInput
 
 from . import aiortc_tuning
 from .calls import BadRequest, IceCandidateInit, OfferAnswer, OfferRequest, UnknownCall
@@ -126,7 +126,7 @@ def _parse_offer(sdp: Any, type_: Any) -> RTCSessionDescription:
 class WebRTCCall:
     """The peer connection(s), tracks and data channel of one call."""
 
-    def __init__(self, transport: "WebRTCTransport", pc_id: str) -> None:
+    def __init__(self, transport: WebRTCTransport, pc_id: str) -> None:
         self.transport = transport
         self.pc_id = pc_id
         self.call: Call | None = None
@@ -222,7 +222,7 @@ class WebRTCCall:
             pcm = frame_to_mono(frame)
             if frame.sample_rate != INPUT_RATE:
                 if rate != frame.sample_rate:
-                    from media.resample import Resampler  # noqa: PLC0415
+                    from v2v.media.resample import Resampler
 
                     rate = frame.sample_rate
                     resampler = Resampler(rate, INPUT_RATE)
@@ -479,7 +479,7 @@ class WebRTCCall:
 class WebRTCTransport:
     """All WebRTC calls of one server, by ``pc_id``."""
 
-    def __init__(self, manager: "CallManager") -> None:
+    def __init__(self, manager: CallManager) -> None:
         self.manager = manager
         self._calls: dict[str, WebRTCCall] = {}
         self._open_pcs: set[RTCPeerConnection] = set()

@@ -16,9 +16,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -102,7 +102,7 @@ class Server:
 def serve_command(port: int, model: str, *extra_args: str) -> list[str]:
     """The real CLI: `v2v serve` (run through the interpreter running the tests)."""
     return [
-        sys.executable, "-m", "signaling.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--model", model, *extra_args,
+        sys.executable, "-m", "v2v.signaling.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--model", model, *extra_args,
     ]
 
 

@@ -16,7 +16,7 @@ def fixture_path(name: str) -> Path:
 
 
 def load_wav(name: str) -> tuple[np.ndarray, int]:
-    from worker.wavcall import read_wav
+    from v2v.worker.wavcall import read_wav
 
     return read_wav(FIXTURES / name)
 

@@ -30,8 +30,9 @@ import copy
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Union, get_args
+from typing import Annotated, Any, get_args
 
 import numpy as np
 import pydantic
@@ -87,7 +88,7 @@ RATE = 24000
 
 _MEMBERS = get_args(get_args(RealtimeClientEvent)[0])
 CLIENT_EVENT_ADAPTER: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(
-    Annotated[Union[_MEMBERS], pydantic.Field(discriminator="type")]
+    Annotated[_MEMBERS, pydantic.Field(discriminator="type")]
 )
 
 # GA server event name -> the beta name some compatible providers send.
@@ -192,7 +193,7 @@ class _Dropped(Exception):
 class FakeConnection:
     """One WebSocket connection: its session, conversation and input buffer."""
 
-    def __init__(self, server: "FakeRealtimeServer", index: int, ws: web.WebSocketResponse,
+    def __init__(self, server: FakeRealtimeServer, index: int, ws: web.WebSocketResponse,
                  request: web.Request, model: str) -> None:
         self.server = server
         self.index = index
@@ -790,7 +791,7 @@ class FakeRealtimeServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    async def __aenter__(self) -> "FakeRealtimeServer":
+    async def __aenter__(self) -> FakeRealtimeServer:
         await self.start()
         return self
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.models import base as mb
+from v2v.worker.models import base as mb
 
 RATE = 24000
 _ids = itertools.count(1)

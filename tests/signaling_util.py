@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from aiohttp import web
 
-from signaling.app import MANAGER, create_app
-from signaling.calls import CallManager
-from signaling.config import ServerConfig
+from v2v.signaling.app import MANAGER, create_app
+from v2v.signaling.calls import CallManager
+from v2v.signaling.config import ServerConfig
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from signaling.client import Caller
 from tests.signaling_util import running_server
 from tests.test_webrtc_calls import hello
+from v2v.signaling.client import Caller
 
 
 async def test_calls_encode_mono_voice_and_spawn_no_codec_threads() -> None:

@@ -8,14 +8,14 @@ import json
 import numpy as np
 import pytest
 
-from media.resample import Resampler
 from tests.conftest import load_wav, manifest
 from tests.scripted import Script, ScriptedFactory
-from worker import events as ev
-from worker.call import CallConfig
-from worker.models.echo import EchoModelFactory
-from worker.tools import ToolRegistry
-from worker.wavcall import run_wav_call
+from v2v.media.resample import Resampler
+from v2v.worker import events as ev
+from v2v.worker.call import CallConfig
+from v2v.worker.models.echo import EchoModelFactory
+from v2v.worker.tools import ToolRegistry
+from v2v.worker.wavcall import run_wav_call
 
 RATE = 16000
 FRAME_OUT = 480  # 20 ms at 24 kHz
@@ -186,7 +186,7 @@ async def test_server_speech_started_interrupts() -> None:
 
     async def on_step(step: int, call) -> None:
         if step == 200:
-            from worker.models.base import SpeechStarted
+            from v2v.worker.models.base import SpeechStarted
 
             call.model.emit(SpeechStarted(0))
 

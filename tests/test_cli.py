@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from signaling.cli import build_parser, config_from_args, env_name
 from tests.conftest import fixture_path
+from v2v.signaling.cli import build_parser, config_from_args, env_name
 
 pytestmark = pytest.mark.timeout(90)
 
 ROOT = Path(__file__).resolve().parent.parent
-V2V = [sys.executable, "-m", "signaling.cli"]
+V2V = [sys.executable, "-m", "v2v.signaling.cli"]
 
 SERVE_FLAGS = [
     "--host", "--port", "--model", "--openai-model", "--openai-base-url", "--turn-detection",
@@ -184,8 +184,8 @@ def test_sigint_ends_live_calls_gracefully():
 
 
 def test_app_module_adds_tools_to_every_call(tmp_path):
-    from signaling.calls import load_app
-    from worker.tools import ToolRegistry
+    from v2v.signaling.calls import load_app
+    from v2v.worker.tools import ToolRegistry
 
     mod = tmp_path / "myapp.py"
     mod.write_text(

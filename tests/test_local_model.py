@@ -9,20 +9,20 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 
-from media.resample import Resampler
-from worker import events as ev
-from worker.models import base as mb
-from worker.models import local_brain as brain
-from worker.models.local import LocalModelFactory, LocalSession, system_utterance, trim_quiet
-from worker.models.local_stt import shared_recognizer
-from worker.models.local_tts import shared_tts, split_sentences
-from worker.wavcall import read_wav
+from v2v.media.resample import Resampler
+from v2v.worker import events as ev
+from v2v.worker.models import base as mb
+from v2v.worker.models import local_brain as brain
+from v2v.worker.models.local import LocalModelFactory, LocalSession, system_utterance, trim_quiet
+from v2v.worker.models.local_stt import shared_recognizer
+from v2v.worker.models.local_tts import shared_tts, split_sentences
+from v2v.worker.wavcall import read_wav
 
 LOCAL = Path(__file__).parent / "fixtures" / "local"
 RATE = 24000
@@ -307,8 +307,8 @@ async def test_recognition_and_synthesis_run_off_the_loop(session) -> None:
 
 
 async def test_full_call_story_barge_in_then_time(factory) -> None:
-    from worker.tools import ToolRegistry
-    from worker.wavcall import run_wav_call
+    from v2v.worker.tools import ToolRegistry
+    from v2v.worker.wavcall import run_wav_call
 
     tools = ToolRegistry()
     for spec, func in factory.tools():

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from media.audio import frame_to_mono, mono_to_frame
-from media.chunker import MODEL_CHUNK, Chunker
-from media.playout import ItemPlayed, PlayoutBuffer, PlayoutStarted, PlayoutStopped
-from media.resample import ExactResampler, Resampler
-from media.track import AssistantTrack
+from v2v.media.audio import frame_to_mono, mono_to_frame
+from v2v.media.chunker import MODEL_CHUNK, Chunker
+from v2v.media.playout import ItemPlayed, PlayoutBuffer, PlayoutStarted, PlayoutStopped
+from v2v.media.resample import ExactResampler, Resampler
+from v2v.media.track import AssistantTrack
 
 # ---------------------------------------------------------------- frames
 

@@ -10,19 +10,20 @@ import os
 import re
 import signal
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
 
-from signaling.client import run_call
 from tests.conftest import fixture_path, load_wav
 from tests.fake_realtime import FakeRealtimeServer, FakeToolCall, tone, validate_client_event
 from tests.scripted import reply_signal
-from worker import events as cev
-from worker.call import CallConfig
-from worker.models.base import (
+from v2v.signaling.client import run_call
+from v2v.worker import events as cev
+from v2v.worker.call import CallConfig
+from v2v.worker.models.base import (
     AudioDelta,
     Connected,
     Disconnected,
@@ -38,8 +39,8 @@ from worker.models.base import (
     SpeechStopped,
     ToolSpec,
 )
-from worker.models.openai_realtime import OpenAIRealtimeFactory, realtime_url, scrub
-from worker.wavcall import run_wav_call
+from v2v.worker.models.openai_realtime import OpenAIRealtimeFactory, realtime_url, scrub
+from v2v.worker.wavcall import run_wav_call
 
 KEY = "sk-test-fake-key-0123456789"
 CHUNK = 2400  # 100 ms at 24 kHz
@@ -265,7 +266,7 @@ async def test_cancel_then_truncate_and_no_cancel_when_done(fake: FakeRealtimeSe
 
 async def test_cancel_race_is_ignored(fake: FakeRealtimeServer, caplog) -> None:
     """A genuine race (response.done in flight) gets response_cancel_not_active: ignored."""
-    caplog.set_level(logging.INFO, logger="worker.models.openai_realtime")
+    caplog.set_level(logging.INFO, logger="v2v.worker.models.openai_realtime")
     fake.reply_ms, fake.speed = 300, 0
     fake.race_window = 10.0  # the test, not the clock, decides this cancel is a race
     rec = await open_session(fake)
@@ -606,7 +607,7 @@ async def test_v2v_serve_model_openai_over_webrtc(fake: FakeRealtimeServer) -> N
             proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), 15)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
         await asyncio.wait_for(drain, 5)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,8 +27,8 @@ def test_installed_wheel_serves_the_demo_page(tmp_path: Path) -> None:
     src.mkdir()
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for pkg in ("media", "worker", "signaling", "static"):
-        shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    for pkg in ("media", "worker", "signaling", "static", "v2v"):
+        shutil.copytree(ROOT / pkg, src / pkg, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src), "-w", str(wheels)],
         check=True, cwd=tmp_path, timeout=300,
@@ -37,16 +38,20 @@ def test_installed_wheel_serves_the_demo_page(tmp_path: Path) -> None:
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
         check=True, cwd=tmp_path, timeout=300,
     )
-    assert (target / "static" / "index.html").is_file() and (target / "static" / "app.js").is_file()
+    with zipfile.ZipFile(wheel) as zf:
+        top = {name.split("/", 1)[0] for name in zf.namelist() if not name.split("/", 1)[0].endswith(".dist-info")}
+    assert top == {"v2v"}, top  # nothing but v2v at the top level of site-packages
+    assert (target / "v2v" / "static" / "index.html").is_file() and (target / "v2v" / "static" / "app.js").is_file()
+    assert not any((target / name).exists() for name in ("media", "worker", "signaling", "static"))
     env = dict(os.environ, PYTHONPATH=str(target))
     where = subprocess.run(
-        [sys.executable, "-c", "import signaling, static; print(signaling.__file__); print(static.__file__)"],
+        [sys.executable, "-c", "import v2v.signaling, v2v.static; print(v2v.signaling.__file__); print(v2v.static.__file__)"],
         env=env, cwd=tmp_path, capture_output=True, text=True, check=True, timeout=60,
     ).stdout.split()
     assert all(p.startswith(str(target)) for p in where), where  # the installed copy, not the checkout
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "signaling.cli", "serve", "--model", "echo", "--port", str(port)],
+        [sys.executable, "-m", "v2v.signaling.cli", "serve", "--model", "echo", "--port", str(port)],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

@@ -14,8 +14,9 @@ import asyncio
 import itertools
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,17 +24,23 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from media.playout import PlayoutBuffer
-from worker import rtvi as rtvi_mod
-from worker.call import CallConfig, CallSession
-from worker.models.base import (
-    FunctionCall, ModelError, ResponseCreated, ResponseDone, SessionConfig, TextDelta, TextDone,
+from v2v.media.playout import PlayoutBuffer
+from v2v.worker import rtvi as rtvi_mod
+from v2v.worker.call import CallConfig, CallSession
+from v2v.worker.models.base import (
+    FunctionCall,
+    ModelError,
+    ResponseCreated,
+    ResponseDone,
+    SessionConfig,
+    TextDelta,
+    TextDone,
 )
-from worker.models.echo import EchoModelFactory, EchoSession
-from worker.rtvi import ClientMessageError, ClientRequest, RTVIHandler
-from worker.rtvi_messages import BotOutputTracker, ProtocolError, parse_frame
-from worker.tools import ToolRegistry
-from worker.wavcall import read_wav
+from v2v.worker.models.echo import EchoModelFactory, EchoSession
+from v2v.worker.rtvi import ClientMessageError, ClientRequest, RTVIHandler
+from v2v.worker.rtvi_messages import BotOutputTracker, ProtocolError, parse_frame
+from v2v.worker.tools import ToolRegistry
+from v2v.worker.wavcall import read_wav
 
 FIXTURES = Path(__file__).parent / "fixtures"
 IN_RATE = 48000
@@ -126,7 +133,7 @@ class Harness:
         self.hangups.append(reason)
         self._new.set()
 
-    async def open(self, start_call: bool = True) -> "Harness":
+    async def open(self, start_call: bool = True) -> Harness:
         server_ready = asyncio.Event()
 
         @self.pc_server.on("datachannel")
@@ -224,7 +231,7 @@ class Harness:
             self._new.clear()
             try:
                 await asyncio.wait_for(self._new.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def wait_hangup(self, timeout: float = 5.0) -> None:

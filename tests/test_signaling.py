@@ -12,13 +12,13 @@ from aiortc import RTCPeerConnection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from signaling import calls
-from signaling.client import Caller
-from signaling.config import ServerConfig, parse_ice_servers
-from signaling.logs import CallLog, setup_logging
-from signaling.metrics import ServerMetrics
 from tests.signaling_util import metric_value, running_server
-from worker import events as ev
+from v2v.signaling import calls
+from v2v.signaling.client import Caller
+from v2v.signaling.config import ServerConfig, parse_ice_servers
+from v2v.signaling.logs import CallLog, setup_logging
+from v2v.signaling.metrics import ServerMetrics
+from v2v.worker import events as ev
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,7 +77,7 @@ async def test_health_ready_metrics_and_page():
 
 
 async def test_readyz_not_ready_when_the_model_is_missing(monkeypatch):
-    monkeypatch.setitem(calls.MODEL_FACTORIES, "openai", ("worker.models.no_such_model", "Factory"))
+    monkeypatch.setitem(calls.MODEL_FACTORIES, "openai", ("v2v.worker.models.no_such_model", "Factory"))
     async with running_server(model="openai") as server, ClientSession() as http:
         assert "openai" in server.manager.not_ready_reason()
         async with http.get(server.url + "readyz") as r:
@@ -304,7 +304,7 @@ def test_fast_audio_level_matches_aiortc():
     import numpy as np
     from aiortc import rtp
 
-    from signaling.webrtc import _audio_level_dbov, aiortc_audio_level_dbov
+    from v2v.signaling.webrtc import _audio_level_dbov, aiortc_audio_level_dbov
 
     assert rtp.compute_audio_level_dbov is _audio_level_dbov  # what aiortc's sender calls now
     assert aiortc_audio_level_dbov is not _audio_level_dbov
@@ -319,7 +319,7 @@ def test_fast_audio_level_matches_aiortc():
 def test_immediate_jitter_buffer_releases_each_packet_in_order():
     from aiortc.rtp import RtpPacket
 
-    from signaling.webrtc import ImmediateAudioJitterBuffer
+    from v2v.signaling.webrtc import ImmediateAudioJitterBuffer
 
     def pkt(seq: int) -> RtpPacket:
         p = RtpPacket(sequence_number=seq % 65536, timestamp=seq * 960)

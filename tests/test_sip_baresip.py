@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from tests.sip.harness import FIXTURES, HERE, artifacts, running_server, wait_for
-from worker.wavcall import read_wav, write_wav
+from v2v.worker.wavcall import read_wav, write_wav
 
 BARESIP = HERE / "baresip"
 
@@ -112,7 +112,7 @@ class Baresip:
 
         try:
             return await asyncio.wait_for(_wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"baresip: no {type_} in {timeout}s; events {self.events}\n" + "\n".join(self.log[-40:]))
 
     async def stop(self) -> None:
@@ -120,7 +120,7 @@ class Baresip:
             try:
                 await self.command("quit")
                 await asyncio.wait_for(self.proc.wait(), 5)
-            except (asyncio.TimeoutError, ConnectionError):
+            except (TimeoutError, ConnectionError):
                 self.proc.kill()
                 await self.proc.wait()
         self._rx.cancel()

@@ -18,7 +18,7 @@ from playwright.async_api import async_playwright
 
 from tests.browser_util import CHROMIUM, fake_audio_args
 from tests.sip.harness import FIXTURES, record_call_events, running_server, wait_for
-from worker import events as ev
+from v2v.worker import events as ev
 
 CLIENT_DIR = Path(__file__).parent / "sip" / "jssip"
 DIST = CLIENT_DIR / "dist"

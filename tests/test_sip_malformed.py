@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import aiohttp
 import numpy as np
 
-from signaling.sip.message import StreamFramer
 from tests.sip.harness import running_server, wait_for
 from tests.sip.malformed import Case, corpus, render
 from tests.sip.uac import Call, RtpPeer, SipClient
+from v2v.signaling.sip.message import StreamFramer
 
 TONE = (6000 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)).astype(np.int16)
 
@@ -37,7 +37,7 @@ class Resp:
     to_tag: str
 
     @classmethod
-    def of(cls, data: bytes) -> "Resp":
+    def of(cls, data: bytes) -> Resp:
         text = data.decode("utf-8", "replace")
         m = re.match(r"SIP/2\.0 (\d{3}) ", text)
         assert m, f"not a response: {text[:200]!r}"

@@ -9,13 +9,13 @@ import time
 import aiohttp
 import numpy as np
 
-from signaling.sip.digest import compute_response, parse_auth_header
-from signaling.sip.message import SipRequest, SipResponse, make_response, parse
-from media.g711 import ulaw_encode
 from tests.conftest import load_wav, manifest
 from tests.sip.harness import record_call_events, running_server, wait_for
 from tests.sip.uac import Call, RtpPeer, SipClient, offer_sdp
-from worker import events as ev
+from v2v.media.g711 import ulaw_encode
+from v2v.signaling.sip.digest import compute_response, parse_auth_header
+from v2v.signaling.sip.message import SipRequest, SipResponse, make_response, parse
+from v2v.worker import events as ev
 
 TONE = (6000 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)).astype(np.int16)
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from aiortc.rtp import RtpPacket
 
-from media.g711 import ulaw_decode, ulaw_encode
-from media.playout import PlayoutBuffer
-from signaling.sip.rtp_session import PortAllocator, RtpSession
 from tests.sip.harness import wait_for
+from v2v.media.g711 import ulaw_decode, ulaw_encode
+from v2v.media.playout import PlayoutBuffer
+from v2v.signaling.sip.rtp_session import PortAllocator, RtpSession
 
 
 class Peer(asyncio.DatagramProtocol):

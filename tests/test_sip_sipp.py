@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from signaling.sip.server import RtpCallMedia
-from tests.sip.harness import HERE, running_server, run_proc, wait_for
-from worker import events as ev
+from tests.sip.harness import HERE, run_proc, running_server, wait_for
+from v2v.signaling.sip.server import RtpCallMedia
+from v2v.worker import events as ev
 
 SUCCESS_RE = re.compile(r"Successful call\s*\|\s*\d+\s*\|\s*(\d+)")
 

@@ -9,13 +9,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from media import g711
-from media.jitter import JitterBuffer
-from signaling.sip.digest import DigestAuth, compute_response, parse_auth_header
-from signaling.sip.message import (
-    NameAddr, SipParseError, SipRequest, SipResponse, SipUri, StreamFramer, Via, make_response, parse, split_list,
+from v2v.media import g711
+from v2v.media.jitter import JitterBuffer
+from v2v.signaling.sip.digest import DigestAuth, compute_response, parse_auth_header
+from v2v.signaling.sip.message import (
+    NameAddr,
+    SipParseError,
+    SipRequest,
+    SipResponse,
+    SipUri,
+    StreamFramer,
+    Via,
+    make_response,
+    parse,
+    split_list,
 )
-from signaling.sip.sdp import SdpError, SdpSession, parse_offer
+from v2v.signaling.sip.sdp import SdpError, SdpSession, parse_offer
 
 INVITE = (
     "INVITE sip:echo@127.0.0.1:5060 SIP/2.0\r\n"
@@ -31,7 +40,7 @@ INVITE = (
     "l: 12\r\n"
     "\r\n"
     "héllo wörld\r\nTRAILING"
-).encode("utf-8")
+).encode()
 
 
 def test_parse_compact_multi_via_and_bytes_content_length() -> None:

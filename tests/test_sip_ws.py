@@ -15,8 +15,8 @@ import aiohttp
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 
-from signaling.sip.message import SipRequest, SipResponse, make_response, parse
 from tests.sip.harness import running_server, wait_for
+from v2v.signaling.sip.message import SipRequest, SipResponse, make_response, parse
 
 
 class WsPhone:

@@ -1,4 +1,4 @@
-"""media.vad: detection positions on the espeak-ng fixtures, no speech on noise, chunking invariance.
+"""v2v.media.vad: detection positions on the espeak-ng fixtures, no speech on noise, chunking invariance.
 
 Tolerances (positions against tests/fixtures/manifest.json, after resampling the
 fixture to the VAD rate):
@@ -22,15 +22,29 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from media.vad import SUPPORTED_RATES, VadEvent, VoiceActivityDetector
+from v2v.media.vad import SUPPORTED_RATES, VadEvent, VoiceActivityDetector
 
 try:
     from tests.audio_fixtures import (
-        FIXTURES_DIR, fixture_info, fixture_names, load_fixture, pink_noise, resample_oneshot, to_int16, white_noise,
+        FIXTURES_DIR,
+        fixture_info,
+        fixture_names,
+        load_fixture,
+        pink_noise,
+        resample_oneshot,
+        to_int16,
+        white_noise,
     )
 except ImportError:  # tests/ on sys.path without being a package
     from audio_fixtures import (  # type: ignore[no-redef]
-        FIXTURES_DIR, fixture_info, fixture_names, load_fixture, pink_noise, resample_oneshot, to_int16, white_noise,
+        FIXTURES_DIR,
+        fixture_info,
+        fixture_names,
+        load_fixture,
+        pink_noise,
+        resample_oneshot,
+        to_int16,
+        white_noise,
     )
 
 RATES = (8000, 16000, 48000)

@@ -13,9 +13,9 @@ import pytest
 from aiohttp import ClientSession
 from aiortc import RTCPeerConnection
 
-from signaling.client import RATE, Caller
 from tests.conftest import load_wav, manifest
 from tests.signaling_util import metric_value, running_server, wait_until
+from v2v.signaling.client import RATE, Caller
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -304,7 +304,7 @@ async def test_fifty_calls_leave_nothing_behind():
 
 
 async def test_barge_in_over_webrtc_cuts_the_reply_and_counts_it():
-    from signaling.client import summarize
+    from v2v.signaling.client import summarize
 
     (s0, s1), = manifest()[HELLO]["speech"]
     phrase = hello()[s0:s1]

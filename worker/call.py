@@ -20,15 +20,16 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from media.chunker import MODEL_CHUNK, Chunker
-from media.playout import ItemPlayed, PlayoutBuffer, PlayoutEvent, PlayoutStarted, PlayoutStopped
-from media.resample import Resampler
-from media.vad import VadEvent, VoiceActivityDetector
+from v2v.media.chunker import MODEL_CHUNK, Chunker
+from v2v.media.playout import ItemPlayed, PlayoutBuffer, PlayoutEvent, PlayoutStarted, PlayoutStopped
+from v2v.media.resample import Resampler
+from v2v.media.vad import VadEvent, VoiceActivityDetector
 
 from . import events as ev
 from .models import base as mb
@@ -157,7 +158,7 @@ class CallSession:
         self._model_task = self._spawn(self._model_loop(), "model-events")
         try:
             await self.model.connect()
-        except Exception as exc:  # noqa: BLE001 - reported to the caller
+        except Exception as exc:
             log.warning("call %s: model connect failed: %s", self.call_id, exc)
             self.publish(ev.CallError(f"model connection failed: {exc}", fatal=True))
             await self.close("model-error")
@@ -205,7 +206,7 @@ class CallSession:
                 fut.cancel()
         try:
             await self.model.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("call %s: model close failed", self.call_id)
         current = asyncio.current_task()
         for task in list(self._tasks):
@@ -470,7 +471,7 @@ class CallSession:
                 await self._on_model_event(event)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - one bad event must not end the call
+            except Exception:
                 log.exception("call %s: failed handling %s", self.call_id, type(event).__name__)
 
     def _dropped(self, item_id: str, response_id: str) -> bool:
@@ -486,7 +487,7 @@ class CallSession:
             self._spawn(self.model.delete_item(item_id), "delete-item")
         return True
 
-    async def _on_model_event(self, e: mb.ModelEvent) -> None:  # noqa: C901 - a dispatch table
+    async def _on_model_event(self, e: mb.ModelEvent) -> None:
         if isinstance(e, (mb.AudioDelta, mb.AudioDone, mb.OutputTranscriptDelta, mb.OutputTranscriptDone)):
             if self._dropped(e.item_id, e.response_id):
                 return
@@ -591,7 +592,7 @@ class CallSession:
         if self._response_id is not None:
             try:
                 await asyncio.wait_for(self._response_idle.wait(), self.config.response_wait_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("call %s: previous response still running, asking anyway", self.call_id)
         await self.model.create_response(instructions=instructions)
 
@@ -635,7 +636,7 @@ class CallSession:
             timeout = tool.timeout or self.config.client_tool_timeout_s
             try:
                 result = await asyncio.wait_for(fut, timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 result = {"error": f"client did not answer within {timeout:g} s"}
             finally:
                 self._client_calls.pop(call.call_id, None)
@@ -643,12 +644,12 @@ class CallSession:
             timeout = tool.timeout or self.config.tool_timeout_s
             try:
                 result = await asyncio.wait_for(tool.func(**args), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 result = {"error": f"tool {call.name!r} timed out after {timeout:g} s"}
             except asyncio.CancelledError:
                 cancelled = True
                 raise
-            except Exception as exc:  # noqa: BLE001 - the model gets the error
+            except Exception as exc:
                 log.warning("call %s: tool %s raised %r", self.call_id, call.name, exc)
                 result = {"error": f"{type(exc).__name__}: {exc}"}
             finally:
@@ -662,7 +663,7 @@ class CallSession:
         if self._response_id is not None and self._response_id == call.response_id:
             try:
                 await asyncio.wait_for(self._response_idle.wait(), self.config.response_wait_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         left = self._tool_batches.get(call.response_id, 1) - 1
         if left > 0:

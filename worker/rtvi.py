@@ -15,7 +15,7 @@ built in ``get-state`` and ``update-instructions``, plus any an application
 registers with :func:`register_client_message_handler` (for every call) or
 :meth:`RTVIHandler.register_client_message_handler` (for one call)::
 
-    from worker.rtvi import ClientRequest, ClientMessageError, register_client_message_handler
+    from v2v.worker.rtvi import ClientRequest, ClientMessageError, register_client_message_handler
 
     async def lookup_order(req: ClientRequest):
         if not isinstance(req.d, dict) or "order" not in req.d:
@@ -50,8 +50,9 @@ import asyncio
 import functools
 import inspect
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Union
+from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from . import rtvi_messages as m
@@ -81,11 +82,11 @@ class ClientRequest:
     t: str
     d: Any
     id: str
-    call: "CallSession"
-    rtvi: "RTVIHandler"
+    call: CallSession
+    rtvi: RTVIHandler
 
 
-ClientMessageHandler = Callable[[ClientRequest], Union[Awaitable[Any], Any]]
+ClientMessageHandler = Callable[[ClientRequest], Awaitable[Any] | Any]
 
 _app_handlers: dict[str, ClientMessageHandler] = {}
 
@@ -134,7 +135,7 @@ def _version() -> str:
         from importlib.metadata import version
 
         return version("v2v")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
+    except Exception:
         return "0.1.0"
 
 
@@ -148,7 +149,7 @@ class RTVIHandler:
 
     def __init__(
         self,
-        call: "CallSession",
+        call: CallSession,
         send: Callable[[str], None],
         on_hangup: Callable[[str], Awaitable[Any] | Any] | None = None,
         *,
@@ -232,7 +233,7 @@ class RTVIHandler:
         try:
             self._send(text)
             return True
-        except Exception as e:  # noqa: BLE001 - a closed channel is not our failure
+        except Exception as e:
             log.debug("call %s: send failed: %r", self.call.call_id, e)
             return False
 
@@ -240,7 +241,7 @@ class RTVIHandler:
         """Send one RTVI message to the client."""
         try:
             text = m.rtvi_frame(type_, data, id_)
-        except Exception as e:  # noqa: BLE001 - unserialisable data
+        except Exception as e:
             log.warning("call %s: cannot encode %s: %r", self.call.call_id, type_, e)
             return False
         return self.send_raw(text)
@@ -271,7 +272,7 @@ class RTVIHandler:
         """Serve one incoming frame. Never raises."""
         try:
             self._handle(frame)
-        except Exception as e:  # noqa: BLE001 - nothing escapes to the transport
+        except Exception as e:
             log.exception("call %s: RTVI frame handling failed", self.call.call_id)
             self.send_error(f"internal error handling a message ({type(e).__name__})")
 
@@ -330,7 +331,7 @@ class RTVIHandler:
         async def run() -> None:
             try:
                 await action()
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 log.warning("call %s: RTVI action failed: %r", self.call.call_id, e)
                 text = f"request failed: {type(e).__name__}: {e}"[:500]
                 if id_ is not None:
@@ -364,7 +365,7 @@ class RTVIHandler:
                 task = asyncio.ensure_future(res)
                 self._hangup_tasks.add(task)
                 task.add_done_callback(self._hangup_tasks.discard)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("call %s: on_hangup failed", self.call.call_id)
 
     # -- ping watchdog -----------------------------------------------------
@@ -442,12 +443,12 @@ class RTVIHandler:
         except ClientMessageError as e:
             self._error_response(msg.id, str(e) or "request refused")
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._error_response(msg.id, f"{msg.t} timed out")
             return
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001 - an application bug must not break the call
+        except Exception as e:
             log.exception("call %s: client-message handler %r failed", self.call.call_id, msg.t)
             self._error_response(msg.id, f"{msg.t} failed ({type(e).__name__})")
             return
@@ -487,7 +488,7 @@ class RTVIHandler:
             fn = _EVENTS.get(type(e))
             if fn is not None:
                 fn(self, e)
-        except Exception:  # noqa: BLE001 - never break the call's publisher
+        except Exception:
             log.exception("call %s: RTVI failed on %s", self.call.call_id, type(e).__name__)
 
     def _ev_state(self, e: ev.AgentStateChanged) -> None:

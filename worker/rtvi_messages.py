@@ -20,7 +20,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Union
 
 PROTOCOL_VERSION = "2.1.0"
@@ -59,7 +59,7 @@ def signalling_frame(message_type: str, **fields: Any) -> str:
 
 def iso_now() -> str:
     """UTC ISO 8601 with milliseconds and a Z, as Pipecat's transcripts carry."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --------------------------------------------------------------------------

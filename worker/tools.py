@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from .models.base import ToolSpec
 
@@ -65,7 +66,7 @@ class ToolRegistry:
     def specs(self) -> list[ToolSpec]:
         return [t.spec for t in self._tools.values()]
 
-    def copy(self) -> "ToolRegistry":
+    def copy(self) -> ToolRegistry:
         other = ToolRegistry()
         other._tools = dict(self._tools)
         return other

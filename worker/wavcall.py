@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from media.playout import PlayoutBuffer
+from v2v.media.playout import PlayoutBuffer
 
 from . import events as ev
 from .call import CallConfig, CallSession

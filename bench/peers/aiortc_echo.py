@@ -94,7 +94,7 @@ def main() -> None:
     app.router.add_post("/api/offer", offer)
     app.router.add_delete("/api/offer/{pc_id}", hangup)
     if args.uvloop:
-        import uvloop  # noqa: PLC0415
+        import uvloop
 
         uvloop.install()
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)

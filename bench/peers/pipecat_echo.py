@@ -78,7 +78,7 @@ async def offer(request: web.Request) -> web.Response:
 
     try:
         answer = await handler.handle_web_request(req, on_connection)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return web.json_response({"error": str(e)}, status=400)
     return web.json_response(answer)
 
@@ -111,7 +111,7 @@ def main() -> None:
     app.router.add_post("/api/offer", offer)
     app.router.add_delete("/api/offer/{pc_id}", hangup)
     if args.uvloop:
-        import uvloop  # noqa: PLC0415
+        import uvloop
 
         uvloop.install()
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)

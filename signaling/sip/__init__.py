@@ -10,13 +10,13 @@ from typing import Any
 
 
 def setup_app(app: Any, manager: Any, config: Any) -> None:
-    from .server import setup_app as _setup  # noqa: PLC0415
+    from .server import setup_app as _setup
 
     _setup(app, manager, config)
 
 
 async def start_sip(app_or_manager: Any, config: Any) -> Any:
-    from .server import start_sip as _start  # noqa: PLC0415
+    from .server import start_sip as _start
 
     return await _start(app_or_manager, config)
 

@@ -20,14 +20,31 @@ import logging
 import re
 import secrets
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .dialog import (
-    CallRequest, Conn, Dialog, MediaFactory, ServerTx, SipMedia, SipReject, new_branch, new_tag, tx_key,
+    CallRequest,
+    Conn,
+    Dialog,
+    MediaFactory,
+    ServerTx,
+    SipMedia,
+    SipReject,
+    new_branch,
+    new_tag,
+    tx_key,
 )
 from .digest import DigestAuth
 from .message import (
-    Headers, NameAddr, SipMessage, SipParseError, SipRequest, SipResponse, Via, make_response, parse,
+    Headers,
+    NameAddr,
+    SipMessage,
+    SipParseError,
+    SipRequest,
+    SipResponse,
+    Via,
+    make_response,
+    parse,
     salvage_bad_request,
 )
 from .profiles import pick_profile
@@ -435,7 +452,7 @@ class SipCore:
             try:
                 await asyncio.wait_for(d.acked.wait(), interval)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if tx.response and conn.is_open():
                     conn.send(tx.response)
                 interval = min(interval * 2, T2)
@@ -448,7 +465,7 @@ class SipCore:
             try:
                 await asyncio.wait_for(d.acked.wait(), interval)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if tx.response and conn.is_open():
                     conn.send(tx.response)
                 interval = min(interval * 2, T2)
@@ -565,7 +582,7 @@ class SipCore:
                 try:
                     await asyncio.wait_for(asyncio.shield(fut), min(interval, deadline - time.monotonic()))
                     return
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if conn.reliable:
                         continue
                     interval = min(interval * 2, T2)

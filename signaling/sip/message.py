@@ -132,7 +132,7 @@ class Headers:
     def __contains__(self, name: str) -> bool:
         return self.get(name) is not None
 
-    def copy(self) -> "Headers":
+    def copy(self) -> Headers:
         return Headers(list(self.items))
 
 
@@ -148,7 +148,7 @@ class Via:
         return self.params.get("branch")
 
     @classmethod
-    def parse(cls, value: str) -> "Via":
+    def parse(cls, value: str) -> Via:
         m = re.match(r"^\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z]+)\s+([^;\s]+)\s*(;.*)?$", value)
         if not m:
             raise SipParseError(f"bad Via: {value[:80]!r}")
@@ -192,7 +192,7 @@ class NameAddr:
     params: dict[str, str | None]
 
     @classmethod
-    def parse(cls, value: str) -> "NameAddr":
+    def parse(cls, value: str) -> NameAddr:
         value = value.strip()
         if "<" in value:
             lt = value.index("<")
@@ -225,7 +225,7 @@ class SipUri:
     params: dict[str, str | None]
 
     @classmethod
-    def parse(cls, uri: str) -> "SipUri":
+    def parse(cls, uri: str) -> SipUri:
         m = re.match(r"^(sips?|tel):(.*)$", uri.strip(), re.I)
         if not m:
             raise SipParseError(f"bad URI {uri[:80]!r}")

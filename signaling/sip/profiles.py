@@ -8,7 +8,7 @@ the server's default profile. The CallManager maps a profile to its model.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 BUILTIN = ("echo",)
 

@@ -23,15 +23,16 @@ import socket
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 from aiortc.rtp import RtpPacket
 
-from media.g711 import G711Codec
-from media.jitter import JitterBuffer
-from media.resample import ExactResampler
+from v2v.media.g711 import G711Codec
+from v2v.media.jitter import JitterBuffer
+from v2v.media.resample import ExactResampler
 
 log = logging.getLogger("v2v.sip.rtp")
 
@@ -68,7 +69,7 @@ class PortAllocator:
         self._next = self.lo
 
     @classmethod
-    def parse(cls, spec: str) -> "PortAllocator":
+    def parse(cls, spec: str) -> PortAllocator:
         lo, _, hi = spec.partition("-")
         return cls(int(lo), int(hi or lo))
 
@@ -90,7 +91,7 @@ class PortAllocator:
 
 
 class _Proto(asyncio.DatagramProtocol):
-    def __init__(self, session: "RtpSession") -> None:
+    def __init__(self, session: RtpSession) -> None:
         self.session = session
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:

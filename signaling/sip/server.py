@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCSessionDescription
 
-from media.g711 import G711Codec
-from media.playout import PlayoutBuffer
-from worker.transport import QueueAudioInput
+from v2v.media.g711 import G711Codec
+from v2v.media.playout import PlayoutBuffer
+from v2v.worker.transport import QueueAudioInput
 
 from ..calls import DispatchError
 from .core import CallRequest, SipCore, SipMedia, SipReject
@@ -57,7 +57,7 @@ class RtpCallMedia(SipMedia):
         self._tasks: set[asyncio.Task] = set()  # DTMF deliveries in flight
 
     @classmethod
-    async def create(cls, sip: "SipServers", creq: CallRequest) -> "RtpCallMedia":
+    async def create(cls, sip: SipServers, creq: CallRequest) -> RtpCallMedia:
         self = cls()
         mgr = sip.manager
         offer = None
@@ -185,7 +185,7 @@ class WebRTCCallMedia(SipMedia):
         self.answer_sdp = ""
 
     @classmethod
-    async def create(cls, sip: "SipServers", creq: CallRequest) -> "WebRTCCallMedia":
+    async def create(cls, sip: SipServers, creq: CallRequest) -> WebRTCCallMedia:
         self = cls()
         mgr = sip.manager
         try:
@@ -245,8 +245,8 @@ def parse_users(items: list[str] | str | None) -> dict[str, str]:
 class SipServers:
     """Everything SIP of one server process. ``await close()`` ends it all."""
 
-    manager: "CallManager"
-    config: "ServerConfig"
+    manager: CallManager
+    config: ServerConfig
     core: SipCore = field(init=False)
     net: SipNetServers | None = None
     public_host: str = ""
@@ -285,9 +285,9 @@ class SipServers:
             await self.net.close()
 
 
-async def start_sip(app_or_manager: Any, config: "ServerConfig") -> SipServers:
+async def start_sip(app_or_manager: Any, config: ServerConfig) -> SipServers:
     """Start SIP over UDP/TCP (when ``config.sip_port`` is set) for a manager or an app."""
-    from ..app import MANAGER  # noqa: PLC0415
+    from ..app import MANAGER
 
     manager = app_or_manager[MANAGER] if not hasattr(app_or_manager, "create_call") else app_or_manager
     servers = SipServers(manager, config)
@@ -296,11 +296,10 @@ async def start_sip(app_or_manager: Any, config: "ServerConfig") -> SipServers:
     return servers
 
 
-def setup_app(app: "web.Application", manager: "CallManager", config: "ServerConfig") -> None:
+def setup_app(app: web.Application, manager: CallManager, config: ServerConfig) -> None:
     """Plugin hook of :func:`signaling.app.create_app`: /sip + UDP/TCP servers."""
-    from aiohttp import web  # noqa: PLC0415
 
-    from .ws import sip_websocket_handler  # noqa: PLC0415
+    from .ws import sip_websocket_handler
 
     servers = SipServers(manager, config)
     app[SIP_APP_KEY] = servers
@@ -319,7 +318,7 @@ def setup_app(app: "web.Application", manager: "CallManager", config: "ServerCon
 
 
 def _app_key() -> Any:
-    from aiohttp import web  # noqa: PLC0415
+    from aiohttp import web
 
     return web.AppKey("v2v_sip", SipServers)
 

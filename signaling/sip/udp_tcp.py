@@ -43,7 +43,7 @@ class SipUdpProtocol(asyncio.DatagramProtocol):
 
 
 class SipTcpProtocol(asyncio.Protocol):
-    def __init__(self, core: SipCore, conns: set["SipTcpProtocol"]) -> None:
+    def __init__(self, core: SipCore, conns: set[SipTcpProtocol]) -> None:
         self.core = core
         self.conns = conns
         self.framer = StreamFramer()

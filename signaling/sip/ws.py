@@ -22,7 +22,7 @@ MAX_QUEUE = 256
 
 
 async def sip_websocket_handler(request: web.Request) -> web.StreamResponse:
-    from .server import SIP_APP_KEY  # noqa: PLC0415
+    from .server import SIP_APP_KEY
 
     servers = request.app[SIP_APP_KEY]
     ws = web.WebSocketResponse(protocols=("sip",), max_msg_size=MAX_MESSAGE, heartbeat=30.0)
@@ -73,7 +73,7 @@ async def sip_websocket_handler(request: web.Request) -> web.StreamResponse:
         # let queued responses (e.g. the 200 to a BYE) go out before closing
         try:
             await asyncio.wait_for(out.join(), 1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         closed = True
         wtask.cancel()

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.rtvi import ClientMessageError, ClientRequest, register_client_message_handler
-from worker.tools import ToolRegistry
+from v2v.worker.rtvi import ClientMessageError, ClientRequest, register_client_message_handler
+from v2v.worker.tools import ToolRegistry
 
 
 async def app_echo(req: ClientRequest) -> Any:

@@ -9,16 +9,16 @@ import random
 import shutil
 import socket
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
 from aiohttp import web
 
-from signaling.app import MANAGER, create_app
-from signaling.calls import CallManager
-from signaling.config import ServerConfig
-from signaling.sip.server import SIP_APP_KEY, SipServers
+from v2v.signaling.app import MANAGER, create_app
+from v2v.signaling.calls import CallManager
+from v2v.signaling.config import ServerConfig
+from v2v.signaling.sip.server import SIP_APP_KEY, SipServers
 
 HERE = Path(__file__).parent
 FIXTURES = HERE.parent / "fixtures"
@@ -124,7 +124,7 @@ async def run_proc(*args: str, cwd: Path | None = None, timeout: float = 60.0,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         out, err = await proc.communicate()
         raise AssertionError(f"{args[0]} timed out:\n{out.decode()[-3000:]}\n{err.decode()[-3000:]}")

@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from media.g711 import ulaw_decode, ulaw_encode
-from signaling.sip.message import SipResponse, StreamFramer, parse
+from v2v.media.g711 import ulaw_decode, ulaw_encode
+from v2v.signaling.sip.message import SipResponse, StreamFramer, parse
 
 _cseq = itertools.count(1)
 
@@ -36,7 +36,7 @@ class RtpPeer(asyncio.DatagramProtocol):
         self.events: list[tuple[int, int, bytes]] = []  # queued raw (pt, marker, payload)
 
     @classmethod
-    async def open(cls, audio: np.ndarray) -> "RtpPeer":
+    async def open(cls, audio: np.ndarray) -> RtpPeer:
         loop = asyncio.get_running_loop()
         _, peer = await loop.create_datagram_endpoint(lambda: cls(audio), local_addr=("127.0.0.1", 0))
         return peer
@@ -126,7 +126,7 @@ class SipClient:
         self._reader_task: asyncio.Task | None = None
         self.closed = asyncio.Event()
 
-    async def connect(self) -> "SipClient":
+    async def connect(self) -> SipClient:
         loop = asyncio.get_running_loop()
         if self.transport == "UDP":
             self._udp, _ = await loop.create_datagram_endpoint(lambda: _UdpSig(self.inbox), local_addr=("127.0.0.1", 0),
@@ -236,7 +236,7 @@ class Call:
 
     @classmethod
     async def dial(cls, sip: SipClient, rtp: RtpPeer, uri: str, *, extra: str = "",
-                   codecs: str = "0 8 101") -> "Call":
+                   codecs: str = "0 8 101") -> Call:
         c = cls(sip, rtp, uri)
         resp = await c.invite(offer_sdp(rtp.port, codecs), extra=extra)
         assert resp.status == 200, f"{resp.status} {resp.reason}"

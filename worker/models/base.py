@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Literal, Union
+from typing import Any, Literal, Union
 
 import numpy as np
-
 
 # --------------------------------------------------------------------------
 # Configuration handed to a session

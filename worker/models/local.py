@@ -236,7 +236,7 @@ class LocalSession(ModelSession):
         else:
             try:
                 res = await asyncio.to_thread(self._recognizer.recognize, speech, RATE)
-            except Exception as exc:  # noqa: BLE001 - the turn becomes empty, the call goes on
+            except Exception as exc:
                 log.exception("local: recognition failed")
                 self.emit(ModelError(f"speech recognition failed: {exc}", code="local_failure"))
                 text = ""
@@ -287,9 +287,9 @@ class LocalSession(ModelSession):
             self._response_cancel.set()
         try:
             await asyncio.wait_for(asyncio.shield(task), 2.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             task.cancel()
-        except Exception:  # noqa: BLE001 - already reported by the task
+        except Exception:
             pass
 
     async def truncate_item(self, item_id: str, content_index: int, audio_end_ms: int) -> None:
@@ -360,7 +360,7 @@ class LocalSession(ModelSession):
         except asyncio.CancelledError:
             status = "cancelled"
             raise
-        except Exception as exc:  # noqa: BLE001 - reported as a failed response
+        except Exception as exc:
             log.exception("local: response failed")
             status = "failed"
             self.emit(ModelError(f"local model failed: {exc}", code="local_failure"))

@@ -14,8 +14,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from .base import ToolSpec
 

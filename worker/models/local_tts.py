@@ -18,8 +18,9 @@ import ctypes as C
 import logging
 import re
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 import numpy as np
 import soxr

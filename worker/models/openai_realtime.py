@@ -263,7 +263,7 @@ class OpenAIRealtimeFactory(ModelFactory):
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIRealtimeFactory(url={self.url!r}, model={self.model!r})"
 
-    def open(self, config: SessionConfig) -> "OpenAIRealtimeSession":
+    def open(self, config: SessionConfig) -> OpenAIRealtimeSession:
         merged = SessionConfig(
             instructions=config.instructions or self.instructions,
             voice=config.voice or self.voice,
@@ -392,7 +392,7 @@ class OpenAIRealtimeSession(ModelSession):
         if ws is not None and not ws.closed:
             try:
                 await asyncio.wait_for(ws.close(), 2.0)
-            except (asyncio.TimeoutError, Exception):
+            except (TimeoutError, Exception):
                 pass
 
     def _fail(self, message: str, code: str) -> None:
@@ -418,7 +418,7 @@ class OpenAIRealtimeSession(ModelSession):
                 await self._close_socket()
                 self._fail(str(e), e.code)
                 return False
-            except (_Retryable, aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, _Retryable, aiohttp.ClientError, OSError) as e:
                 await self._close_socket()
                 last = self._err(str(e) or type(e).__name__)
                 log.warning(
@@ -429,7 +429,7 @@ class OpenAIRealtimeSession(ModelSession):
                 try:  # back off; close() ends the wait at once
                     await asyncio.wait_for(self._stop.wait(), delay)
                     return False
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 delay = min(delay * 2, self._f.backoff_max)
         self._fail(f"could not connect to the realtime API after {attempts} attempts: {last}",
