@@ -32,7 +32,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, Union, get_args
 
 import numpy as np
 import pydantic
@@ -88,7 +88,7 @@ RATE = 24000
 
 _MEMBERS = get_args(get_args(RealtimeClientEvent)[0])
 CLIENT_EVENT_ADAPTER: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(
-    Annotated[_MEMBERS, pydantic.Field(discriminator="type")]
+    Annotated[Union[_MEMBERS], pydantic.Field(discriminator="type")]  # noqa: UP007 -- _MEMBERS is a runtime tuple of types; `|` cannot spread it
 )
 
 # GA server event name -> the beta name some compatible providers send.
