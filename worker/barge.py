@@ -1,0 +1,160 @@
+"""Barge-in: the caller talking over the assistant.
+
+:class:`BargeIn` runs one call's interruption cycle, counted in input samples:
+
+- *pause*: speech starts while the assistant is audible (or a reply arrives
+  while the caller talks): playout pauses at once and a candidate is held;
+- *confirm*: ``min_interruption_ms`` of voiced speech: :meth:`BargeIn.interrupt`
+  cancels the response, flushes the playout and truncates every item at the
+  samples the caller actually heard (or deletes what was not heard at all);
+- *resume*: the burst ended and ``false_interruption_timeout_ms`` passed since
+  the pause: a false interruption, playout resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from v2v.media.playout import PlayoutBuffer
+
+from . import events as ev
+from .models import base as mb
+from .pacing import TranscriptPacer
+from .responses import ResponseLedger
+
+if TYPE_CHECKING:
+    from .call import CallConfig
+
+log = logging.getLogger("v2v.call")
+
+
+@dataclass
+class Candidate:
+    onset: int  # input sample of the speech onset
+    decided_at: int  # input sample of the VAD decision
+    paused_at: int  # input sample position when playout was paused
+    t_decided: float
+    ended: bool = False  # the burst's VAD end was seen
+    t_paused: float | None = None
+
+
+class BargeIn:
+    def __init__(
+        self,
+        call_id: str,
+        config: CallConfig,
+        playout: PlayoutBuffer,
+        model: mb.ModelSession,
+        ledger: ResponseLedger,
+        pacer: TranscriptPacer,
+        publish: Callable[[ev.CallEvent], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.call_id = call_id
+        self.config = config
+        self.playout = playout
+        self.model = model
+        self.ledger = ledger
+        self.pacer = pacer
+        self.publish = publish
+        self.clock = clock
+        self.input_rate = 0
+        self.candidate: Candidate | None = None
+
+    def _samples(self, ms: int) -> int:
+        return self.input_rate * ms // 1000
+
+    # -- pause ---------------------------------------------------------------
+    def speech_started(self, onset: int, decided: int, position: int, assistant_active: bool) -> None:
+        if self.candidate is not None:
+            # speech again while a burst is pending: measure from the new onset
+            self.candidate.onset = onset
+            self.candidate.ended = False
+        elif assistant_active:
+            self.playout.pause()
+            self.candidate = Candidate(onset, decided, position, self.clock())
+            log.debug("call %s: barge-in candidate, playout paused", self.call_id)
+
+    def speech_stopped(self) -> bool:
+        """The caller's burst ended; True if it was a barge-in candidate."""
+        if self.candidate is None:
+            return False
+        self.candidate.ended = True
+        return True
+
+    def hold_reply(self, position: int) -> None:
+        """A reply starts while the caller is talking: hold it as a candidate."""
+        if self.candidate is None and not self.playout.audible and not self.playout.paused:
+            self.playout.pause()
+            self.candidate = Candidate(position, position, position, self.clock())
+
+    def playout_paused(self) -> None:
+        """The playout went silent for a pause: publish the barge-in latency once."""
+        b = self.candidate
+        if b is None or b.t_paused is not None:
+            return
+        b.t_paused = self.clock()
+        lat = (b.decided_at - b.onset) / self.input_rate * 1000
+        lat += (b.t_paused - b.t_decided) * 1000
+        self.publish(ev.Metrics(barge_in_ms=lat))
+
+    # -- confirm or resume ---------------------------------------------------
+    def check(self, position: int, voiced_end: int, user_speaking: bool) -> Literal["confirm", "resume"] | None:
+        """Decide a pending candidate; on "resume" the playout is already resumed."""
+        b = self.candidate
+        if b is None:
+            return None
+        if not b.ended and voiced_end - b.onset >= self._samples(self.config.min_interruption_ms):
+            self.candidate = None
+            return "confirm"
+        if position - b.paused_at >= self._samples(self.config.false_interruption_timeout_ms) and (
+            b.ended or not user_speaking
+        ):
+            self.candidate = None
+            item = self.playout.current_item or ""
+            log.debug("call %s: false interruption, playout resumed", self.call_id)
+            self.publish(ev.FalseInterruption(item))
+            self.playout.resume()
+            return "resume"
+        return None
+
+    # -- truncate ------------------------------------------------------------
+    async def interrupt(self, reason: str) -> None:
+        """Confirmed interruption: cancel, truncate at played samples, drop the rest."""
+        self.candidate = None
+        self.playout.pause()
+        if self.ledger.cancel_current() is not None:
+            await self.model.cancel_response()
+        flushed = self.ledger.cancel_flushed(self.playout.flush())
+        head: tuple[str, int, bool] | None = None
+        for item_id, (played, received) in flushed.items():
+            audio_end_ms, deleted = await self._truncate(item_id, played, received, reason)
+            if head is None:
+                head = (item_id, audio_end_ms, deleted)
+        self.publish(ev.BotInterrupted(*(head or ("", 0, True))))
+        self.pacer.stopped()
+
+    async def _truncate(self, item_id: str, played: int, received: int, reason: str) -> tuple[int, bool]:
+        """Cut one item to what was heard (delete it if nothing was); publish it."""
+        rate = self.playout.rate
+        self.ledger.settled.add(item_id)
+        played = min(played, received)
+        audio_end_ms = played * 1000 // rate
+        deleted = played == 0
+        if deleted:
+            await self.model.delete_item(item_id)
+        else:
+            await self.model.truncate_item(item_id, 0, audio_end_ms)
+        spoken, unspoken = self.pacer.cut(item_id, played, received)
+        log.debug(
+            "call %s: interrupted (%s) item %s at %d ms of %d ms%s",
+            self.call_id, reason, item_id, audio_end_ms, received * 1000 // rate,
+            " (deleted)" if deleted else "",
+        )
+        self.publish(ev.ItemTruncated(item_id, audio_end_ms, deleted))
+        if spoken or unspoken:
+            self.publish(ev.BotOutput(item_id, "", final=True, interrupted=True, spoken=spoken, unspoken=unspoken))
+        return audio_end_ms, deleted
