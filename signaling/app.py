@@ -1,35 +1,37 @@
 """The aiohttp application: offer/answer, ICE PATCH, hang-up, page, health, metrics.
 
-``create_app(config)`` builds the app around a dispatcher (the in-process
-:class:`signaling.calls.CallManager` unless one is given). Every error is a
+``create_app(config)`` builds the app around a
+:class:`~v2v.signaling.dispatch.Dispatcher`: the in-process
+:class:`~v2v.signaling.host.CallHost` unless one is given (a worker pool's
+dispatcher on a signaling node). SIP (``GET /sip`` and, with ``--sip-port``,
+UDP/TCP) is part of every app unless ``sip=False``. Every error is a
 JSON ``{"error": ...}`` with a 4xx status (503 + Retry-After past
 ``--max-calls``); malformed input never reaches a 500.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from .calls import CallManager, DispatchError, IceCandidateInit, OfferRequest
 from .config import ServerConfig
+from .dispatch import Dispatcher, DispatchError, IceCandidateInit, OfferRequest
+from .host import CallHost
 from .metrics import ServerMetrics
+from .sip.server import setup_app as setup_sip
 
 log = logging.getLogger("v2v.http")
 
 CONFIG = web.AppKey("v2v_config", ServerConfig)
-MANAGER = web.AppKey("v2v_manager", CallManager)
+DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("v2v_dispatcher")
+HOST = web.AppKey("v2v_host", CallHost)  # only when the calls run in this process
 METRICS = web.AppKey("v2v_metrics", ServerMetrics)
-
-# Optional parts that add routes (e.g. SIP over WebSocket at /sip) and start
-# their own listeners: module.setup_app(app, manager, config) if importable.
-PLUGINS = ("v2v.signaling.sip",)
 
 
 def static_dir() -> Path | None:
@@ -129,8 +131,9 @@ async def post_offer(request: web.Request) -> web.Response:
         pc_id=_opt_str(body, "pc_id"),
         restart_pc=restart,
         request_data=body.get("requestData", body.get("request_data")),
+        peer=_peer(request),
     )
-    answer = await request.app[MANAGER].offer(req, _peer(request))
+    answer = await request.app[DISPATCHER].offer(req)
     return web.json_response(answer.to_json())
 
 
@@ -159,12 +162,12 @@ async def patch_offer(request: web.Request) -> web.Response:
     cands = body.get("candidates")
     if not isinstance(cands, list):
         raise DispatchError("'candidates' must be a list")
-    await request.app[MANAGER].add_candidates(pc_id, [_candidate(c) for c in cands])
+    await request.app[DISPATCHER].add_candidates(pc_id, [_candidate(c) for c in cands])
     return web.json_response({"status": "success"})
 
 
 async def delete_offer(request: web.Request) -> web.Response:
-    await request.app[MANAGER].hangup(request.match_info["pc_id"], "hangup")
+    await request.app[DISPATCHER].hangup(request.match_info["pc_id"], "hangup")
     return web.json_response({"status": "success"})
 
 
@@ -173,13 +176,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    reason = request.app[MANAGER].not_ready_reason()
+    reason = request.app[DISPATCHER].not_ready_reason()
     if reason:
         return _error(503, reason, {"Retry-After": "5"})
-    return web.json_response({"status": "ready", "active_calls": request.app[MANAGER].active_calls()})
+    return web.json_response({"status": "ready", "active_calls": request.app[DISPATCHER].active_calls()})
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def workers(request: web.Request) -> web.Response:
+    rows = await request.app[DISPATCHER].workers()
+    return web.json_response({"workers": [asdict(w) for w in rows]})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
     body, content_type = request.app[METRICS].render()
     resp = web.Response(body=body)
     resp.headers["Content-Type"] = content_type
@@ -196,52 +204,46 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 def create_app(
     config: ServerConfig | None = None,
-    manager: CallManager | None = None,
+    dispatcher: Dispatcher | None = None,
     *,
-    plugins: tuple[str, ...] | None = None,
+    metrics: ServerMetrics | None = None,
+    sip: bool = True,
 ) -> web.Application:
+    """The signaling app around ``dispatcher`` (default: a :class:`CallHost` in this process).
+
+    ``metrics`` is what ``/metrics`` renders: the host's own when the calls run
+    here, otherwise the caller's (a pool dispatcher's).
+    """
     config = config or ServerConfig()
-    if manager is None:
-        manager = CallManager(config)
     app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body)
+    if dispatcher is None:
+        host = CallHost(config, metrics)
+        app[HOST] = host
+        dispatcher, metrics = host, host.metrics
     app[CONFIG] = config
-    app[MANAGER] = manager
-    app[METRICS] = manager.metrics
+    app[DISPATCHER] = dispatcher
+    app[METRICS] = metrics or ServerMetrics()
     app.router.add_get("/", index)
     app.router.add_post("/api/offer", post_offer)
     app.router.add_patch("/api/offer", patch_offer)
     app.router.add_delete("/api/offer/{pc_id}", delete_offer)
+    app.router.add_get("/api/workers", workers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_handler)
     d = static_dir()
     if d is not None and d.is_dir():
         app.router.add_static("/static/", d, show_index=False, append_version=False)
-    for name in PLUGINS if plugins is None else plugins:
-        _load_plugin(app, name, manager, config)
+    if sip:
+        setup_sip(app, dispatcher, config)
+    started = dispatcher
 
     async def on_startup(app: web.Application) -> None:
-        await manager.start()
+        await started.start()
 
     async def on_shutdown(app: web.Application) -> None:
-        await manager.close("shutdown")
+        await started.close("shutdown")
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     return app
-
-
-def _load_plugin(app: web.Application, name: str, manager: CallManager, config: ServerConfig) -> None:
-    try:
-        mod = importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name == name:
-            return
-        log.error("plugin failed to import", extra={"plugin": name, "error": str(e)})
-        return
-    except Exception as e:
-        log.error("plugin failed to import", extra={"plugin": name, "error": str(e)})
-        return
-    setup = getattr(mod, "setup_app", None)
-    if callable(setup):
-        setup(app, manager, config)

@@ -1,13 +1,11 @@
-"""The dispatcher seam between signaling and workers, and its in-process side.
+"""The calls of one worker process: :class:`Call` and :class:`CallManager`.
 
-The HTTP layer (:mod:`signaling.app`) talks to a :class:`Dispatcher` only in
-plain data: an :class:`OfferRequest` (SDP text and ids) in, an
-:class:`OfferAnswer` (SDP text and the ``pc_id``) out, ICE candidates as
-strings, hang-ups by ``pc_id``. A remote worker can implement the same
-protocol over any RPC. :class:`CallManager` is the in-process implementation:
-it owns the model factories, every live :class:`Call` of every transport
-(WebRTC here, SIP through :meth:`CallManager.create_call`), the
-``--max-calls`` limit, metrics and logs, and closes everything on shutdown.
+:class:`CallManager` owns the model factories, every live :class:`Call` of
+every transport (each transport creates its calls with
+:meth:`CallManager.create_call`), the ``--max-calls`` limit, metrics and logs,
+and closes everything on shutdown. It knows no transport: the WebRTC and RTP
+sides of :class:`v2v.signaling.host.CallHost` hand it an audio input and a
+playout buffer.
 """
 
 from __future__ import annotations
@@ -20,90 +18,18 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from v2v.worker import events as ev
 from v2v.worker.models.base import ModelFactory, SessionConfig
 from v2v.worker.transport import AudioInput
 
 from .config import ServerConfig
+from .dispatch import DispatchError, Overloaded, UnknownCall
 from .logs import CallLog
 from .metrics import ServerMetrics
 
 log = logging.getLogger("v2v.calls")
-
-# -----------------------------------------------------------------------------
-# Plain data crossing the seam
-# -----------------------------------------------------------------------------
-
-
-@dataclass
-class OfferRequest:
-    sdp: str
-    type: str = "offer"
-    pc_id: str | None = None
-    restart_pc: bool = False
-    request_data: Any = None
-
-
-@dataclass
-class OfferAnswer:
-    sdp: str
-    type: str
-    pc_id: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"sdp": self.sdp, "type": self.type, "pc_id": self.pc_id}
-
-
-@dataclass
-class IceCandidateInit:
-    candidate: str  # "candidate:..." or the bare attribute; "" = end of candidates
-    sdp_mid: str | None = None
-    sdp_mline_index: int | None = None
-
-
-class DispatchError(Exception):
-    """An error with an HTTP-like status that the signaling layer reports as is."""
-
-    status = 400
-
-    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
-
-
-class BadRequest(DispatchError):
-    status = 400
-
-
-class UnknownCall(DispatchError):
-    status = 404
-
-
-class Overloaded(DispatchError):
-    status = 503
-
-
-class Dispatcher(Protocol):
-    """What signaling needs from a worker pool (in-process or remote)."""
-
-    async def start(self) -> None: ...
-
-    async def offer(self, req: OfferRequest, peer: str) -> OfferAnswer: ...
-
-    async def add_candidates(self, pc_id: str, candidates: list[IceCandidateInit]) -> None: ...
-
-    async def hangup(self, pc_id: str, reason: str = "hangup") -> None: ...
-
-    def active_calls(self, transport: str | None = None) -> int: ...
-
-    def not_ready_reason(self) -> str | None: ...
-
-    async def close(self, reason: str = "shutdown") -> None: ...
-
 
 # -----------------------------------------------------------------------------
 # Model factories, imported lazily by name
@@ -292,8 +218,8 @@ class Call:
 class CallManager:
     """In-process worker pool: creates CallSessions and tracks every call.
 
-    WebRTC offers are handled by :class:`signaling.webrtc.WebRTCTransport`
-    (``self.webrtc``); other transports create calls with :meth:`create_call`.
+    Transports create calls with :meth:`create_call`; :meth:`add_end_listener`
+    tells who needs to know when a call ends (its id, transport and reason).
     """
 
     RETRY_AFTER_S = 5
@@ -304,7 +230,6 @@ class CallManager:
         metrics: ServerMetrics | None = None,
         factories: dict[str, ModelFactory] | None = None,
     ) -> None:
-        from .webrtc import WebRTCTransport
 
         self.config = config
         self.metrics = metrics or ServerMetrics()
@@ -315,7 +240,7 @@ class CallManager:
         self._closing = False
         self._warmup: asyncio.Task | None = None
         self._app_tools = load_app(config.app) if config.app else None
-        self.webrtc = WebRTCTransport(self)
+        self._end_listeners: list[Callable[[Call, str], None]] = []
 
     # -- models ------------------------------------------------------------
     def model_for_profile(self, profile: str | None) -> str:
@@ -461,26 +386,28 @@ class CallManager:
             self._app_tools(tools)
         return CallSession(call_id, factory, cc, playout, tools, sc)
 
+    def add_end_listener(self, cb: Callable[[Call, str], None]) -> None:
+        """``cb(call, reason)`` when a call starts ending (it has left the active count)."""
+        self._end_listeners.append(cb)
+
     def _call_ending(self, call: Call) -> None:
         if call.call_id in self._live:
             self._live.discard(call.call_id)
             self.metrics.call_ended(call.transport, call.end_reason or "other")
+            for cb in list(self._end_listeners):
+                try:
+                    cb(call, call.end_reason or "other")
+                except Exception:
+                    log.exception("call end listener failed", extra={"call": call.call_id})
 
     def _call_gone(self, call: Call) -> None:
         self._calls.pop(call.call_id, None)
         self._live.discard(call.call_id)
 
-    # -- Dispatcher: WebRTC ------------------------------------------------
-    async def offer(self, req: OfferRequest, peer: str) -> OfferAnswer:
-        return await self.webrtc.offer(req, peer)
-
-    async def add_candidates(self, pc_id: str, candidates: list[IceCandidateInit]) -> None:
-        await self.webrtc.add_candidates(pc_id, candidates)
-
-    async def hangup(self, pc_id: str, reason: str = "hangup") -> None:
-        call = self._calls.get(pc_id)
+    async def hangup(self, call_id: str, reason: str = "hangup") -> None:
+        call = self._calls.get(call_id)
         if call is None or call.ending:
-            raise UnknownCall(f"unknown pc_id {pc_id!r}")
+            raise UnknownCall(f"unknown call {call_id!r}")
         await call.end(reason)
 
     # -- shutdown ----------------------------------------------------------
@@ -493,7 +420,6 @@ class CallManager:
         calls = list(self._calls.values())
         if calls:
             await asyncio.gather(*(c.end(reason) for c in calls), return_exceptions=True)
-        await self.webrtc.close()
 
 
 def load_app(spec: str) -> Callable[[Any], None] | None:

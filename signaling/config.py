@@ -52,6 +52,13 @@ class ServerConfig:
     sip_users: list[str] = field(default_factory=list)  # "user:password"
     sip_public_address: str | None = None
     rtp_ports: str = "20000-20999"
+    # worker pool (shared/DESIGN.md section 6)
+    redis: str = ""  # serve: be a signaling node of this Redis pool; worker: register there
+    workers: int = 0  # serve: N local worker processes (0: the calls run in this process)
+    name: str = ""  # worker: its name in the pool (default: host name and port)
+    capacity: int = 0  # worker: calls it takes (0: the measured default)
+    advertise: str = ""  # worker: the address its media uses in SDP when it differs from --host
+    drain_timeout: float = 60.0  # worker: s a draining worker waits for its calls to end
     # free-form settings for optional parts (profiles, plugins)
     extra: dict[str, Any] = field(default_factory=dict)
 

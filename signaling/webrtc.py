@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
@@ -34,10 +34,8 @@ from v2v.worker.rtvi import RTVIHandler
 from v2v.worker.transport import QueueAudioInput
 
 from . import aiortc_tuning
-from .calls import BadRequest, IceCandidateInit, OfferAnswer, OfferRequest, UnknownCall
-
-if TYPE_CHECKING:
-    from .calls import Call, CallManager
+from .calls import Call, CallManager
+from .dispatch import BadRequest, IceCandidateInit, OfferAnswer, OfferRequest, UnknownCall
 
 log = logging.getLogger("v2v.webrtc")
 
@@ -406,6 +404,10 @@ class WebRTCCall:
             self._on_state(new_pc)
             return sdp
 
+    async def renegotiate_sdp(self, sdp: str) -> str:
+        """A new offer (SDP text) on the same peer connection -> answer SDP."""
+        return await self.renegotiate(_parse_offer(sdp, "offer"), False)
+
     async def add_candidates(self, candidates: list[IceCandidateInit]) -> None:
         pc = self.pc
         if pc is None or self._closed:
@@ -490,6 +492,11 @@ class WebRTCTransport:
 
     def get(self, pc_id: str) -> WebRTCCall | None:
         return self._calls.get(pc_id)
+
+    def has_call(self, pc_id: str | None) -> bool:
+        """Is ``pc_id`` a live call (an offer for it renegotiates)?"""
+        wc = self._calls.get(pc_id) if pc_id else None
+        return wc is not None and wc.call is not None and not wc.call.ending
 
     def _pc_opened(self, pc: RTCPeerConnection) -> None:
         self._open_pcs.add(pc)

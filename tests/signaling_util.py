@@ -11,9 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
-from v2v.signaling.app import MANAGER, create_app
+from v2v.signaling.app import HOST, create_app
 from v2v.signaling.calls import CallManager
 from v2v.signaling.config import ServerConfig
+from v2v.signaling.host import CallHost
 
 
 @dataclass
@@ -24,8 +25,12 @@ class Server:
     config: ServerConfig
 
     @property
+    def host(self) -> CallHost:
+        return self.app[HOST]
+
+    @property
     def manager(self) -> CallManager:
-        return self.app[MANAGER]
+        return self.host.manager
 
     @property
     def offer_url(self) -> str:
@@ -37,7 +42,7 @@ async def running_server(**overrides: Any) -> AsyncIterator[Server]:
     cfg = ServerConfig(model="echo", host="127.0.0.1", port=0)
     for k, v in overrides.items():
         setattr(cfg, k, v)
-    app = create_app(cfg, plugins=())
+    app = create_app(cfg, sip=False)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

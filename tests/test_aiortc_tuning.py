@@ -24,7 +24,7 @@ async def test_calls_encode_mono_voice_and_spawn_no_codec_threads() -> None:
             assert not any(n == "audio-decoder" for n in names), names
             assert not any("ThreadPoolExecutor" in n for n in names), names
             for c in callers:
-                wc = server.manager.webrtc.get(c.pc_id)
+                wc = server.host.webrtc.get(c.pc_id)
                 (sender,) = [s for s in wc.pc.getSenders() if s.track is not None and s.track.kind == "audio"]
                 encoder = sender._RTCRtpSender__encoder  # created by the first frame (silence flows always)
                 assert encoder.codec.layout.name == "mono" and encoder.codec.bit_rate == 32000

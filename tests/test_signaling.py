@@ -109,7 +109,7 @@ async def test_offer_malformed_is_400(body: bytes, status: int):
         async with http.post(server.offer_url, data=body, headers={"Content-Type": "application/json"}) as r:
             await expect_error(r, status)
         assert server.manager.active_calls() == 0
-        assert server.manager.webrtc.open_peer_connections == 0
+        assert server.host.webrtc.open_peer_connections == 0
 
 
 async def test_offer_field_types_are_checked():
@@ -122,7 +122,7 @@ async def test_offer_field_types_are_checked():
         broken = "\r\n".join(l for l in sdp.splitlines() if not l.startswith(("a=ice-ufrag", "a=ice-pwd")))
         async with http.post(server.offer_url, json={"sdp": broken, "type": "offer"}) as r:
             await expect_error(r, 400)
-    assert server.manager.webrtc.open_peer_connections == 0
+    assert server.host.webrtc.open_peer_connections == 0
 
 
 async def test_body_too_large_is_413():
@@ -183,7 +183,7 @@ async def test_max_calls_gives_503_with_retry_after():
         async with http.get(server.url + "metrics") as r:
             text = await r.text()
         assert metric_value(text, "v2v_calls_total", {"transport": "webrtc", "outcome": "rejected"}) == 1
-        assert server.manager.webrtc.open_peer_connections == 0
+        assert server.host.webrtc.open_peer_connections == 0
 
 
 async def test_cors_preflight():

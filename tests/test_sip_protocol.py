@@ -212,12 +212,12 @@ async def test_hold_unhold_latching_rfc4733_in_and_retransmitted_invite() -> Non
             rtp.start(call._remote_rtp(r))
             await wait_for(lambda: len(rtp.received) > 10, 2.0, "RTP after latching")
             (d,) = srv.sip.core.dialogs.values()
-            assert d.media.rtp.latched and d.media.rtp.remote == ("127.0.0.1", rtp.port)
+            assert srv.rtp_of(d.media).latched and srv.rtp_of(d.media).remote == ("127.0.0.1", rtp.port)
             # RFC 4733 digit "9" from the caller's RTP
             rtp.send_dtmf(9)
             await wait_for(lambda: any(isinstance(e, ev.DtmfReceived) for e in events), 2.0, "RFC 4733 DTMF")
             await wait_for(lambda: not rtp.events, 1.0, "the whole event sent")
-            assert d.media.rtp.stats.dtmf_in == 1
+            assert srv.rtp_of(d.media).stats.dtmf_in == 1
             assert [e.digit for e in events if isinstance(e, ev.DtmfReceived)] == ["9"]
             # hold: sendonly -> recvonly, and the server stops sending
             r = await call.invite(offer_sdp(rtp.port, direction="sendonly"))
@@ -246,7 +246,7 @@ async def test_rfc4733_dtmf_delivery_is_tracked_and_cancelled_at_call_end() -> N
             call = await Call.dial(sip, rtp, f"sip:echo@127.0.0.1:{srv.sip_port}")
             await wait_for(lambda: len(rtp.received) > 5, 2.0, "RTP")
             (d,) = srv.sip.core.dialogs.values()
-            media = d.media
+            media = srv.hosted(d.media)
             started, cancelled = asyncio.Event(), asyncio.Event()
 
             async def slow_dtmf(digit: str) -> None:  # the worker is busy with the digit
@@ -262,7 +262,7 @@ async def test_rfc4733_dtmf_delivery_is_tracked_and_cancelled_at_call_end() -> N
             await asyncio.wait_for(started.wait(), 2.0)
             assert len(media._tasks) == 1  # a reference is kept while it runs
             assert (await call.bye()).status == 200
-            await asyncio.wait_for(media.ended.wait(), 5.0)
+            await asyncio.wait_for(d.media.ended.wait(), 5.0)
             await asyncio.wait_for(cancelled.wait(), 2.0)
             await wait_for(lambda: not media._tasks, 2.0, "the DTMF task to go")
         finally:
@@ -405,7 +405,7 @@ async def test_delayed_offer_answer_in_ack() -> None:
             await wait_for(lambda: len(rtp.received) > 20, 2.0, "RTP after the answer in ACK")
             assert {pt for _, pt, _ in rtp.received} == {8}
             (d,) = srv.sip.core.dialogs.values()
-            assert d.media.rtp.codec.name == "PCMA" and not d.media.awaiting_answer
+            assert srv.rtp_of(d.media).codec.name == "PCMA" and not d.media.awaiting_answer
             call.cseq = 2
             assert (await call.bye()).status == 200
             await wait_for(lambda: srv.active() == 0, 1.0, "the call to end")

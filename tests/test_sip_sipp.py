@@ -8,7 +8,7 @@ import re
 import pytest
 
 from tests.sip.harness import HERE, run_proc, running_server, wait_for
-from v2v.signaling.sip.server import RtpCallMedia
+from v2v.signaling.rtp_call import RtpCall
 from v2v.worker import events as ev
 
 SUCCESS_RE = re.compile(r"Successful call\s*\|\s*\d+\s*\|\s*(\d+)")
@@ -31,11 +31,11 @@ def sipp_args(scenario: str, service: str, port: int, *, calls: int = 1, limit: 
 
 
 class Recorder:
-    """Captures every SIP call's events and its RtpCallMedia."""
+    """Captures every SIP call's events and its RtpCall."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, manager) -> None:
         self.events: dict[str, list[object]] = {}
-        self.media: list[RtpCallMedia] = []
+        self.media: list[RtpCall] = []
         orig_create = manager.create_call
 
         async def create_call(*a, **kw):
@@ -45,14 +45,14 @@ class Recorder:
             return call
 
         monkeypatch.setattr(manager, "create_call", create_call)
-        orig_media = RtpCallMedia.create.__func__
+        orig_media = RtpCall.create.__func__
 
-        async def media_create(cls, sip, creq):
-            m = await orig_media(cls, sip, creq)
+        async def media_create(cls, manager, cfg, req):
+            m = await orig_media(cls, manager, cfg, req)
             self.media.append(m)
             return m
 
-        monkeypatch.setattr(RtpCallMedia, "create", classmethod(media_create))
+        monkeypatch.setattr(RtpCall, "create", classmethod(media_create))
 
     def of(self, cls: type) -> list[object]:
         return [e for lst in self.events.values() for e in lst if isinstance(e, cls)]

@@ -90,7 +90,7 @@ async def test_echo_call_audio_both_ways_and_delete():
             assert metric_value(text, "v2v_calls_total", {"transport": "webrtc", "outcome": "hangup"}) == 1
             assert metric_value(text, "v2v_turn_latency_seconds_count") >= 1
             assert time.monotonic() - t0 < 5
-            assert server.manager.webrtc.open_peer_connections == 0
+            assert server.host.webrtc.open_peer_connections == 0
         finally:
             await caller.close()
 
@@ -118,11 +118,11 @@ async def test_renegotiation_keeps_the_call():
             await caller.connect()
             pc_id = caller.pc_id
             call = server.manager.get(pc_id)
-            pc_before = server.manager.webrtc.get(pc_id).pc
+            pc_before = server.host.webrtc.get(pc_id).pc
             await caller.renegotiate()
             assert caller.pc_id == pc_id
             assert server.manager.get(pc_id) is call
-            assert server.manager.webrtc.get(pc_id).pc is pc_before
+            assert server.host.webrtc.get(pc_id).pc is pc_before
             assert server.manager.active_calls() == 1
             caller.play(hello())
             await asyncio.wait_for(caller.received.first_loud.wait(), 8)
@@ -138,23 +138,23 @@ async def test_restart_pc_keeps_call_and_conversation():
             pc_id = caller.pc_id
             call = server.manager.get(pc_id)
             session = call.session
-            old_pc = server.manager.webrtc.get(pc_id).pc
+            old_pc = server.host.webrtc.get(pc_id).pc
             await caller.renegotiate(restart_pc=True)
-            wc = server.manager.webrtc.get(pc_id)
+            wc = server.host.webrtc.get(pc_id)
             assert caller.pc_id == pc_id
             assert wc.pc is not old_pc
             await wait_until(lambda: old_pc.connectionState == "closed", 5, "old peer connection closed")
             # same call, same model session: the conversation goes on
             assert server.manager.get(pc_id) is call and call.session is session
             assert not call.ending and server.manager.active_calls() == 1
-            assert server.manager.webrtc.open_peer_connections == 1
+            assert server.host.webrtc.open_peer_connections == 1
             caller.play(hello())
             await asyncio.wait_for(caller.received.first_loud.wait(), 8)
             # the turn spoken on the new peer connection reached the same model session
             assert any(name == "commit_input" for name, _ in session.model.calls)
         finally:
             await caller.hangup()
-        await wait_until(lambda: server.manager.webrtc.open_peer_connections == 0, 5, "pcs closed")
+        await wait_until(lambda: server.host.webrtc.open_peer_connections == 0, 5, "pcs closed")
 
 
 async def test_peer_closing_its_connection_ends_the_call_within_2s():
@@ -192,7 +192,7 @@ async def test_media_timeout_ends_a_silent_peer():
         try:
             await caller.connect()
             call = server.manager.get(caller.pc_id)
-            await wait_until(lambda: server.manager.webrtc.get(caller.pc_id).packets_in > 5, 5, "inbound media")
+            await wait_until(lambda: server.host.webrtc.get(caller.pc_id).packets_in > 5, 5, "inbound media")
             caller.source.stop_sending()  # the connection stays up, no packet arrives
             await wait_until(lambda: call.ending, 3, "media timeout")
             assert call.end_reason == "media-timeout"
@@ -235,7 +235,7 @@ async def test_max_calls_and_shutdown_closes_calls():
         # shutdown ends the call that is still up
         await server.runner.cleanup()
         assert call.ended.is_set() and call.end_reason == "shutdown"
-        assert server.manager.webrtc.open_peer_connections == 0
+        assert server.host.webrtc.open_peer_connections == 0
         await first.close()
         await second.close()
 
@@ -272,7 +272,7 @@ async def test_fifty_calls_leave_nothing_behind():
 
         async def settle() -> None:
             await wait_until(lambda: not server.manager.calls, 5, "all calls released")
-            await wait_until(lambda: server.manager.webrtc.open_peer_connections == 0, 5, "pcs closed")
+            await wait_until(lambda: server.host.webrtc.open_peer_connections == 0, 5, "pcs closed")
 
         # warm up: the default executor's threads (Opus encoding) are created once
         await asyncio.gather(*(one(i) for i in range(4)))
@@ -357,7 +357,7 @@ async def test_failed_restart_pc_keeps_the_old_channel():
             await caller.connect()
             await asyncio.wait_for(caller.bot_ready.wait(), 5)
             call = server.manager.get(caller.pc_id)
-            wc = server.manager.webrtc.get(caller.pc_id)
+            wc = server.host.webrtc.get(caller.pc_id)
             pc_before = wc.pc
             # passes the cheap checks, fails in setRemoteDescription
             bad = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nbogus\r\n"
@@ -365,7 +365,7 @@ async def test_failed_restart_pc_keeps_the_old_channel():
             async with caller.http.post(server.offer_url, json=body) as r:
                 assert r.status == 400
             assert wc.pc is pc_before and not call.ending
-            assert server.manager.webrtc.open_peer_connections == 1
+            assert server.host.webrtc.open_peer_connections == 1
             # server -> client RTVI still flows over the old data channel
             msg_id = caller.send_rtvi("client-message", {"t": "get-state", "d": {}})
             await wait_until(

@@ -1,24 +1,8 @@
 """SIP for v2v: SIP over WebSocket (WebRTC media) and SIP over UDP/TCP (plain RTP).
 
-The server's plugin hook is :func:`setup_app`; :func:`start_sip` starts the
-UDP/TCP side for a manager outside an aiohttp app.
+The dialogs live here, on the signaling node; each call's media is opened
+through the dispatcher seam. :func:`v2v.signaling.sip.server.setup_app` adds
+SIP to a signaling app.
 """
 
-from __future__ import annotations
-
-from typing import Any
-
-
-def setup_app(app: Any, manager: Any, config: Any) -> None:
-    from .server import setup_app as _setup
-
-    _setup(app, manager, config)
-
-
-async def start_sip(app_or_manager: Any, config: Any) -> Any:
-    from .server import start_sip as _start
-
-    return await _start(app_or_manager, config)
-
-
-__all__ = ["setup_app", "start_sip"]
+__all__ = ["core", "dialog", "digest", "message", "profiles", "rtp_session", "sdp", "server", "udp_tcp", "ws"]

@@ -1,12 +1,9 @@
-"""Wiring SIP into the server: media for SIP calls and the servers' lifecycle.
+"""Wiring SIP into a signaling node: dialogs here, media wherever the dispatcher puts it.
 
-:class:`RtpCallMedia` (SIP over UDP/TCP) runs a call on plain RTP;
-:class:`WebRTCCallMedia` (SIP over WebSocket) runs it on aiortc, reusing
-:mod:`signaling.webrtc`. Both create the call through the
-:class:`~signaling.calls.CallManager` with the transport label (``sip_udp``,
-``sip_tcp``, ``sip_ws``) and the request-URI user as profile.
-:func:`start_sip` starts the UDP/TCP servers; :func:`setup_app` (the app's
-plugin hook) adds ``GET /sip`` and the startup/cleanup hooks.
+The SIP dialogs (UDP, TCP, WebSocket) stay on the signaling node; each call's
+media (plain RTP for ``sip_udp``/``sip_tcp``, WebRTC for ``sip_ws``) is opened
+through the :class:`~v2v.signaling.dispatch.Dispatcher`, in this process or on
+a worker. :func:`setup_app` adds ``GET /sip`` and the startup/cleanup hooks.
 """
 
 from __future__ import annotations
@@ -14,213 +11,84 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-from aiortc import RTCSessionDescription
+from aiohttp import web
 
-from v2v.media.g711 import G711Codec
-from v2v.media.playout import PlayoutBuffer
-from v2v.worker.transport import QueueAudioInput
-
-from ..calls import DispatchError
+from ..config import ServerConfig
+from ..dispatch import CallEnded, CallEvent, Dispatcher, DispatchError, MediaRequest, UnknownCall
 from .core import CallRequest, SipCore, SipMedia, SipReject
 from .digest import DigestAuth
-from .rtp_session import PortAllocator, RtpSession, public_address
-from .sdp import AudioOffer, SdpError, SdpSession, parse_offer
+from .rtp_session import public_address
 from .udp_tcp import SipNetServers
+from .ws import sip_websocket_handler
 
-if TYPE_CHECKING:
-    from aiohttp import web
-
-    from ..calls import Call, CallManager
-    from ..config import ServerConfig
+__all__ = ["SIP_APP_KEY", "DispatchedMedia", "SipServers", "parse_users", "setup_app"]
 
 log = logging.getLogger("v2v.sip")
 
 
 def _reject(e: DispatchError) -> SipReject:
+    """A dispatcher's refusal as a SIP status: bad offer 488, overload 503, else 480."""
+    if e.status == 400:
+        return SipReject(488, e.message[:80])
     return SipReject(503 if e.status == 503 else 480, e.message[:80])
 
 
-class RtpCallMedia(SipMedia):
-    """A SIP call on plain RTP (G.711)."""
+class DispatchedMedia(SipMedia):
+    """A SIP call's media as the dialog sees it, held by whoever the dispatcher picked.
 
-    def __init__(self) -> None:
+    The dialog drives it through the :class:`~v2v.signaling.dispatch.Dispatcher`
+    by ``call_id``; a :class:`~v2v.signaling.dispatch.CallEnded` event from the
+    call's holder sets :attr:`ended` (the core then sends BYE).
+    """
+
+    def __init__(self, dispatcher: Dispatcher, call_id: str) -> None:
+        self.dispatcher = dispatcher
+        self.call_id = call_id
         self.ended = asyncio.Event()
         self.end_reason = ""
-        self.awaiting_answer = False
-        self.call: Call | None = None
-        self.rtp: RtpSession | None = None
-        self.sdp: SdpSession | None = None
         self.answer_sdp = ""
-        self._tasks: set[asyncio.Task] = set()  # DTMF deliveries in flight
+        self.awaiting_answer = False
 
-    @classmethod
-    async def create(cls, sip: SipServers, creq: CallRequest) -> RtpCallMedia:
-        self = cls()
-        mgr = sip.manager
-        offer = None
-        if creq.offer_sdp.strip():
-            try:
-                offer = parse_offer(creq.offer_sdp)
-            except SdpError as e:
-                raise SipReject(488, str(e)[:80]) from e
+    def mark_ended(self, reason: str) -> None:
+        if not self.ended.is_set():
+            self.end_reason = reason
+            self.ended.set()
+
+    async def open(self, req: MediaRequest) -> None:
         try:
-            mgr.check_capacity(creq.transport)
+            answer = await self.dispatcher.open_media(req)
         except DispatchError as e:
             raise _reject(e) from e
-        sock = sip.ports.bind(sip.rtp_host)
-        audio_in = QueueAudioInput(8000)
-        playout = PlayoutBuffer()
-        if offer is not None:
-            codec, pt, dtmf_pt, remote = offer.codec, offer.payload_type, offer.dtmf_pt, (offer.address, offer.port)
-        else:  # delayed offer: we offer PCMU/PCMA/telephone-event, the ACK answers
-            codec, pt, dtmf_pt, remote = "PCMU", 0, 101, ("0.0.0.0", 0)
-            self.awaiting_answer = True
-        self.rtp = RtpSession(
-            sock, codec, pt, dtmf_pt, remote, playout,
-            audio_in.put, self._on_dtmf, self._on_timeout, timeout=sip.config.media_timeout,
-        )
-        if offer is not None:
-            self.rtp.update_remote(remote, not offer.on_hold, offer.direction in ("sendrecv", "sendonly"))
-        try:
-            self.call = await mgr.create_call(
-                creq.transport, creq.profile, audio_in, playout, f"{creq.remote[0]}:{creq.remote[1]}", start=False
-            )
-        except DispatchError as e:
-            sock.close()
-            raise _reject(e) from e
-        except BaseException:
-            sock.close()
-            raise
-        self.call.on_end(self._on_call_end)
-        self.call.log.event("sip-call", sip_call_id=creq.call_id, codec=codec, rtp_port=self.rtp.local_port,
-                            user=creq.user, from_uri=creq.from_uri, delayed_offer=offer is None)
-        self.sdp = SdpSession(sip.public_host)
-        if offer is not None:
-            self.answer_sdp = self.sdp.build_answer(offer, self.rtp.local_port)
-        else:
-            self.answer_sdp = self.sdp.build_offer(self.rtp.local_port)
-        return self
+        self.answer_sdp, self.awaiting_answer = answer.sdp, answer.awaiting_answer
 
     async def start(self) -> None:
-        assert self.rtp is not None and self.call is not None
-        if self.call.ending:
-            return
-        await self.rtp.start()
-        self.call.manager.start_call(self.call)
-
-    def _apply(self, desc: AudioOffer) -> None:
-        assert self.rtp is not None
-        if desc.codec != self.rtp.codec.name or desc.payload_type != self.rtp.payload_type:
-            self.rtp.codec = G711Codec(desc.codec)
-            self.rtp.payload_type = desc.payload_type
-        self.rtp.dtmf_pt = desc.dtmf_pt
-        self.rtp.update_remote((desc.address, desc.port), not desc.on_hold, desc.direction in ("sendrecv", "sendonly"))
+        try:
+            await self.dispatcher.start_media(self.call_id)
+        except UnknownCall:
+            self.mark_ended(self.end_reason or "hangup")
 
     async def reoffer(self, sdp: str) -> str:
-        assert self.rtp is not None and self.sdp is not None
-        offer = parse_offer(sdp)
-        self._apply(offer)
-        if self.call is not None:
-            self.call.log.event("sip-hold" if offer.on_hold else "sip-unhold", direction=offer.direction)
-        self.answer_sdp = self.sdp.build_answer(offer, self.rtp.local_port)
+        self.answer_sdp = await self.dispatcher.reoffer(self.call_id, sdp)
         return self.answer_sdp
 
     async def set_answer(self, sdp: str) -> None:
         self.awaiting_answer = False
-        self._apply(parse_offer(sdp))
-
-    def _on_dtmf(self, digit: str) -> None:
-        if self.call is not None and not self.call.ending:
-            task = asyncio.get_running_loop().create_task(self.dtmf(digit), name=f"sip-dtmf-{digit}")
-            self._tasks.add(task)
-            task.add_done_callback(self._dtmf_done)
-
-    def _dtmf_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("sip: DTMF delivery failed", exc_info=task.exception())
-
-    async def _cancel_tasks(self) -> None:
-        current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.dispatcher.set_answer(self.call_id, sdp)
 
     async def dtmf(self, digit: str) -> None:
-        if self.call is not None and not self.call.ending:
-            await self.call.session.dtmf(digit)
-
-    def _on_timeout(self) -> None:
-        if self.call is not None:
-            self.call.end_soon("media-timeout")
-
-    async def _on_call_end(self, reason: str) -> None:
-        self.end_reason = reason
-        self.ended.set()
-        await self._cancel_tasks()
-        if self.rtp is not None:
-            await self.rtp.close()
-
-    async def close(self, reason: str) -> None:
-        if self.call is not None:
-            await self.call.end(reason)
-        elif self.rtp is not None:
-            await self.rtp.close()
-        await self._cancel_tasks()
-        self.ended.set()
-
-
-class WebRTCCallMedia(SipMedia):
-    """A SIP-over-WebSocket call: the media is WebRTC, through :mod:`signaling.webrtc`."""
-
-    def __init__(self) -> None:
-        self.ended = asyncio.Event()
-        self.end_reason = ""
-        self.wc: Any = None
-        self.answer_sdp = ""
-
-    @classmethod
-    async def create(cls, sip: SipServers, creq: CallRequest) -> WebRTCCallMedia:
-        self = cls()
-        mgr = sip.manager
         try:
-            self.wc, self.answer_sdp = await mgr.webrtc.answer(
-                creq.offer_sdp, f"{creq.remote[0]}:{creq.remote[1]}", transport=creq.transport,
-                profile=creq.profile, call_id=f"{creq.transport}-{uuid.uuid4().hex[:12]}", rtvi=False, start=False,
-            )
-        except DispatchError as e:
-            raise (SipReject(488, e.message[:80]) if e.status == 400 else _reject(e)) from e
-        call = self.wc.call
-        call.on_end(self._on_call_end)
-        call.log.event("sip-call", sip_call_id=creq.call_id, user=creq.user, from_uri=creq.from_uri)
-        return self
-
-    async def start(self) -> None:
-        self.wc.start()
-
-    async def reoffer(self, sdp: str) -> str:
-        self.answer_sdp = await self.wc.renegotiate(RTCSessionDescription(sdp=sdp, type="offer"), False)
-        return self.answer_sdp
-
-    async def dtmf(self, digit: str) -> None:
-        call = self.wc.call if self.wc is not None else None
-        if call is not None and not call.ending:
-            await call.session.dtmf(digit)
-
-    def _on_call_end(self, reason: str) -> None:
-        self.end_reason = reason
-        self.ended.set()
+            await self.dispatcher.dtmf(self.call_id, digit)
+        except UnknownCall:
+            pass  # the call is ending: the digit has nobody to reach
 
     async def close(self, reason: str) -> None:
-        call = self.wc.call if self.wc is not None else None
-        if call is not None:
-            await call.end(reason)
-        self.ended.set()
+        if not self.ended.is_set():
+            try:
+                await self.dispatcher.hangup(self.call_id, reason)
+            except UnknownCall:
+                pass  # already over
+            self.mark_ended(reason)
 
 
 def parse_users(items: list[str] | str | None) -> dict[str, str]:
@@ -241,33 +109,43 @@ def parse_users(items: list[str] | str | None) -> dict[str, str]:
     return users
 
 
-@dataclass
 class SipServers:
-    """Everything SIP of one server process. ``await close()`` ends it all."""
+    """Everything SIP of one signaling node. ``await close()`` ends it all."""
 
-    manager: CallManager
-    config: ServerConfig
-    core: SipCore = field(init=False)
-    net: SipNetServers | None = None
-    public_host: str = ""
-    rtp_host: str = ""
-    ports: PortAllocator = field(init=False)
-
-    def __post_init__(self) -> None:
-        cfg = self.config
-        self.rtp_host = cfg.host
-        self.public_host = public_address(cfg.sip_public_address, cfg.host)
-        self.ports = PortAllocator.parse(cfg.rtp_ports)
-        auth = DigestAuth(parse_users(cfg.sip_users), realm=cfg.extra.get("sip_realm", "v2v"))
+    def __init__(self, dispatcher: Dispatcher, config: ServerConfig) -> None:
+        self.dispatcher = dispatcher
+        self.config = config
+        self.net: SipNetServers | None = None
+        self.public_host = public_address(config.sip_public_address, config.host)
+        self._media: dict[str, DispatchedMedia] = {}
+        auth = DigestAuth(parse_users(config.sip_users), realm=config.extra.get("sip_realm", "v2v"))
         self.core = SipCore(
-            self._media_factory, public_host=self.public_host, auth=auth, ring_ms=cfg.sip_ring_ms,
-            profiles=cfg.extra.get("profiles", {}),
+            self._media_factory, public_host=self.public_host, auth=auth, ring_ms=config.sip_ring_ms,
+            profiles=config.extra.get("profiles", {}),
         )
+        dispatcher.add_listener(self._on_event)
+
+    def _on_event(self, event: CallEvent) -> None:
+        media = self._media.get(event.call_id)
+        if media is not None and isinstance(event, CallEnded):
+            del self._media[event.call_id]
+            media.mark_ended(event.reason)
 
     async def _media_factory(self, creq: CallRequest) -> SipMedia:
-        if creq.transport == "sip_ws":
-            return await WebRTCCallMedia.create(self, creq)
-        return await RtpCallMedia.create(self, creq)
+        call_id = f"{creq.transport}-{uuid.uuid4().hex[:12]}"
+        media = DispatchedMedia(self.dispatcher, call_id)
+        self._media[call_id] = media
+        req = MediaRequest(
+            call_id=call_id, transport=creq.transport, offer_sdp=creq.offer_sdp,
+            peer=f"{creq.remote[0]}:{creq.remote[1]}", profile=creq.profile, sip_call_id=creq.call_id,
+            user=creq.user, from_uri=creq.from_uri,
+        )
+        try:
+            await media.open(req)
+        except BaseException:
+            self._media.pop(call_id, None)
+            raise
+        return media
 
     async def start_net(self, port: int | None = None) -> None:
         self.net = SipNetServers(self.core)
@@ -285,25 +163,14 @@ class SipServers:
             await self.net.close()
 
 
-async def start_sip(app_or_manager: Any, config: ServerConfig) -> SipServers:
-    """Start SIP over UDP/TCP (when ``config.sip_port`` is set) for a manager or an app."""
-    from ..app import MANAGER
-
-    manager = app_or_manager[MANAGER] if not hasattr(app_or_manager, "create_call") else app_or_manager
-    servers = SipServers(manager, config)
-    if config.sip_port is not None:
-        await servers.start_net()
-    return servers
+SIP_APP_KEY = web.AppKey("v2v_sip", SipServers)
 
 
-def setup_app(app: web.Application, manager: CallManager, config: ServerConfig) -> None:
-    """Plugin hook of :func:`signaling.app.create_app`: /sip + UDP/TCP servers."""
-
-    from .ws import sip_websocket_handler
-
-    servers = SipServers(manager, config)
+def setup_app(app: web.Application, dispatcher: Dispatcher, config: ServerConfig) -> SipServers:
+    """Add SIP to a signaling app: ``GET /sip`` and, with ``--sip-port``, UDP/TCP servers."""
+    servers = SipServers(dispatcher, config)
     app[SIP_APP_KEY] = servers
-    app.router.add_get("/sip", sip_websocket_handler)
+    app.router.add_get("/sip", sip_websocket_handler(servers.core))
 
     async def on_startup(app: web.Application) -> None:
         if config.sip_port is not None:
@@ -313,14 +180,6 @@ def setup_app(app: web.Application, manager: CallManager, config: ServerConfig) 
         await servers.close()
 
     app.on_startup.append(on_startup)
-    # before the manager closes its calls, so BYEs go out
+    # before the dispatcher closes its calls, so BYEs go out
     app.on_shutdown.insert(0, on_shutdown)
-
-
-def _app_key() -> Any:
-    from aiohttp import web
-
-    return web.AppKey("v2v_sip", SipServers)
-
-
-SIP_APP_KEY = _app_key()
+    return servers

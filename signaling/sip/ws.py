@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
-from .core import Conn
+from .core import Conn, SipCore
 from .message import MAX_MESSAGE
 
 log = logging.getLogger("v2v.sip.ws")
@@ -21,10 +22,16 @@ log = logging.getLogger("v2v.sip.ws")
 MAX_QUEUE = 256
 
 
-async def sip_websocket_handler(request: web.Request) -> web.StreamResponse:
-    from .server import SIP_APP_KEY
+def sip_websocket_handler(core: SipCore) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The ``GET /sip`` handler feeding every message to ``core``."""
 
-    servers = request.app[SIP_APP_KEY]
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await _serve(core, request)
+
+    return handler
+
+
+async def _serve(core: SipCore, request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(protocols=("sip",), max_msg_size=MAX_MESSAGE, heartbeat=30.0)
     if not ws.can_prepare(request).ok:
         return web.json_response({"error": "SIP over WebSocket: a WebSocket upgrade is required"}, status=400)
@@ -63,9 +70,9 @@ async def sip_websocket_handler(request: web.Request) -> web.StreamResponse:
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
-                servers.core.receive(msg.data.encode("utf-8"), conn)
+                core.receive(msg.data.encode("utf-8"), conn)
             elif msg.type == WSMsgType.BINARY:
-                servers.core.receive(msg.data, conn)
+                core.receive(msg.data, conn)
             elif msg.type == WSMsgType.ERROR:
                 log.info("sip ws: error from %s:%s: %s", *remote, ws.exception())
                 break
@@ -81,6 +88,6 @@ async def sip_websocket_handler(request: web.Request) -> web.StreamResponse:
             await wtask
         except asyncio.CancelledError:
             pass
-        servers.core.connection_lost(lambda c: c is conn)
+        core.connection_lost(lambda c: c is conn)
         await ws.close()
     return ws

@@ -12,13 +12,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
-from v2v.signaling.app import MANAGER, create_app
+from v2v.signaling.app import HOST, create_app
 from v2v.signaling.calls import CallManager
 from v2v.signaling.config import ServerConfig
-from v2v.signaling.sip.server import SIP_APP_KEY, SipServers
+from v2v.signaling.sip.server import SIP_APP_KEY, DispatchedMedia, SipServers
 
 HERE = Path(__file__).parent
 FIXTURES = HERE.parent / "fixtures"
@@ -36,6 +37,17 @@ class Server:
     @property
     def sip_port(self) -> int:
         return self.sip.port
+
+    def hosted(self, media: DispatchedMedia | None) -> Any:
+        """The media this process's CallHost holds for a dialog (an RtpCall for UDP/TCP)."""
+        assert media is not None
+        hosted = self.app[HOST].hosted(media.call_id)
+        assert hosted is not None, "no media held here for this dialog"
+        return hosted
+
+    def rtp_of(self, media: DispatchedMedia | None) -> Any:
+        """The RtpSession behind a dialog's media."""
+        return self.hosted(media).rtp
 
     def active(self, transport: str | None = None) -> int:
         return self.manager.active_calls(transport)
@@ -72,7 +84,7 @@ async def running_server(**overrides) -> AsyncIterator[Server]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    srv = Server(app, runner, port, app[MANAGER], app[SIP_APP_KEY])
+    srv = Server(app, runner, port, app[HOST].manager, app[SIP_APP_KEY])
     try:
         yield srv
     finally:

@@ -1,0 +1,210 @@
+"""The in-process implementation of the dispatcher seam: this process holds the calls.
+
+:class:`CallHost` composes the :class:`~v2v.signaling.calls.CallManager` (call
+pipelines, model factories, limits, metrics), the WebRTC transport (aiortc
+peer connections) and the plain-RTP media of SIP calls. Plain ``v2v serve``
+hands it to signaling directly; a ``v2v worker`` process serves it to remote
+signaling nodes over :mod:`v2v.signaling.pool.protocol`. Either way it is
+driven only through the :class:`~v2v.signaling.dispatch.Dispatcher` methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from typing import Protocol
+
+from v2v.worker.models.base import ModelFactory
+
+from .calls import Call, CallManager
+from .config import ServerConfig
+from .dispatch import (
+    CallEnded,
+    DispatchError,
+    EventListener,
+    IceCandidateInit,
+    Listeners,
+    MediaAnswer,
+    MediaRequest,
+    OfferAnswer,
+    OfferRequest,
+    Overloaded,
+    UnknownCall,
+    WorkerInfo,
+)
+from .metrics import ServerMetrics
+from .rtp_call import RtpCall, RtpMediaConfig
+from .sip.rtp_session import PortAllocator, public_address
+from .webrtc import WebRTCCall, WebRTCTransport
+
+__all__ = ["CallHost"]
+
+log = logging.getLogger("v2v.host")
+
+
+class HostedMedia(Protocol):
+    """The media side of a SIP call as the host drives it."""
+
+    call: Call | None
+
+    async def start(self) -> None: ...
+
+    async def reoffer(self, sdp: str) -> str: ...
+
+    async def set_answer(self, sdp: str) -> None: ...
+
+
+class WebRTCSipMedia:
+    """A SIP-over-WebSocket call: WebRTC media through the WebRTC transport."""
+
+    def __init__(self, wc: WebRTCCall) -> None:
+        self.wc = wc
+        self.call = wc.call
+
+    async def start(self) -> None:
+        self.wc.start()
+
+    async def reoffer(self, sdp: str) -> str:
+        return await self.wc.renegotiate_sdp(sdp)
+
+    async def set_answer(self, sdp: str) -> None:
+        raise DispatchError("a WebRTC call needs the caller's offer")
+
+
+class CallHost:
+    """Holds calls in this process; implements :class:`~v2v.signaling.dispatch.Dispatcher`."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        metrics: ServerMetrics | None = None,
+        factories: dict[str, ModelFactory] | None = None,
+        *,
+        name: str = "",
+    ) -> None:
+        self.config = config
+        self.name = name or config.name or socket.gethostname()
+        self.manager = CallManager(config, metrics, factories)
+        self.metrics = self.manager.metrics
+        self.webrtc = WebRTCTransport(self.manager)
+        self.draining = False
+        self.started_at = time.monotonic()
+        self._media: dict[str, HostedMedia] = {}
+        self._listeners = Listeners()
+        self._rtp: RtpMediaConfig | None = None
+        self.manager.add_end_listener(self._on_call_end)
+
+    # -- lifecycle ---------------------------------------------------------
+    async def start(self) -> None:
+        await self.manager.start()
+
+    async def close(self, reason: str = "shutdown") -> None:
+        await self.manager.close(reason)
+        await self.webrtc.close()
+
+    def add_listener(self, listener: EventListener) -> None:
+        self._listeners.add(listener)
+
+    def _on_call_end(self, call: Call, reason: str) -> None:
+        self._media.pop(call.call_id, None)
+        self._listeners.emit(CallEnded(call.call_id, reason, call.transport, self.name))
+
+    def _check_open(self, transport: str) -> None:
+        if self.draining:
+            raise Overloaded(f"worker {self.name} is draining", retry_after=self.manager.RETRY_AFTER_S)
+        self.manager.check_capacity(transport)
+
+    # -- WebRTC ------------------------------------------------------------
+    async def offer(self, req: OfferRequest) -> OfferAnswer:
+        if not self.webrtc.has_call(req.pc_id):
+            self._check_open("webrtc")
+        return await self.webrtc.offer(req, req.peer)
+
+    async def add_candidates(self, pc_id: str, candidates: list[IceCandidateInit]) -> None:
+        await self.webrtc.add_candidates(pc_id, candidates)
+
+    async def hangup(self, call_id: str, reason: str = "hangup") -> None:
+        await self.manager.hangup(call_id, reason)
+
+    # -- SIP media ---------------------------------------------------------
+    def _rtp_config(self) -> RtpMediaConfig:
+        if self._rtp is None:
+            cfg = self.config
+            host = cfg.host
+            self._rtp = RtpMediaConfig(
+                rtp_host=host,
+                public_host=public_address(cfg.advertise or cfg.sip_public_address, host),
+                ports=PortAllocator.parse(cfg.rtp_ports),
+                media_timeout=cfg.media_timeout,
+            )
+        return self._rtp
+
+    async def open_media(self, req: MediaRequest) -> MediaAnswer:
+        self._check_open(req.transport)
+        media: HostedMedia
+        if req.transport == "sip_ws":
+            wc, sdp = await self.webrtc.answer(
+                req.offer_sdp, req.peer, transport=req.transport, profile=req.profile,
+                call_id=req.call_id, rtvi=False, start=False,
+            )
+            assert wc.call is not None
+            wc.call.log.event("sip-call", sip_call_id=req.sip_call_id, user=req.user, from_uri=req.from_uri)
+            media, awaiting = WebRTCSipMedia(wc), False
+        else:
+            rtp = await RtpCall.create(self.manager, self._rtp_config(), req)
+            media, sdp, awaiting = rtp, rtp.answer_sdp, rtp.awaiting_answer
+        self._media[req.call_id] = media
+        return MediaAnswer(req.call_id, sdp, awaiting, self.name)
+
+    def hosted(self, call_id: str) -> HostedMedia | None:
+        """The media of SIP call ``call_id`` held here (RtpCall or WebRTC), if any."""
+        return self._media.get(call_id)
+
+    def _media_of(self, call_id: str) -> HostedMedia:
+        media = self._media.get(call_id)
+        if media is None or media.call is None or media.call.ending:
+            raise UnknownCall(f"unknown call {call_id!r}")
+        return media
+
+    async def start_media(self, call_id: str) -> None:
+        await self._media_of(call_id).start()
+
+    async def reoffer(self, call_id: str, sdp: str) -> str:
+        return await self._media_of(call_id).reoffer(sdp)
+
+    async def set_answer(self, call_id: str, sdp: str) -> None:
+        await self._media_of(call_id).set_answer(sdp)
+
+    async def dtmf(self, call_id: str, digit: str) -> None:
+        call = self.manager.get(call_id)
+        if call is None or call.ending:
+            raise UnknownCall(f"unknown call {call_id!r}")
+        await call.session.dtmf(digit)
+
+    # -- load and health ----------------------------------------------------
+    def active_calls(self, transport: str | None = None) -> int:
+        return self.manager.active_calls(transport)
+
+    def not_ready_reason(self) -> str | None:
+        if self.draining:
+            return f"worker {self.name} is draining"
+        return self.manager.not_ready_reason()
+
+    @property
+    def capacity(self) -> int:
+        return self.config.capacity or self.config.max_calls
+
+    def info(self, address: str = "") -> WorkerInfo:
+        return WorkerInfo(
+            name=self.name,
+            address=address or self.config.advertise or self.config.host,
+            active_calls=self.active_calls(),
+            capacity=self.capacity,
+            state="draining" if self.draining else "ready",
+            last_seen_s=0.0,
+        )
+
+    async def workers(self) -> list[WorkerInfo]:
+        """A plain ``v2v serve`` lists itself as the one worker."""
+        return [self.info()]

@@ -1,0 +1,133 @@
+"""The media of a SIP call on plain RTP (G.711), held by the worker process.
+
+Made from a :class:`~v2v.signaling.dispatch.MediaRequest` (the INVITE's SDP
+offer, or none for a delayed offer): binds an RTP port, creates the call
+through the :class:`~v2v.signaling.calls.CallManager` with the transport label
+(``sip_udp``/``sip_tcp``) and the request-URI user as profile, and answers
+with the worker's media address. The SIP dialog itself stays with signaling.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from v2v.media.g711 import G711Codec
+from v2v.media.playout import PlayoutBuffer
+from v2v.worker.tasks import TaskSet
+from v2v.worker.transport import QueueAudioInput
+
+from .calls import Call, CallManager
+from .dispatch import BadRequest, MediaRequest
+from .sip.rtp_session import PortAllocator, RtpSession
+from .sip.sdp import AudioOffer, SdpError, SdpSession, parse_offer
+
+log = logging.getLogger("v2v.sip")
+
+
+@dataclass
+class RtpMediaConfig:
+    """Where a worker's RTP lives: bind host, advertised host, port range, timeout."""
+
+    rtp_host: str
+    public_host: str
+    ports: PortAllocator
+    media_timeout: float
+
+
+class RtpCall:
+    """One SIP call's RTP session and its :class:`Call`."""
+
+    def __init__(self, call: Call, rtp: RtpSession, sdp: SdpSession, answer_sdp: str, awaiting_answer: bool) -> None:
+        self.call = call
+        self.rtp = rtp
+        self.sdp = sdp
+        self.answer_sdp = answer_sdp
+        self.awaiting_answer = awaiting_answer
+        self._tasks = TaskSet()
+        call.on_end(self._on_call_end)
+
+    @classmethod
+    async def create(cls, manager: CallManager, cfg: RtpMediaConfig, req: MediaRequest) -> RtpCall:
+        """Bind RTP and create the call (not started); raises BadRequest or Overloaded."""
+        offer = None
+        if req.offer_sdp.strip():
+            try:
+                offer = parse_offer(req.offer_sdp)
+            except SdpError as e:
+                raise BadRequest(str(e)[:80]) from e
+        manager.check_capacity(req.transport)
+        sock = cfg.ports.bind(cfg.rtp_host)
+        audio_in = QueueAudioInput(8000)
+        playout = PlayoutBuffer()
+        if offer is not None:
+            codec, pt, dtmf_pt, remote = offer.codec, offer.payload_type, offer.dtmf_pt, (offer.address, offer.port)
+        else:  # delayed offer: we offer PCMU/PCMA/telephone-event, the ACK answers
+            codec, pt, dtmf_pt, remote = "PCMU", 0, 101, ("0.0.0.0", 0)
+        holder: list[RtpCall] = []
+        rtp = RtpSession(
+            sock, codec, pt, dtmf_pt, remote, playout,
+            audio_in.put, lambda d: holder[0]._on_dtmf(d) if holder else None,
+            lambda: holder[0]._on_timeout() if holder else None, timeout=cfg.media_timeout,
+        )
+        if offer is not None:
+            rtp.update_remote(remote, not offer.on_hold, offer.direction in ("sendrecv", "sendonly"))
+        try:
+            call = await manager.create_call(
+                req.transport, req.profile, audio_in, playout, req.peer, call_id=req.call_id, start=False
+            )
+        except BaseException:
+            sock.close()
+            raise
+        call.log.event("sip-call", sip_call_id=req.sip_call_id, codec=codec, rtp_port=rtp.local_port,
+                       user=req.user, from_uri=req.from_uri, delayed_offer=offer is None)
+        sdp = SdpSession(cfg.public_host)
+        answer = sdp.build_answer(offer, rtp.local_port) if offer is not None else sdp.build_offer(rtp.local_port)
+        self = cls(call, rtp, sdp, answer, offer is None)
+        holder.append(self)
+        return self
+
+    async def start(self) -> None:
+        if self.call.ending:
+            return
+        await self.rtp.start()
+        self.call.manager.start_call(self.call)
+
+    def _apply(self, desc: AudioOffer) -> None:
+        if desc.codec != self.rtp.codec.name or desc.payload_type != self.rtp.payload_type:
+            self.rtp.codec = G711Codec(desc.codec)
+            self.rtp.payload_type = desc.payload_type
+        self.rtp.dtmf_pt = desc.dtmf_pt
+        self.rtp.update_remote((desc.address, desc.port), not desc.on_hold, desc.direction in ("sendrecv", "sendonly"))
+
+    async def reoffer(self, sdp: str) -> str:
+        try:
+            offer = parse_offer(sdp)
+        except SdpError as e:
+            raise BadRequest(str(e)[:80]) from e
+        self._apply(offer)
+        self.call.log.event("sip-hold" if offer.on_hold else "sip-unhold", direction=offer.direction)
+        self.answer_sdp = self.sdp.build_answer(offer, self.rtp.local_port)
+        return self.answer_sdp
+
+    async def set_answer(self, sdp: str) -> None:
+        self.awaiting_answer = False
+        try:
+            self._apply(parse_offer(sdp))
+        except SdpError as e:
+            raise BadRequest(str(e)[:80]) from e
+
+    async def dtmf(self, digit: str) -> None:
+        if not self.call.ending:
+            await self.call.session.dtmf(digit)
+
+    def _on_dtmf(self, digit: str) -> None:
+        if not self.call.ending:
+            self._tasks.spawn(self.dtmf(digit), f"sip-dtmf-{digit}")
+
+    def _on_timeout(self) -> None:
+        self.call.end_soon("media-timeout")
+
+    async def _on_call_end(self, reason: str) -> None:
+        await self._tasks.cancel_all()
+        await self.rtp.close()
