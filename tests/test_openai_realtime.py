@@ -683,7 +683,7 @@ async def test_reader_failure_fails_the_session(fake: FakeRealtimeServer) -> Non
     async def broken() -> None:
         raise RuntimeError("a bug")
 
-    s._open_socket = broken  # the reconnect hits an unexpected error
+    s.link._open_socket = broken  # the reconnect hits an unexpected error
     await s.send_message("user", "hello")
     await s.create_response()
     fatal = (await rec.wait_type(ModelError, where=lambda e: e.fatal))[0]
@@ -711,7 +711,7 @@ async def test_update_session_and_close_while_connecting(fake: FakeRealtimeServe
     await fake.wait_for(lambda: len(fake.handshakes) >= 2)
     await s2.close()
     await asyncio.wait_for(task, 2)
-    assert s2._http is None and s2._ws is None
+    assert s2.link._http is None and s2.link._ws is None
     assert fake.violations == []
 
 
