@@ -10,7 +10,6 @@ hearing (``BotStartedSpeaking`` / ``BotStoppedSpeaking``).
 
 from __future__ import annotations
 
-import bisect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from v2v.media.playout import PlayoutBuffer
 
 from . import events as ev
+from .played_text import played_text, spoken_chars
 
 _SENTENCE_END = re.compile(r"[.!?。！？]+[\"')\]]*\s")
 
@@ -27,8 +27,8 @@ class ItemText:
     """Assistant transcript of one response item, and how much was shown."""
 
     text: str = ""
-    chars: list[int] = field(default_factory=list)  # char position where each timed word starts
-    audio: list[int] = field(default_factory=list)  # its audio sample offset in the item (ascending)
+    # timed words: (char position where the word starts, its audio sample offset in the item), ascending
+    words: list[tuple[int, int]] = field(default_factory=list)
     emitted: int = 0  # characters already published as bot-output
     sentence_from: int = 0  # characters already published as bot-transcription
     done: bool = False
@@ -57,8 +57,7 @@ class TranscriptPacer:
     def delta(self, item_id: str, text: str, audio_offset: int | None) -> None:
         it = self.texts.setdefault(item_id, ItemText())
         if audio_offset is not None:
-            it.chars.append(len(it.text) + len(text) - len(text.lstrip()))
-            it.audio.append(audio_offset)
+            it.words.append((len(it.text) + len(text) - len(text.lstrip()), audio_offset))
         it.text += text
         self._publish_sentences(item_id, it, final=False)
 
@@ -95,7 +94,7 @@ class TranscriptPacer:
         it = self.texts.get(item_id)
         if it is None or not it.text:
             return
-        upto = _spoken_chars(it, playout.played(item_id), playout.received(item_id))
+        upto = spoken_chars(it.text, playout.played(item_id), playout.received(item_id), it.words)
         # publish whole words only
         while upto < len(it.text) and upto > it.emitted and not it.text[upto].isspace():
             upto -= 1
@@ -126,24 +125,5 @@ class TranscriptPacer:
         it = self.texts.pop(item_id, None)
         if it is None or not it.text:
             return "", ""
-        cut = _spoken_chars(it, played, received)
-        # word-aligned: never end inside a word
-        while cut < len(it.text) and cut > 0 and not it.text[cut - 1].isspace() and not it.text[cut].isspace():
-            cut -= 1
-        return it.text[:cut].strip(), it.text[cut:].strip()
+        return played_text(it.text, played, received, it.words)
 
-
-def _spoken_chars(it: ItemText, played: int, received: int) -> int:
-    """Characters of the item's text spoken after ``played`` samples.
-
-    With word timings: every word that started before ``played``;
-    otherwise in proportion to the audio received.
-    """
-    if it.audio:
-        started = bisect.bisect_left(it.audio, played)
-        if started == 0:
-            return 0
-        return it.chars[started] if started < len(it.chars) else len(it.text)
-    if received <= 0:
-        return 0
-    return len(it.text) * min(played, received) // received

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..played_text import played_text
 from . import local_brain as brain
 from .base import (
     AudioDelta,
@@ -304,12 +305,7 @@ class LocalSession(ModelSession):
             ))
             return
         cut = audio_end_ms * RATE // 1000
-        end = len(item.text)
-        for start, offset in item.words:
-            if offset >= cut:
-                end = start
-                break
-        item.text = item.text[:end].rstrip()
+        item.text = played_text(item.text, cut, item.samples, item.words)[0]
         item.words = [w for w in item.words if w[1] < cut]
         item.samples = cut
         item.truncated_ms = audio_end_ms
