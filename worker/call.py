@@ -39,6 +39,7 @@ from .barge import BargeIn
 from .models import base as mb
 from .pacing import ItemText, TranscriptPacer
 from .responses import ResponseLedger
+from .tasks import TaskSet
 from .tool_runner import ToolRunner
 from .tools import ToolRegistry
 
@@ -90,7 +91,7 @@ class CallSession:
         self.ended = asyncio.Event()
         self.end_reason = ""
         self._listeners: list[Callable[[ev.CallEvent], None]] = []
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = TaskSet(f"call {call_id}")
         self._model_task: asyncio.Task | None = None
         self._connected = False
         self._caller_joined = False
@@ -183,16 +184,7 @@ class CallSession:
             await self.model.close()
         except Exception:
             log.exception("call %s: model close failed", self.call_id)
-        current = asyncio.current_task()
-        for task in list(self._tasks):
-            if task is not current:
-                task.cancel()
-        for task in list(self._tasks):
-            if task is not current:
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):
-                    pass
+        await self._tasks.cancel_all()
         self._set_state("ended")
         self.publish(ev.CallEnded(reason))
 
@@ -223,7 +215,7 @@ class CallSession:
     @property
     def idle(self) -> bool:
         """Nobody is talking and nothing is pending (no response, tool or turn)."""
-        busy = self._tasks - ({self._model_task} if self._model_task else set())
+        busy = len(self._tasks) > int(self._model_task in self._tasks)
         return not (self._assistant_active() or self._user_speaking or busy)
 
     @property
@@ -233,10 +225,7 @@ class CallSession:
 
     # ------------------------------------------------------------ internals
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro, name=f"{self.call_id}:{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(coro, f"{self.call_id}:{name}")
 
     def _set_state(self, state: ev.AgentState) -> None:
         if state != self.state and self.state != "ended":

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from . import rtvi_messages as m
+from .tasks import TaskSet
 
 if TYPE_CHECKING:
     from .call import CallSession
@@ -139,6 +140,10 @@ def _version() -> str:
         return "0.1.0"
 
 
+async def _wait(aw: Awaitable[Any]) -> Any:
+    return await aw
+
+
 def _about() -> dict[str, Any]:
     return {"library": "v2v", "library_version": _version()}
 
@@ -180,9 +185,10 @@ class RTVIHandler:
         self._ready_timer: asyncio.TimerHandle | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
         self._queue: asyncio.Queue[Callable[[], Awaitable[None]]] | None = None
-        self._worker: asyncio.Task | None = None
-        self._tasks: set[asyncio.Task] = set()
-        self._hangup_tasks: set[asyncio.Task] = set()  # not cancelled by close()
+        self._worker: asyncio.Task | None = None  # runs the queued actions
+        self._background = TaskSet(f"rtvi {call.call_id}")  # holds the worker
+        self._tasks = TaskSet(f"rtvi {call.call_id} client-messages")
+        self._hangup_tasks = TaskSet(f"rtvi {call.call_id} hangup")  # not cancelled by close()
         self._started = False
         self._closed = False
         self._hung_up = False
@@ -198,7 +204,7 @@ class RTVIHandler:
             return
         self._started = True
         self._queue = asyncio.Queue(MAX_QUEUED_ACTIONS)
-        self._worker = asyncio.get_running_loop().create_task(self._run_actions(), name="rtvi-actions")
+        self._worker = self._background.spawn(self._run_actions(), "rtvi-actions")
 
     async def close(self) -> None:
         """The call is over: tell the client (``peerLeft``, unless already
@@ -215,14 +221,8 @@ class RTVIHandler:
         for timer in (self._ping_timer, self._ready_timer):
             if timer is not None:
                 timer.cancel()
-        tasks = [t for t in (self._worker, *self._tasks) if t is not None and t is not asyncio.current_task()]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        await self._background.cancel_all()
+        await self._tasks.cancel_all()
 
     def register_client_message_handler(self, t: str, fn: ClientMessageHandler) -> None:
         """Serve ``client-message`` type ``t`` on this call only."""
@@ -302,7 +302,7 @@ class RTVIHandler:
             if len(self._tasks) >= MAX_CONCURRENT_CLIENT_MESSAGES:
                 self._error_response(msg.id, "too many requests in flight")
             else:
-                self._spawn(self._serve_client_message(msg))
+                self._tasks.spawn(self._serve_client_message(msg), f"client-message {msg.t[:64]}")
         elif isinstance(msg, m.SendText):
             self._enqueue(msg.id, lambda: self.call.send_text(
                 msg.content, run_immediately=msg.run_immediately, audio_response=msg.audio_response))
@@ -318,11 +318,6 @@ class RTVIHandler:
             self._enqueue(msg.id, dtmf)
         elif isinstance(msg, m.DisconnectBot):
             self.hangup("disconnect-bot")
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _enqueue(self, id_: str | None, action: Callable[[], Awaitable[Any]]) -> None:
         """Run call actions one at a time, in arrival order."""
@@ -362,9 +357,7 @@ class RTVIHandler:
         try:
             res = self._on_hangup(reason) if self._on_hangup is not None else self.call.close(reason)
             if inspect.isawaitable(res):
-                task = asyncio.ensure_future(res)
-                self._hangup_tasks.add(task)
-                task.add_done_callback(self._hangup_tasks.discard)
+                self._hangup_tasks.spawn(_wait(res), "rtvi-hangup")
         except Exception:
             log.exception("call %s: on_hangup failed", self.call.call_id)
 

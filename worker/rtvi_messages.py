@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Union
 
+from .dtmf import is_dtmf_digit
+
 PROTOCOL_VERSION = "2.1.0"
 LEGACY_PROTOCOL_VERSION = "1.4.0"  # what a 1.x client is told
 LABEL = "rtvi-ai"
 MAX_FRAME_BYTES = 64 * 1024  # client-js's default maxMessageSize
 MAX_TEXT_CHARS = 16 * 1024
-DTMF_KEYS = frozenset("0123456789*#ABCD")
 
 
 # --------------------------------------------------------------------------
@@ -272,7 +273,7 @@ def _parse_rtvi(type_: str, id_: str | None, data: dict[str, Any]) -> ParsedFram
             keys = [data["button"]]
         else:
             raise _Invalid("dtmf needs buttons (or button)")
-        if not all(isinstance(k, str) and k in DTMF_KEYS for k in keys):
+        if not all(is_dtmf_digit(k) for k in keys):
             raise _Invalid("dtmf keys must be 0-9, *, # or A-D")
         return Dtmf(id_, list(keys))
     raise _Invalid(f"unsupported message type {type_[:64]!r}")

@@ -33,6 +33,9 @@ class TaskSet:
     def __bool__(self) -> bool:
         return bool(self._tasks)
 
+    def __contains__(self, task: object) -> bool:
+        return task in self._tasks
+
     def spawn(self, coro: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
         """Run ``coro`` as a task of this set (a reference is kept until it ends)."""
         task = asyncio.get_running_loop().create_task(coro, name=name)

@@ -22,6 +22,8 @@ import secrets
 import time
 from collections.abc import Callable
 
+from v2v.worker.dtmf import DTMF_DIGITS
+
 from .dialog import (
     CallRequest,
     Conn,
@@ -302,7 +304,7 @@ class SipCore:
             digit = body.strip() or None
         if digit is not None:
             digit = {"10": "*", "11": "#"}.get(digit, digit).upper()
-            if len(digit) != 1 or digit not in "0123456789*#ABCD":
+            if len(digit) != 1 or digit not in DTMF_DIGITS:
                 self._respond(req, conn, 400, "Bad DTMF digit")
                 return
         self._respond(req, conn, 200)

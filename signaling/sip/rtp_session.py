@@ -33,13 +33,14 @@ from aiortc.rtp import RtpPacket
 from v2v.media.g711 import G711Codec
 from v2v.media.jitter import JitterBuffer
 from v2v.media.resample import ExactResampler
+from v2v.worker.dtmf import DTMF_DIGITS
 
 log = logging.getLogger("v2v.sip.rtp")
 
 FRAME_8K = 160
 FRAME_24K = 480
 PTIME = 0.020
-DTMF_EVENTS = "0123456789*#ABCD"
+DTMF_EVENTS = DTMF_DIGITS
 CN_PT = 13  # comfort noise (RFC 3389), static payload type
 MAX_GAP_8K = 10 * 8000  # a timestamp jump up to this is silence; beyond, the stream re-anchors
 FILL_ALLOWANCE_S = 0.08  # silence is generated in real time once no packet came for this long
