@@ -7,10 +7,12 @@ committed espeak-ng fixtures under tests/fixtures/local/.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -175,7 +177,7 @@ async def test_story_is_long_with_increasing_word_offsets_and_truncation_cuts_te
     assert audio > 60 * RATE  # a minute or more of speech
     assert elapsed < audio / RATE / 10  # streamed much faster than real time
     assert len(offsets) > 200 and offsets[0] == 0
-    assert all(b > a for a, b in zip(offsets, offsets[1:]))
+    assert all(b > a for a, b in itertools.pairwise(offsets))
     assert offsets[-1] < audio
     deltas = col.of(mb.AudioDelta, mark)
     assert len({d.item_id for d in deltas}) == 1 and len(deltas) > 100  # streamed in chunks
@@ -291,15 +293,32 @@ def test_brain_and_helpers() -> None:
     assert len(trim_quiet(quiet)) == RATE + 2 * RATE * 3 // 10
 
 
-async def test_recognition_and_synthesis_run_off_the_loop(session) -> None:
+def _record_threads(threads: dict[int, str], fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, noting the thread (ident -> name) of each call."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        threads[threading.get_ident()] = threading.current_thread().name
+        return fn(*args, **kwargs)
+
+    return call
+
+
+async def test_recognition_and_synthesis_run_off_the_loop(session, monkeypatch) -> None:
+    stt, tts = shared_recognizer(), shared_tts()
+    stt_threads: dict[int, str] = {}
+    tts_threads: dict[int, str] = {}
+    monkeypatch.setattr(stt, "recognize", _record_threads(stt_threads, stt.recognize))
+    monkeypatch.setattr(tts, "_synth_sentence", _record_threads(tts_threads, tts._synth_sentence))
     await say(session, "hello_there")
     await session.create_response()
     await session.collector.wait_done()
     loop_thread = threading.get_ident()
-    stt, tts = shared_recognizer(), shared_tts()
-    assert stt.thread_ids and loop_thread not in stt.thread_ids
-    assert tts.thread_ids and loop_thread not in tts.thread_ids
-    assert threading.main_thread().ident not in stt.thread_ids | tts.thread_ids
+    assert stt_threads and loop_thread not in stt_threads
+    assert tts_threads and loop_thread not in tts_threads
+    assert threading.main_thread().ident not in stt_threads.keys() | tts_threads.keys()
+    # Each on its own executor, not the loop's default one (aiohttp's DNS uses that).
+    assert all(name.startswith("v2v-stt") for name in stt_threads.values())
+    assert all(name.startswith("v2v-espeak") for name in tts_threads.values())
 
 
 # ---------------------------------------------------------------------------
@@ -370,17 +389,17 @@ async def test_two_sessions_speak_at_once_without_mixing(factory) -> None:
     sessions = [factory.open(mb.SessionConfig()) for _ in range(2)]
     cols = [Collector(s) for s in sessions]
     texts = ["tell me a story", "what can you do"]
-    for s, text in zip(sessions, texts):
+    for s, text in zip(sessions, texts, strict=True):
         await s.connect()
         await s.send_message("user", text)
     await asyncio.gather(*(s.create_response() for s in sessions))
     for col in cols:
         await col.wait_done()
-    for col, expected in zip(cols, (brain.STORY, brain.CAPABILITIES)):
+    for col, expected in zip(cols, (brain.STORY, brain.CAPABILITIES), strict=True):
         text, offsets, audio = spoken(col, 0)
         assert text == expected and col.of(mb.OutputTranscriptDone)[0].text == expected
-        assert all(b > a for a, b in zip(offsets, offsets[1:])) and offsets[-1] < audio
-    for s, col in zip(sessions, cols):
+        assert all(b > a for a, b in itertools.pairwise(offsets)) and offsets[-1] < audio
+    for s, col in zip(sessions, cols, strict=True):
         await s.close()
         await asyncio.wait_for(col.task, 5)
 

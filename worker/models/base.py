@@ -16,7 +16,7 @@ import abc
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 
@@ -178,24 +178,24 @@ class ModelError:
     fatal: bool = False
 
 
-ModelEvent = Union[
-    Connected,
-    Disconnected,
-    AudioDelta,
-    AudioDone,
-    OutputTranscriptDelta,
-    OutputTranscriptDone,
-    InputTranscript,
-    TextDelta,
-    TextDone,
-    FunctionCall,
-    SpeechStarted,
-    SpeechStopped,
-    InputCommitted,
-    ResponseCreated,
-    ResponseDone,
-    ModelError,
-]
+ModelEvent = (
+    Connected
+    | Disconnected
+    | AudioDelta
+    | AudioDone
+    | OutputTranscriptDelta
+    | OutputTranscriptDone
+    | InputTranscript
+    | TextDelta
+    | TextDone
+    | FunctionCall
+    | SpeechStarted
+    | SpeechStopped
+    | InputCommitted
+    | ResponseCreated
+    | ResponseDone
+    | ModelError
+)
 
 
 # --------------------------------------------------------------------------

@@ -187,12 +187,7 @@ class LocalSession(ModelSession):
 
     # -- lifecycle ---------------------------------------------------------
     async def connect(self) -> None:
-        # Load the models off the loop (first use in the process: ~0.3 s).
-        if self._recognizer is None:
-            self._recognizer = await asyncio.to_thread(shared_recognizer)
-        if self._tts is None:
-            self._tts = shared_tts()
-        await self._tts.ready()
+        self._recognizer, self._tts = await load_engines(self._recognizer, self._tts)
         self.emit(Connected())
 
     async def close(self) -> None:
@@ -236,7 +231,7 @@ class LocalSession(ModelSession):
             text = ""
         else:
             try:
-                res = await asyncio.to_thread(self._recognizer.recognize, speech, RATE)
+                res = await self._recognizer.transcribe(speech, RATE)
             except Exception as exc:
                 log.exception("local: recognition failed")
                 self.emit(ModelError(f"speech recognition failed: {exc}", code="local_failure"))
@@ -445,6 +440,14 @@ class LocalSession(ModelSession):
         self.emit(AudioDone(item.id, response_id))
 
 
+async def load_engines(recognizer: Recognizer | None, tts: EspeakTTS | None) -> tuple[Recognizer, EspeakTTS]:
+    """The given engines, else the process-wide ones, loaded (each on its own thread: first use ~0.3 s)."""
+    recognizer = recognizer or shared_recognizer()
+    tts = tts or shared_tts()
+    await asyncio.gather(recognizer.ready(), tts.ready())
+    return recognizer, tts
+
+
 async def _run_local_tool(decision: brain.ToolCall) -> str:
     for spec, func in brain.tool_specs():
         if spec.name == decision.name:
@@ -476,11 +479,7 @@ class LocalModelFactory(ModelFactory):
 
     async def warm_up(self) -> None:
         """Load the recognizer and synthesizer ahead of the first call (off the loop)."""
-        if self._recognizer is None:
-            self._recognizer = await asyncio.to_thread(shared_recognizer)
-        if self._tts is None:
-            self._tts = shared_tts()
-        await self._tts.ready()
+        self._recognizer, self._tts = await load_engines(self._recognizer, self._tts)
         if self.voice and not await self._tts.has_voice(self.voice):
             log.warning("local model: espeak-ng has no voice %r, using %r", self.voice, self._tts.voice)
 

@@ -10,8 +10,9 @@ vocabulary (the brain repeats back what it heard).
 
 The turn is padded with 300 ms of quiet and dithered (digital silence upsets
 pocketsphinx's cepstral mean normalisation). One decoder is shared by the
-process, guarded by a lock; :meth:`Recognizer.recognize` is blocking and is
-meant to run in a worker thread (``asyncio.to_thread``).
+process (:func:`shared_recognizer`); it is built and run on a thread of its own
+(:class:`~.local_engine.ThreadedEngine`): :meth:`Recognizer.transcribe` is the
+loop's way in, :meth:`Recognizer.recognize` the blocking one.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import soxr
+
+from .local_engine import Shared, ThreadedEngine
 
 RATE = 16000
 _PAD = int(0.3 * RATE)
@@ -234,15 +238,23 @@ class Recognition:
     audio_seconds: float
 
 
-class Recognizer:
-    """A pocketsphinx decoder with the small domain language model."""
+class Recognizer(ThreadedEngine):
+    """A pocketsphinx decoder with the small domain language model, on a thread of its own."""
+
+    thread_name = "v2v-stt"
 
     def __init__(self, corpus: str = CORPUS, intents: str = INTENT_PHRASES, intent_weight: int = 1) -> None:
+        # intent_weight > 1 counts the assistant's own phrases several times.
+        self._corpus = "\n".join([intents.strip()] * intent_weight + [corpus.strip()]).lower()
+        self._lock = threading.Lock()
+        self._decoder: Any = None  # pocketsphinx.Decoder (untyped), set by _load
+        super().__init__()  # loads on the engine's thread (~0.3 s)
+
+    def _load(self) -> None:
         from pocketsphinx import Decoder, get_model_path
         from pocketsphinx.lm import ArpaBoLM
 
-        # intent_weight > 1 counts the assistant's own phrases several times.
-        corpus = "\n".join([intents.strip()] * intent_weight + [corpus.strip()]).lower()
+        corpus = self._corpus
         lm = ArpaBoLM(text=corpus, add_start=True)
         lm.compute()
         # A pronunciation dictionary limited to the vocabulary: loading the
@@ -257,12 +269,14 @@ class Recognizer:
             with open(dict_path, "w", encoding="utf-8") as f:
                 f.writelines(prons)
             self._decoder = Decoder(samprate=RATE, lm=lm_path, dict=dict_path, loglevel="FATAL")
-        self._lock = threading.Lock()
-        self.thread_ids: set[int] = set()  # threads that decoded (tests check it is not the loop's)
+
+    async def transcribe(self, pcm: np.ndarray, rate: int) -> Recognition:
+        """Decode one turn on the recognizer's thread."""
+        return await self.run(self.recognize, pcm, rate)
 
     def recognize(self, pcm: np.ndarray, rate: int) -> Recognition:
-        """Decode one turn (int16 mono at ``rate``). Blocking; call from a worker thread."""
-        self.thread_ids.add(threading.get_ident())
+        """Decode one turn (int16 mono at ``rate``). Blocking: the loop calls :meth:`transcribe`."""
+        self.wait_loaded()
         pcm = np.asarray(pcm, dtype=np.int16).reshape(-1)[-MAX_TURN_SECONDS * rate :]
         audio_seconds = len(pcm) / rate
         t0 = time.perf_counter()
@@ -282,17 +296,12 @@ class Recognizer:
         return Recognition(text, time.perf_counter() - t0, audio_seconds)
 
 
-_shared: Recognizer | None = None
-_shared_lock = threading.Lock()
+_shared = Shared(Recognizer)
 
 
 def shared_recognizer() -> Recognizer:
-    """The process-wide recognizer (created on first use: ~0.3 s; call it off the loop)."""
-    global _shared
-    with _shared_lock:
-        if _shared is None:
-            _shared = Recognizer()
-        return _shared
+    """The process-wide recognizer (cheap: it loads on its own thread; ``await ready()``)."""
+    return _shared.get()
 
 
 __all__ = ["Recognizer", "Recognition", "shared_recognizer", "CORPUS", "INTENT_PHRASES", "RATE"]

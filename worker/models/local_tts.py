@@ -1,8 +1,8 @@
 """Offline speech synthesis: espeak-ng (from the ``espeakng-loader`` wheel) via ctypes.
 
 espeak-ng keeps global C state, so every call into it runs on one dedicated
-thread (:class:`EspeakTTS` owns it; one process-wide instance from
-:func:`shared_tts`). Synthesis uses the synchronous retrieval mode: a synth
+thread (:class:`EspeakTTS` is a :class:`~.local_engine.ThreadedEngine`; one
+process-wide instance from :func:`shared_tts`). Synthesis uses the synchronous retrieval mode: a synth
 callback receives 22050 Hz audio buffers and ``espeakEVENT_WORD`` events (the
 exact sample position of each word). Audio is resampled to 24 kHz with a
 stateful soxr stream and handed to the event loop chunk by chunk as espeak
@@ -13,17 +13,17 @@ produces it (:meth:`EspeakTTS.stream`), with each word's sample offset at
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import ctypes as C
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import soxr
+
+from .local_engine import Shared, ThreadedEngine
 
 log = logging.getLogger("v2v.model.local")
 
@@ -107,24 +107,24 @@ class _Job:
             self.cancelled.set()
 
 
-class EspeakTTS:
+class EspeakTTS(ThreadedEngine):
     """espeak-ng on a dedicated thread; thread-safe and usable from any event loop."""
+
+    thread_name = "v2v-espeak"
 
     def __init__(self, voice: str = "en-us", rate_wpm: int = 175) -> None:
         self.voice = voice
         self.rate_wpm = rate_wpm
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="v2v-espeak")
         self._lib: C.CDLL | None = None
         self._cb = _Callback(self._on_synth)  # keep a reference for the C side
         self._job: _Job | None = None  # the job the callback feeds (espeak thread only)
         self.voice_rate = 0
         self._current_voice = voice
         self._bad_voices: set[str] = set()
-        self.thread_ids: set[int] = set()  # threads that ran espeak (tests check it is not the loop's)
-        self._init_future = self._executor.submit(self._init)
+        super().__init__()  # espeak_Initialize on the engine's thread
 
     # -- espeak thread ------------------------------------------------------
-    def _init(self) -> int:
+    def _load(self) -> None:
         import espeakng_loader
 
         lib = C.CDLL(espeakng_loader.get_library_path())
@@ -148,9 +148,8 @@ class EspeakTTS:
         lib.espeak_SetSynthCallback(self._cb)
         self._lib = lib
         self.voice_rate = rate
-        return rate
 
-    def _on_synth(self, wav: Any, n: int, events: Any) -> int:
+    def _on_synth(self, wav: C._Pointer[C.c_short], n: int, events: C._Pointer[_Event]) -> int:
         """espeak's synth callback (``short *wav, int n, espeak_EVENT *events``); 1 aborts."""
         job = self._job
         if job is None:
@@ -178,8 +177,7 @@ class EspeakTTS:
 
     def _select_voice(self, voice: str | None) -> bool:
         """Switch espeak to ``voice`` (espeak thread); an unknown voice selects the default."""
-        if self._lib is None:
-            self._init_future.result()
+        self.wait_loaded()
         assert self._lib is not None
         voice = voice or self.voice
         known = voice not in self._bad_voices
@@ -198,7 +196,6 @@ class EspeakTTS:
         return known
 
     def _synth_sentence(self, job: _Job, text_base: int, sentence: str, last: bool, voice: str | None) -> None:
-        self.thread_ids.add(threading.get_ident())
         self._select_voice(voice)
         assert self._lib is not None
         if not job.stopped() and sentence.strip():
@@ -221,19 +218,14 @@ class EspeakTTS:
                 job.pending_words = []
 
     # -- loop side ----------------------------------------------------------
-    async def ready(self) -> int:
-        """Wait until espeak is initialised; returns its sample rate."""
-        return await asyncio.wrap_future(self._init_future)
-
     async def has_voice(self, voice: str) -> bool:
         """Whether espeak-ng knows ``voice`` (e.g. ``en-us``, ``en-gb+f3``)."""
         await self.ready()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._select_voice, voice)
+        return await self.run(self._select_voice, voice)
 
     async def stream(
         self, text: str, cancelled: threading.Event | None = None, voice: str | None = None
-    ) -> AsyncIterator[SynthChunk]:
+    ) -> AsyncGenerator[SynthChunk, None]:
         """Synthesize ``text`` sentence by sentence; yield 24 kHz chunks as espeak produces them.
 
         ``voice`` is an espeak-ng voice name (default: the synthesizer's; an
@@ -242,9 +234,9 @@ class EspeakTTS:
         Setting ``cancelled`` (or closing the generator) stops synthesis at the
         next espeak buffer; nothing more is yielded.
         """
-        rate = await self.ready()
+        await self.ready()
         loop = asyncio.get_running_loop()
-        job = _Job(loop, rate)
+        job = _Job(loop, self.voice_rate)
         job.external = cancelled
         pieces = split_sentences(text)
         try:
@@ -280,12 +272,9 @@ class EspeakTTS:
             words.extend(chunk.words)
         return (np.concatenate(pcm) if pcm else np.zeros(0, np.int16)), words
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
-
-def _end_marker(job: _Job):
-    def done(f: asyncio.Future) -> None:
+def _end_marker(job: _Job) -> Callable[[asyncio.Future[None]], None]:
+    def done(f: asyncio.Future[None]) -> None:
         if not f.cancelled():
             f.exception()  # retrieved here; re-raised by the consumer
         job.queue.put_nowait(None)
@@ -298,17 +287,12 @@ def _char_index(text: str, pos: int) -> int:
     return max(0, min(len(text), pos))
 
 
-_shared: EspeakTTS | None = None
-_shared_lock = threading.Lock()
+_shared = Shared(EspeakTTS)
 
 
 def shared_tts() -> EspeakTTS:
     """The process-wide synthesizer (espeak-ng has one global state)."""
-    global _shared
-    with _shared_lock:
-        if _shared is None:
-            _shared = EspeakTTS()
-        return _shared
+    return _shared.get()
 
 
 __all__ = ["EspeakTTS", "SynthChunk", "Word", "shared_tts", "split_sentences", "OUT_RATE"]
