@@ -642,10 +642,6 @@ async def test_signalling_envelopes(h: Harness) -> None:
                 {"type": "trackStatus", "receiver_index": 1}, {"type": "dance"}, "x"):
         mark = h.send_raw(json.dumps({"type": "signalling", "message": bad}))
         assert (await h.wait_for("error", mark))["data"]["fatal"] is False
-    mark = len(h.received)
-    assert h.handler.renegotiate()
-    m = await h.wait_for(lambda m: isinstance(m, dict) and m.get("type") == "signalling", mark)
-    assert m == {"type": "signalling", "message": {"type": "renegotiate"}}
 
 
 async def test_ping_watchdog() -> None:

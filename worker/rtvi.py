@@ -5,8 +5,7 @@ one text channel (Pipecat's SmallWebRTC data channel, labelled ``chat``). The
 transport calls :meth:`RTVIHandler.handle` with every incoming text frame and
 gives the handler a ``send(text)`` callable for outgoing frames; the handler
 subscribes to the call's events and translates each into RTVI. It knows
-nothing about WebRTC: the transport calls :meth:`RTVIHandler.renegotiate`
-when it needs a new offer, and ``on_hangup(reason)`` is how the handler asks
+nothing about WebRTC: ``on_hangup(reason)`` is how the handler asks
 the transport to end the call (``disconnect-bot``, ping timeout); without
 one, the handler closes the call session itself (``call.close(reason)``).
 
@@ -255,10 +254,6 @@ class RTVIHandler:
 
     def _error_response(self, id_: str, message: str) -> None:
         self.send_message("error-response", {"error": message}, id_)
-
-    def renegotiate(self) -> bool:
-        """Ask the client for a new offer (SmallWebRTC renegotiation)."""
-        return self.send_raw(m.signalling_frame("renegotiate"))
 
     def peer_left(self) -> bool:
         """Tell the client the server left the call (sent once)."""
