@@ -393,7 +393,7 @@ async def bench_barge(args: argparse.Namespace, segs: list[Segment], silence: by
         recs.sort(key=lambda r: r.onset_sent)
         if len(tl) != len(recs):
             errors.append(f"{pc_id}: {len(recs)} barge-ins measured, {len(tl)} interruptions logged")
-        for r, t in zip(recs, tl):
+        for r, t in zip(recs, tl, strict=False):  # a count mismatch is reported above
             err = None if r.received_ms is None else t["audio_end_ms"] - r.received_ms
             if err is not None:
                 errs_ms.append(err)

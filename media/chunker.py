@@ -19,7 +19,7 @@ class Chunker:
         if size <= 0:
             raise ValueError("chunk size must be positive")
         self.size = size
-        self._buf = np.zeros(size, dtype=dtype)
+        self._buf: np.ndarray = np.zeros(size, dtype=dtype)
         self._fill = 0
 
     @property

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 
@@ -42,7 +42,7 @@ class ItemPlayed:
     played: int
 
 
-PlayoutEvent = Union[PlayoutStarted, PlayoutStopped, ItemPlayed]
+PlayoutEvent = PlayoutStarted | PlayoutStopped | ItemPlayed
 
 
 class _Item:

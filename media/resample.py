@@ -25,14 +25,14 @@ class Resampler:
         self._rs = None if self._passthrough else av.AudioResampler(format="s16", layout="mono", rate=out_rate)
 
     def process(self, pcm: np.ndarray) -> np.ndarray:
-        if self._passthrough or len(pcm) == 0:
+        if self._rs is None or len(pcm) == 0:
             return pcm
         frames = self._rs.resample(mono_to_frame(pcm, self.in_rate))
         return _concat(frames)
 
     def flush(self) -> np.ndarray:
         """Drain the filter's delay line (end of stream)."""
-        if self._passthrough:
+        if self._rs is None:
             return _EMPTY
         return _concat(self._rs.resample(None))
 

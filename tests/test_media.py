@@ -265,7 +265,7 @@ async def test_track_frames_pts_and_pacing(monkeypatch: pytest.MonkeyPatch) -> N
     p.add("a", np.full(24000, 1000, np.int16))
     track = AssistantTrack(p, clock=lambda: clock.now)
     pts = []
-    for i in range(50):
+    for _ in range(50):
         frame = await track.recv()
         assert frame.samples == 960 and frame.sample_rate == 48000
         assert frame.format.name == "s16" and frame.layout.name == "mono"

@@ -119,7 +119,7 @@ async def test_offer_field_types_are_checked():
             async with http.post(server.offer_url, json={"sdp": sdp, "type": "offer", **extra}) as r:
                 await expect_error(r, 400)
         # an SDP that parses line by line but has no usable transport (no ICE credentials)
-        broken = "\r\n".join(l for l in sdp.splitlines() if not l.startswith(("a=ice-ufrag", "a=ice-pwd")))
+        broken = "\r\n".join(ln for ln in sdp.splitlines() if not ln.startswith(("a=ice-ufrag", "a=ice-pwd")))
         async with http.post(server.offer_url, json={"sdp": broken, "type": "offer"}) as r:
             await expect_error(r, 400)
     assert server.host.webrtc.open_peer_connections == 0

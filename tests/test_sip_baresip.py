@@ -74,9 +74,9 @@ class Baresip:
             try:
                 self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.ctrl_port)
                 break
-            except OSError:
+            except OSError as e:
                 if self.proc.returncode is not None:
-                    raise AssertionError("baresip exited:\n" + "\n".join(self.log))
+                    raise AssertionError("baresip exited:\n" + "\n".join(self.log)) from e
                 await asyncio.sleep(0.05)
         else:
             raise AssertionError("baresip control port never opened:\n" + "\n".join(self.log))
@@ -112,8 +112,9 @@ class Baresip:
 
         try:
             return await asyncio.wait_for(_wait(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"baresip: no {type_} in {timeout}s; events {self.events}\n" + "\n".join(self.log[-40:]))
+        except TimeoutError as e:
+            raise AssertionError(f"baresip: no {type_} in {timeout}s; events {self.events}\n"
+                                 + "\n".join(self.log[-40:])) from e
 
     async def stop(self) -> None:
         if self.proc.returncode is None:

@@ -316,17 +316,20 @@ async def test_silence_suppression_ends_the_turn_like_silence() -> None:
         events = record_call_events(srv)
         sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
         rtp = await SuppressingPeer.open(np.zeros(0, np.int16))
-        count = lambda cls: sum(isinstance(e, cls) for e in events)
+
+        def count(cls: type) -> int:
+            return sum(isinstance(e, cls) for e in events)
+
         try:
             call = await Call.dial(sip, rtp, f"sip:echo@127.0.0.1:{srv.sip_port}")
             await wait_for(lambda: rtp.cn_sent >= 1 and srv.active() == 1, 2.0, "the call up, the phone silent")
             for turn in (1, 2):
                 rtp.say(phrase)
                 # the phrase, one CN packet, then nothing: the turn still ends and the echo answers
-                await wait_for(lambda: count(ev.BotStartedSpeaking) >= turn, 8.0, f"the reply to turn {turn}")
+                await wait_for(lambda t=turn: count(ev.BotStartedSpeaking) >= t, 8.0, f"the reply to turn {turn}")
                 assert count(ev.UserStoppedSpeaking) >= turn
                 assert rtp.audio_sent == turn * len(range(0, len(phrase), 160)) and rtp.cn_sent == turn + 1
-                await wait_for(lambda: count(ev.BotStoppedSpeaking) >= turn, 8.0, f"the end of reply {turn}")
+                await wait_for(lambda t=turn: count(ev.BotStoppedSpeaking) >= t, 8.0, f"the end of reply {turn}")
             assert (await call.bye()).status == 200
         finally:
             await rtp.close()

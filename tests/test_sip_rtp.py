@@ -1,4 +1,4 @@
-"""RtpSession over loopback: pacing and played-sample accounting, RFC 4733 out and in,
+"""RtpSession over loopback: pacing and played-sample accounting, RFC 4733 in,
 reordering, SSRC change, latching, foreign packets, inactivity timeout."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -54,7 +55,7 @@ async def _session(peer: Peer, playout: PlayoutBuffer, got: list, digits: list, 
     return s
 
 
-async def test_paced_send_accounting_and_dtmf_out() -> None:
+async def test_paced_send_accounting() -> None:
     peer = await _peer()
     playout = PlayoutBuffer()
     tone24 = (8000 * np.sin(2 * np.pi * 300 * np.arange(5 * 24000) / 24000)).astype(np.int16)
@@ -63,9 +64,6 @@ async def test_paced_send_accounting_and_dtmf_out() -> None:
     got: list = []
     s = await _session(peer, playout, got, [], [])
     try:
-        await wait_for(lambda: len(peer.packets) >= 60, 3.0, "60 packets")
-        s.send_dtmf("5")
-        await wait_for(lambda: sum(1 for _, p in peer.packets if p.payload_type == 101) >= 8, 2.0, "RFC 4733 out")
         await wait_for(lambda: len(peer.packets) >= 100, 3.0, "100 packets")
     finally:
         await s.close()
@@ -74,19 +72,13 @@ async def test_paced_send_accounting_and_dtmf_out() -> None:
     # 20 ms pace (loose bounds: a shared 2-core machine), contiguous sequence numbers, 160-sample timestamps
     assert 0.015 < (times[-1] - times[0]) / (len(times) - 1) < 0.025
     seqs = [p.sequence_number for p in pkts]
-    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))
+    assert all((b - a) & 0xFFFF == 1 for a, b in pairwise(seqs))
     audio = [p for p in pkts if p.payload_type == 0]
-    assert all(len(p.payload) == 160 for p in audio)
-    # every packet sent consumed exactly 480 samples at 24 kHz (20 ms), events included
+    assert len(audio) == len(pkts) and all(len(p.payload) == 160 for p in audio)
+    assert all((b - a) & 0xFFFFFFFF == 160 for a, b in pairwise(p.timestamp for p in pkts))
+    # every packet sent consumed exactly 480 samples at 24 kHz (20 ms)
     assert playout.played("item-1") == 480 * s.stats.packets_out
     assert np.abs(ulaw_decode(audio[10].payload)).max() > 4000  # the tone, not silence
-    ev = [p for p in pkts if p.payload_type == 101]
-    event, flags, duration = struct.unpack("!BBH", ev[0].payload)
-    assert event == 5 and ev[0].marker == 1 and not flags & 0x80
-    ends = [p for p in ev if p.payload[1] & 0x80]
-    assert len(ends) == 3 and len({p.timestamp for p in ev}) == 1  # one event, one timestamp
-    assert struct.unpack("!BBH", ends[-1].payload)[2] == 800  # 100 ms
-    assert s.stats.dtmf_out == 1
 
 
 async def test_receive_reorder_ssrc_change_latch_foreign_and_dtmf_in() -> None:
@@ -155,7 +147,10 @@ async def test_timestamp_gaps_lost_packets_and_comfort_noise_count_as_silence() 
     try:
         assert peer.transport is not None
         dest = ("127.0.0.1", s.local_port)
-        frame = lambda level: ulaw_encode(np.full(160, level, np.int16))
+
+        def frame(level: int) -> bytes:
+            return ulaw_encode(np.full(160, level, np.int16))
+
         for i in range(5):  # 100 ms of speech
             peer.transport.sendto(_rtp(1 + i, frame(1000), ts=160 * i), dest)
         # seq 6 lost; 7 and 8 declare it (jitter depth 2)
@@ -173,7 +168,10 @@ async def test_timestamp_gaps_lost_packets_and_comfort_noise_count_as_silence() 
         # seq 12 lost, 13 waits behind the hole, then the phone sends nothing more: 13 is released and
         # silence keeps the input clock going at the real-time pace
         peer.transport.sendto(_rtp(13, frame(5000), ts=1440 + 8000 + 20 * 8000 + 320), dest)
-        loud = lambda: np.flatnonzero(np.abs(np.concatenate(got)) > 4500)
+
+        def loud() -> np.ndarray:
+            return np.flatnonzero(np.abs(np.concatenate(got)) > 4500)
+
         await wait_for(lambda: len(loud()) == 160, 2.0, "the packet behind the hole")
         end = loud()[-1] + 1
         await wait_for(lambda: sum(len(g) for g in got) >= end + 1600, 2.0, "real-time silence")

@@ -67,7 +67,10 @@ async def test_echo_call_audio_both_ways_and_delete():
             rx = caller.received.pcm()
             (s0, s1), = manifest()[HELLO]["speech"]
             sent = hello()[s0:s1]
-            env = lambda x: np.sqrt(np.convolve(x.astype(np.float32) ** 2, np.ones(960) / 960, "valid"))[::480]
+
+            def env(x: np.ndarray) -> np.ndarray:
+                return np.sqrt(np.convolve(x.astype(np.float32) ** 2, np.ones(960) / 960, "valid"))[::480]
+
             a, b = env(sent), env(rx)
             best = max(
                 (np.corrcoef(a, b[k : k + len(a)])[0, 1] for k in range(0, len(b) - len(a))
@@ -308,7 +311,10 @@ async def test_barge_in_over_webrtc_cuts_the_reply_and_counts_it():
 
     (s0, s1), = manifest()[HELLO]["speech"]
     phrase = hello()[s0:s1]
-    z = lambda s: np.zeros(int(s * RATE), np.int16)
+
+    def z(s: float) -> np.ndarray:
+        return np.zeros(int(s * RATE), np.int16)
+
     # the phrase, then the same phrase again while its echo is playing
     wav = np.concatenate([z(0.3), phrase, z(1.2), phrase, z(1.0)])
     async with running_server() as server:
@@ -341,7 +347,7 @@ async def test_offer_with_video_and_a_second_audio_section():
             caller.pc.addTransceiver("video", direction="sendrecv")
             caller.pc.addTransceiver("audio", direction="sendrecv")
             answer = await caller._offer()
-            sections = [l.split()[0] for l in answer["sdp"].splitlines() if l.startswith("m=")]
+            sections = [ln.split()[0] for ln in answer["sdp"].splitlines() if ln.startswith("m=")]
             assert sorted(sections) == ["m=application", "m=audio", "m=audio", "m=video"], sections
             await asyncio.wait_for(caller.connected.wait(), 10)
             caller.play(hello())

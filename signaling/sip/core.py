@@ -152,8 +152,7 @@ class SipCore:
         try:
             msg = parse(data, stream=conn.reliable)
             if isinstance(msg, SipRequest):
-                msg.vias  # validate all Vias now
-                msg.from_, msg.to
+                msg.validate()
         except (SipParseError, ValueError) as e:
             self.stats["bad"] += 1
             resp = salvage_bad_request(data)

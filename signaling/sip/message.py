@@ -314,6 +314,13 @@ class SipRequest(SipMessage):
     def request_uri(self) -> SipUri:
         return SipUri.parse(self.uri)
 
+    def validate(self) -> None:
+        """Parse every Via, From and To now (raises :class:`SipParseError`)."""
+        for v in self.headers.get_all("Via"):
+            Via.parse(v)
+        NameAddr.parse(self.header("From"))
+        NameAddr.parse(self.header("To"))
+
 
 @dataclass
 class SipResponse(SipMessage):
@@ -329,6 +336,22 @@ REQUIRED = ("Via", "From", "To", "Call-ID", "CSeq")
 
 def parse(data: bytes, *, stream: bool = False) -> SipRequest | SipResponse:
     """Parse one whole message. ``stream`` transports require Content-Length."""
+    lines, body = _split_head(data)
+    msg = _start_line(lines[0])
+    for ln in lines[1:]:
+        _add_header(msg, ln)
+    for req in REQUIRED:
+        if req not in msg.headers:
+            raise SipParseError(f"missing {req}")
+    _, cseq_method = msg.cseq  # validates CSeq
+    if isinstance(msg, SipRequest) and cseq_method != msg.method:
+        raise SipParseError("CSeq method differs from request method")
+    msg.body = _body(msg, body, stream)
+    return msg
+
+
+def _split_head(data: bytes) -> tuple[list[str], bytes]:
+    """The header lines (continuations unfolded, RFC 3261 7.3.1) and the raw body."""
     if len(data) > MAX_MESSAGE:
         raise SipParseError("message too large")
     sep = data.find(b"\r\n\r\n")
@@ -342,62 +365,58 @@ def parse(data: bytes, *, stream: bool = False) -> SipRequest | SipResponse:
         raise SipParseError("headers are not UTF-8") from e
     if "\x00" in head:
         raise SipParseError("NUL in headers")
-    body = data[sep + 4 :]
-    raw_lines = head.split("\r\n")
-    # unfold continuation lines (RFC 3261 7.3.1)
     lines: list[str] = []
-    for ln in raw_lines:
+    for ln in head.split("\r\n"):
         if ln[:1] in (" ", "\t") and lines:
             lines[-1] += " " + ln.strip()
         else:
             lines.append(ln)
     if len(lines) - 1 > MAX_HEADERS:
         raise SipParseError("too many headers")
-    start = lines[0]
-    msg: SipRequest | SipResponse
+    return lines, data[sep + 4 :]
+
+
+def _start_line(start: str) -> SipRequest | SipResponse:
     if start.startswith("SIP/2.0 "):
         parts = start.split(" ", 2)
         if len(parts) < 2 or not (parts[1].isdigit() and len(parts[1]) == 3):
             raise SipParseError("bad status line")
-        msg = SipResponse(Headers(), status=int(parts[1]), reason=parts[2] if len(parts) > 2 else "")
+        return SipResponse(Headers(), status=int(parts[1]), reason=parts[2] if len(parts) > 2 else "")
+    parts = start.split(" ")
+    if len(parts) != 3 or parts[2] != "SIP/2.0" or not TOKEN_RE.match(parts[0]) or not parts[1]:
+        raise SipParseError("bad request line")
+    if ":" not in parts[1]:
+        raise SipParseError("bad request URI")
+    return SipRequest(Headers(), method=parts[0].upper(), uri=parts[1])
+
+
+def _add_header(msg: SipMessage, ln: str) -> None:
+    if ":" not in ln:
+        raise SipParseError(f"bad header line {ln[:40]!r}")
+    name, value = ln.split(":", 1)
+    name = name.strip()
+    if not name or not TOKEN_RE.match(name):
+        raise SipParseError("bad header name")
+    cname = canonical_name(name)
+    if cname.lower() in LIST_HEADERS:
+        for v in split_list(value):
+            msg.headers.add(cname, v)
     else:
-        parts = start.split(" ")
-        if len(parts) != 3 or parts[2] != "SIP/2.0" or not TOKEN_RE.match(parts[0]) or not parts[1]:
-            raise SipParseError("bad request line")
-        msg = SipRequest(Headers(), method=parts[0].upper(), uri=parts[1])
-        if ":" not in parts[1]:
-            raise SipParseError("bad request URI")
-    for ln in lines[1:]:
-        if ":" not in ln:
-            raise SipParseError(f"bad header line {ln[:40]!r}")
-        name, value = ln.split(":", 1)
-        name = name.strip()
-        if not name or not TOKEN_RE.match(name):
-            raise SipParseError("bad header name")
-        cname = canonical_name(name)
-        if cname.lower() in LIST_HEADERS:
-            for v in split_list(value):
-                msg.headers.add(cname, v)
-        else:
-            msg.headers.add(cname, value.strip())
-    for req in REQUIRED:
-        if req not in msg.headers:
-            raise SipParseError(f"missing {req}")
-    msg.cseq  # validate
-    if isinstance(msg, SipRequest) and msg.cseq[1] != msg.method:
-        raise SipParseError("CSeq method differs from request method")
+        msg.headers.add(cname, value.strip())
+
+
+def _body(msg: SipMessage, body: bytes, stream: bool) -> bytes:
     cl = msg.headers.get("Content-Length")
-    if cl is not None:
-        if not cl.isdigit():
-            raise SipParseError("bad Content-Length")
-        n = int(cl)
-        if n > len(body):
-            raise SipParseError("body shorter than Content-Length")
-        body = body[:n]
-    elif stream:
-        raise SipParseError("Content-Length required on stream transports")
-    msg.body = body
-    return msg
+    if cl is None:
+        if stream:
+            raise SipParseError("Content-Length required on stream transports")
+        return body
+    if not cl.isdigit():
+        raise SipParseError("bad Content-Length")
+    n = int(cl)
+    if n > len(body):
+        raise SipParseError("body shorter than Content-Length")
+    return body[:n]
 
 
 class StreamFramer:

@@ -1,4 +1,4 @@
-"""Plain RTP call transport: G.711 at 8 kHz, 20 ms, RFC 4733 both ways.
+"""Plain RTP call transport: G.711 at 8 kHz, 20 ms, RFC 4733 events inbound.
 
 One :class:`RtpSession` per call owns a UDP socket from the configured port
 range. Inbound: symmetric RTP with latching (the first packet's source becomes
@@ -20,9 +20,7 @@ import logging
 import os
 import random
 import socket
-import struct
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -57,7 +55,6 @@ class RtpStats:
     bad_packets: int = 0
     foreign_packets: int = 0
     dtmf_in: int = 0
-    dtmf_out: int = 0
 
 
 class PortAllocator:
@@ -145,7 +142,6 @@ class RtpSession:
         self._ssrc = random.getrandbits(32)
         self._seq = random.getrandbits(16)
         self._ts = random.getrandbits(32)
-        self._dtmf_queue: deque[str] = deque()
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task | None = None
         self._last_rx = time.monotonic()
@@ -166,13 +162,6 @@ class RtpSession:
         self.expect_inbound = expect_inbound
         self._last_rx = time.monotonic()
         self._last_audio_t, self._filled = self._last_rx, 0
-
-    def send_dtmf(self, digits: str) -> None:
-        """Queue RFC 4733 events (needs a negotiated telephone-event type)."""
-        for d in digits.upper():
-            if d not in DTMF_EVENTS:
-                raise ValueError(f"not a DTMF digit: {d!r}")
-            self._dtmf_queue.append(d)
 
     # ---- inbound
     def _on_datagram(self, data: bytes, addr: tuple) -> None:
@@ -275,10 +264,10 @@ class RtpSession:
         self.on_dtmf(DTMF_EVENTS[event])
 
     # ---- outbound
-    def _packet(self, pt: int, payload: bytes, marker: int = 0, ts: int | None = None) -> bytes:
+    def _packet(self, pt: int, payload: bytes) -> bytes:
         self._seq = (self._seq + 1) & 0xFFFF
-        p = RtpPacket(payload_type=pt, marker=marker, sequence_number=self._seq,
-                      timestamp=(self._ts if ts is None else ts) & 0xFFFFFFFF, ssrc=self._ssrc, payload=payload)
+        p = RtpPacket(payload_type=pt, sequence_number=self._seq, timestamp=self._ts, ssrc=self._ssrc,
+                      payload=payload)
         return p.serialize()
 
     def _send(self, data: bytes) -> None:
@@ -291,22 +280,8 @@ class RtpSession:
             except OSError as e:  # bad address from SDP: keep going
                 log.debug("rtp send failed: %s", e)
 
-    def _dtmf_packets(self, digit: str) -> list[bytes]:
-        """One digit: 100 ms of event updates, 3 end packets, then 40 ms pause."""
-        assert self.dtmf_pt is not None
-        ev = DTMF_EVENTS.index(digit)
-        ts = self._ts
-        frames: list[bytes] = []
-        for i in range(1, 6):
-            frames.append(self._packet(self.dtmf_pt, struct.pack("!BBH", ev, 10, i * FRAME_8K), marker=int(i == 1), ts=ts))
-        for _ in range(3):
-            frames.append(self._packet(self.dtmf_pt, struct.pack("!BBH", ev, 0x80 | 10, 5 * FRAME_8K), ts=ts))
-        return frames
-
     async def _send_loop(self) -> None:
-        pending: deque[bytes] = deque()
         next_t = time.monotonic()
-        silence = self.codec.encode(np.zeros(FRAME_8K, dtype=np.int16))
         try:
             while not self._closed:
                 now = time.monotonic()
@@ -323,21 +298,9 @@ class RtpSession:
                 self._fill_silence(now)
                 if not self.sending:
                     continue
-                if not pending and self._dtmf_queue and self.dtmf_pt is not None:
-                    pending.extend(self._dtmf_packets(self._dtmf_queue.popleft()))
-                    pending.extend([b""] * 2)  # 40 ms of silence between digits
-                    self.stats.dtmf_out += 1
-                if pending:
-                    data = pending.popleft()
-                    # keep consuming playout at real-time pace during an event
-                    self.source.read(FRAME_24K)
-                    self._send(data if data else self._packet(self.payload_type, silence))
-                else:
-                    pcm = self._resampler.process(self.source.read(FRAME_24K))
-                    self._send(self._packet(self.payload_type, self.codec.encode(pcm)))
+                pcm = self._resampler.process(self.source.read(FRAME_24K))
+                self._send(self._packet(self.payload_type, self.codec.encode(pcm)))
                 self._ts = (self._ts + FRAME_8K) & 0xFFFFFFFF
-        except asyncio.CancelledError:
-            raise
         except Exception:  # never let a sender crash silently
             log.exception("rtp sender failed")
             self.on_timeout()
@@ -348,10 +311,7 @@ class RtpSession:
         self._closed = True
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+            await asyncio.wait({self._task})  # its outcome is logged by the sender itself
         if self._transport is not None:
             self._transport.close()
         else:

@@ -88,16 +88,17 @@ def parse_offer(text: str) -> AudioOffer:
             if a.startswith("rtpmap:"):
                 try:
                     pt_s, enc = a[7:].split(None, 1)
-                    name, rate = enc.split("/")[:2]
-                    rtpmap[int(pt_s)] = (name.upper(), int(rate))
+                    enc_name, rate_s = enc.split("/")[:2]
+                    rtpmap[int(pt_s)] = (enc_name.upper(), int(rate_s))
                 except ValueError:
                     continue
             elif a.startswith("ptime:") and a[6:].strip().isdigit():
                 ptime = int(a[6:].strip())
             elif a in DIRECTIONS:
                 direction = a
-        codec = pt = None
-        dtmf_pt = None
+        codec: str | None = None
+        pt: int | None = None
+        dtmf_pt: int | None = None
         for f in m.fmts:
             if not f.isdigit():
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
 from .core import Conn, SipCore
 from .message import MAX_MESSAGE, SipParseError, StreamFramer
@@ -24,7 +25,8 @@ class SipUdpProtocol(asyncio.DatagramProtocol):
         self.local: tuple[str, int] = ("0.0.0.0", 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # a datagram endpoint's transport (uvloop's does not subclass asyncio.DatagramTransport)
+        self.transport = cast(asyncio.DatagramTransport, transport)
         self.local = transport.get_extra_info("sockname")[:2]
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
@@ -51,11 +53,10 @@ class SipTcpProtocol(asyncio.Protocol):
         self.conn: Conn | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        local = transport.get_extra_info("sockname")
-        self.conn = Conn("TCP", (peer[0], peer[1]), (local[0], local[1]), transport.write,
-                         lambda: not transport.is_closing())
+        tr = self.transport = cast(asyncio.Transport, transport)  # a stream server's transport
+        peer = tr.get_extra_info("peername")
+        local = tr.get_extra_info("sockname")
+        self.conn = Conn("TCP", (peer[0], peer[1]), (local[0], local[1]), tr.write, lambda: not tr.is_closing())
         self.conns.add(self)
 
     def data_received(self, data: bytes) -> None:
