@@ -27,6 +27,7 @@ OUTCOMES = (
     "error",
     "model-error",
     "rejected",  # refused before a call existed (max calls)
+    "worker-lost",  # its pool worker died (shared/DESIGN.md section 6)
     "other",
 )
 

@@ -314,6 +314,7 @@ class RemoteWorker:
         self.info_at = 0.0  # monotonic time of the last load update
         self.calls: set[str] = set()  # the worker's calls, as its events tell
         self.connected = False
+        self.ever_connected = False
         self.lost_at: float | None = time.monotonic()
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
@@ -382,6 +383,7 @@ class RemoteWorker:
         self.connected = up
         self.lost_at = None if up else time.monotonic()
         if up:
+            self.ever_connected = True
             self._first.set()
             log.info("worker %s connected (%s)", self.name, self.unix or self.url)
         else:

@@ -55,6 +55,7 @@ log = logging.getLogger("v2v.pool")
 
 POLL_S = 0.5  # registry poll period
 LOST_AFTER_S = 2.5  # events socket down this long (or registry record gone): worker lost
+MISSING_GRACE_S = 3.0  # a connected worker missing from the registry (Redis restarted) this long: lost
 RETRY_AFTER_S = 2
 _RECENT_ENDS = 1024  # ended calls remembered, for an end that overtakes its offer's answer
 
@@ -86,6 +87,7 @@ class PoolDispatcher:
         self._listeners = Listeners()
         self._poller: asyncio.Task[None] | None = None
         self._registry_ok = True
+        self._missing: dict[str, float] = {}  # worker name -> when it went missing from the registry
         self._recent_ends: OrderedDict[str, None] = OrderedDict()
 
     # -- lifecycle -----------------------------------------------------------
@@ -142,9 +144,16 @@ class PoolDispatcher:
             await w.start()
         now = time.monotonic()
         for name, w in list(self.workers_by_name.items()):
-            if name not in records:
-                await self._drop(w, "worker-lost")
-            elif w.lost_at is not None and now - w.lost_at > LOST_AFTER_S:
+            if name in records:
+                self._missing.pop(name, None)
+                if w.ever_connected and w.lost_at is not None and now - w.lost_at > LOST_AFTER_S:
+                    await self._drop(w, "worker-lost")
+                continue
+            # gone from the registry: lost at once if its socket is down too; otherwise
+            # (Redis restarted and it has not beaten yet) after a grace period
+            since = self._missing.setdefault(name, now)
+            if not w.connected or now - since > MISSING_GRACE_S:
+                self._missing.pop(name, None)
                 await self._drop(w, "worker-lost")
 
     async def _drop(self, w: RemoteWorker, reason: str) -> None:
@@ -152,7 +161,7 @@ class PoolDispatcher:
         if self.workers_by_name.get(w.name) is w:
             del self.workers_by_name[w.name]
         ended = [cid for cid, p in self._calls.items() if p.worker == w.name]
-        if ended or w.lost_at is not None:
+        if ended:
             log.warning("worker %s lost: ending its %d call(s)", w.name, len(ended))
         for call_id in ended:
             self._ended(CallEnded(call_id, reason, self._calls[call_id].transport, w.name))
