@@ -83,7 +83,7 @@ async def session(factory: LocalModelFactory):
     col = Collector(s)
     await s.connect()
     await col.wait(lambda: col.of(mb.Connected))
-    s.collector = col  # type: ignore[attr-defined]
+    s.collector = col  # type: ignore[attr-defined]  # the tests reach the session's collector through it
     yield s
     await s.close()
     await asyncio.wait_for(col.task, 5)
@@ -335,8 +335,13 @@ async def test_full_call_story_barge_in_then_time(factory) -> None:
     ask, rate = read_wav(LOCAL / "tell_me_a_story.wav")
     barge, _ = read_wav(LOCAL / "what_time_is_it.wav")
     step_n = rate // 50
-    silence = lambda s: np.zeros(int(s * rate), np.int16)  # noqa: E731
-    pad = lambda x: np.concatenate([x, np.zeros(-len(x) % step_n, np.int16)])  # noqa: E731
+
+    def silence(seconds: float) -> np.ndarray:
+        return np.zeros(int(seconds * rate), np.int16)
+
+    def pad(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([x, np.zeros(-len(x) % step_n, np.int16)])
+
     audio = np.concatenate([pad(ask), silence(1.0), silence(2.0), pad(barge), silence(1.0)])
     s1 = (len(pad(ask)) + rate) // step_n  # the story has been asked for; 2 s later the caller talks over it
     s3 = (len(audio)) // step_n  # the caller's second question has ended

@@ -11,7 +11,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import numpy as np
@@ -43,6 +43,7 @@ from v2v.worker.models.openai_realtime import OpenAIRealtimeFactory, realtime_ur
 from v2v.worker.wavcall import run_wav_call
 
 KEY = "sk-test-fake-key-0123456789"
+Turn = Literal["local", "server"]
 CHUNK = 2400  # 100 ms at 24 kHz
 
 pytestmark = pytest.mark.timeout(30)
@@ -87,13 +88,13 @@ async def fake():
         yield server
 
 
-async def open_session(fake: FakeRealtimeServer, turn: str = "local", key: str = KEY,
+async def open_session(fake: FakeRealtimeServer, turn: Turn = "local", key: str = KEY,
                        tools: list[ToolSpec] | None = None, **kw: Any) -> Recorder:
     factory = OpenAIRealtimeFactory(KEY if key is None else key, base_url=fake.base_url,
                                     model="gpt-realtime", voice="marin",
                                     instructions="Be brief.", tools=tools,
                                     backoff_base=0.02, reconnect_attempts=4, **kw)
-    session = factory.open(SessionConfig(turn_detection=turn))  # type: ignore[arg-type]
+    session = factory.open(SessionConfig(turn_detection=turn))
     rec = Recorder(session)
     await session.connect()
     return rec
@@ -489,18 +490,18 @@ def compose(*parts: tuple[float, np.ndarray], total_s: float) -> np.ndarray:
     return out
 
 
-def call_factory(fake: FakeRealtimeServer, turn: str) -> OpenAIRealtimeFactory:
+def call_factory(fake: FakeRealtimeServer, turn: Turn) -> OpenAIRealtimeFactory:
     return OpenAIRealtimeFactory(KEY, base_url=fake.base_url, voice="marin",
-                                 instructions="Be brief.", turn_detection=turn,  # type: ignore
+                                 instructions="Be brief.", turn_detection=turn,
                                  backoff_base=0.02)
 
 
 @pytest.mark.parametrize("turn", ["local", "server"])
-async def test_wav_call_turn(fake: FakeRealtimeServer, turn: str) -> None:
+async def test_wav_call_turn(fake: FakeRealtimeServer, turn: Turn) -> None:
     fake.reply_ms = 800
     clip = load_wav("what_time_is_it.wav")[0]
     result = await run_wav_call(call_factory(fake, turn), compose((0.0, clip), total_s=3.2),
-                                IN_RATE, config=CallConfig(turn_detection=turn),  # type: ignore
+                                IN_RATE, config=CallConfig(turn_detection=turn),
                                 realtime=True, tail_s=1.5, stop_when_idle=True)
     assert [t.event for t in result.of_type(cev.CallError)] == []
     assert result.of_type(cev.BotStartedSpeaking) and result.of_type(cev.BotStoppedSpeaking)
@@ -534,7 +535,7 @@ def _first_item_heard(result, item_id: str) -> int:
 
 
 @pytest.mark.parametrize("turn,streaming", [("local", "slow"), ("server", "fast")])
-async def test_wav_call_barge_in(fake: FakeRealtimeServer, turn: str, streaming: str) -> None:
+async def test_wav_call_barge_in(fake: FakeRealtimeServer, turn: Turn, streaming: str) -> None:
     """Talking over the reply: cancel (only while it is in progress), then truncate at the
     exact played milliseconds; the interruption is answered."""
     fake.reply_audio = lambda n: reply_signal(6.0 if n == 1 else 0.5, seed=n)
@@ -543,7 +544,7 @@ async def test_wav_call_barge_in(fake: FakeRealtimeServer, turn: str, streaming:
     barge = load_wav("long_speech.wav")[0][: IN_RATE * 2]  # onset at 0.7 s
     audio = compose((0.0, turn_a), (2.9, barge), total_s=6.5)
     result = await run_wav_call(call_factory(fake, turn), audio, IN_RATE,
-                                config=CallConfig(turn_detection=turn),  # type: ignore
+                                config=CallConfig(turn_detection=turn),
                                 realtime=True, tail_s=2.0, stop_when_idle=True)
     assert [t.event for t in result.of_type(cev.CallError)] == []
     interrupted = result.of_type(cev.BotInterrupted)[0].event
@@ -598,7 +599,9 @@ async def test_v2v_serve_model_openai_over_webrtc(fake: FakeRealtimeServer) -> N
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        url = re.search(r"(http://\S+)", line).group(1)  # type: ignore[union-attr]
+        found = re.search(r"(http://\S+)", line)
+        assert found is not None, line
+        url = found.group(1)
         summary = await run_call(url, fixture_path("hello_48k.wav"))
         # the call ended: its model socket is closed (within the 2 s a hang-up may take)
         await fake.wait_for(lambda: fake.connections and fake.connections[0].closed.is_set(), 5)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
 
 import numpy as np
 
@@ -63,13 +62,13 @@ class EchoSession(ModelSession):
 
     def __init__(self, config: SessionConfig, *, pace: float = 0.0) -> None:
         super().__init__(config)
-        self.calls: list[tuple[str, Any]] = []
+        self.calls: list[tuple[str, object]] = []  # (primitive, its arguments)
         self._pending: list[np.ndarray] = []
         self._reply_source: np.ndarray | None = None
         self._reply_text: str | None = None
         self._stream_task: asyncio.Task | None = None
         self._pace = pace  # seconds to yield between deltas (0 = as fast as the loop allows)
-        self.items: dict[str, dict[str, Any]] = {}
+        self.items: dict[str, dict[str, int | str]] = {}  # item_id -> role, samples, text
 
     async def connect(self) -> None:
         self.calls.append(("connect", None))

@@ -28,7 +28,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -64,6 +64,7 @@ _TRIM_MARGIN = 30  # frames (300 ms) kept around the loud part
 _ids = itertools.count(1)
 
 ItemRole = Literal["user", "assistant", "system", "function_call", "function_call_output"]
+_MESSAGE_ROLES: dict[str, ItemRole] = {"user": "user", "assistant": "assistant", "system": "system"}
 
 
 @dataclass
@@ -80,7 +81,7 @@ class Item:
     samples: int = 0  # assistant: audio samples sent
     truncated_ms: int | None = None
     intended: str = ""  # assistant: the whole text the response set out to say
-    recognition: asyncio.Task | None = None  # user audio item: pending recognition
+    recognition: asyncio.Task[str] | None = None  # user audio item: pending recognition
 
 
 @dataclass
@@ -181,7 +182,7 @@ class LocalSession(ModelSession):
         self._buffered = 0
         self.items: list[Item] = []
         self.stats: collections.deque[TurnStats] = collections.deque(maxlen=200)  # recent turns
-        self._response_task: asyncio.Task | None = None
+        self._response_task: asyncio.Task[None] | None = None
         self._response_cancel: threading.Event | None = None
         self._closed = False
 
@@ -252,7 +253,7 @@ class LocalSession(ModelSession):
         if role not in ("user", "assistant", "system"):
             self.emit(ModelError(f"unknown message role {role!r}", code="invalid_value"))
             return
-        item = Item(f"local_msg_{next(_ids)}", role, str(text), answered=role == "assistant")  # type: ignore[arg-type]
+        item = Item(f"local_msg_{next(_ids)}", _MESSAGE_ROLES[role], str(text), answered=role == "assistant")
         self.items.append(item)
 
     async def function_output(self, call_id: str, output: str) -> None:
@@ -472,7 +473,7 @@ class LocalModelFactory(ModelFactory):
         return LocalSession(config, tts=self._tts, recognizer=self._recognizer, voice=self.voice)
 
     @staticmethod
-    def tools() -> list[tuple[ToolSpec, Any]]:
+    def tools() -> list[tuple[ToolSpec, brain.ToolFunc]]:
         """(ToolSpec, async function) pairs the server registers in its ToolRegistry:
         ``registry.register(spec.name, spec.description, spec.parameters, func)``."""
         return brain.tool_specs()
