@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
 from tests.conftest import load_wav, manifest
-from tests.scripted import Script, ScriptedFactory
+from tests.scripted import Script, ScriptedFactory, ScriptedSession
 from v2v.media.resample import Resampler
 from v2v.worker import events as ev
 from v2v.worker.call import CallConfig
+from v2v.worker.models import base as mb
 from v2v.worker.models.echo import EchoModelFactory
 from v2v.worker.tools import ToolRegistry
 from v2v.worker.wavcall import run_wav_call
@@ -350,3 +352,51 @@ async def test_bot_transcription_per_sentence() -> None:
     factory = ScriptedFactory(Script(reply_seconds=0.5, reply_text="Hello there. How are you? I am fine"))
     result = await run_wav_call(factory, compose((0.0, turn_a()), total_s=3.0), RATE, tail_s=1.5)
     assert [t.event.text for t in result.of_type(ev.BotTranscript)] == ["Hello there.", "How are you?", "I am fine"]
+
+
+class _RateSession(ScriptedSession):
+    def __init__(self, config: mb.SessionConfig, script: Script, log: list, caps: mb.ModelCapabilities) -> None:
+        super().__init__(config, script, log)
+        self.capabilities = caps
+
+
+@dataclass
+class _RateFactory(ScriptedFactory):
+    """The scripted model with other rates and truncation flag (its audio is
+    taken to be at ``capabilities.output_rate``)."""
+
+    capabilities: mb.ModelCapabilities = field(default_factory=mb.ModelCapabilities)
+
+    def open(self, config: mb.SessionConfig) -> ScriptedSession:
+        self.session = _RateSession(config, self.script, self.calls, self.capabilities)
+        return self.session
+
+
+@pytest.mark.parametrize("playout_rate", [None, 24000])
+async def test_the_call_honours_the_models_rates(playout_rate: int | None) -> None:
+    caps = mb.ModelCapabilities(input_rate=16000, output_rate=16000)
+    factory = _RateFactory(Script(reply_seconds=1.5), capabilities=caps)  # 36000 samples: 2.25 s at 16 kHz
+    result = await run_wav_call(factory, compose((0.0, turn_a()), total_s=3.0), RATE, tail_s=4.0,
+                                playout_rate=playout_rate)
+    out_rate = playout_rate or 16000
+    assert result.output_rate == out_rate and len(result.frame(0)) == out_rate // 50
+    # caller audio reaches the model in 100 ms chunks at its input rate
+    pushed = factory.of("push_audio")
+    assert pushed and set(pushed) == {1600}
+    assert sum(pushed) >= 3 * 16000 - 1600
+    # the reply plays for its duration at the model's rate, resampled to the playout's if they differ
+    heard = np.count_nonzero(result.output)
+    assert abs(heard - 36000 * out_rate // 16000) <= out_rate // 100
+    assert first(result, ev.BotOutput)
+
+
+async def test_a_model_that_cannot_truncate_is_told_nothing_but_the_cut_is_reported() -> None:
+    caps = mb.ModelCapabilities(truncation=False)
+    factory = _RateFactory(Script(reply_seconds=6.0), capabilities=caps)
+    result = await run_wav_call(factory, _barge_input(4.0, load_wav("long_speech.wav")[0]), RATE, tail_s=1.0)
+    interrupted = first(result, ev.BotInterrupted).event
+    assert interrupted.played_ms > 1000 and not interrupted.deleted
+    assert factory.of("truncate_item") == [] and factory.of("delete_item") == []
+    out = [t.event for t in result.of_type(ev.BotOutput) if t.event.interrupted][0]
+    assert out.spoken and out.unspoken
+    assert (out.spoken + " " + out.unspoken).split() == Script().reply_text.split()

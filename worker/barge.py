@@ -146,8 +146,9 @@ class BargeIn:
         deleted = played == 0
         if deleted:
             await self.model.delete_item(item_id)
-        else:
+        elif self.model.capabilities.truncation:
             await self.model.truncate_item(item_id, 0, audio_end_ms)
+        # a model that cannot truncate keeps the whole item; the played text is still reported
         spoken, unspoken = self.pacer.cut(item_id, played, received)
         log.debug(
             "call %s: interrupted (%s) item %s at %d ms of %d ms%s",

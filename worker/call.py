@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from v2v.media.chunker import MODEL_CHUNK, Chunker
+from v2v.media.chunker import Chunker
 from v2v.media.playout import ItemPlayed, PlayoutBuffer, PlayoutEvent, PlayoutStarted, PlayoutStopped
 from v2v.media.resample import Resampler
 from v2v.media.vad import VadEvent, VoiceActivityDetector
@@ -38,6 +38,7 @@ from . import events as ev
 from .barge import BargeIn
 from .models import base as mb
 from .pacing import ItemText, TranscriptPacer
+from .reply_audio import ReplyAudio
 from .responses import ResponseLedger
 from .tasks import TaskSet
 from .tool_runner import ToolRunner
@@ -46,7 +47,7 @@ from .tools import ToolRegistry
 log = logging.getLogger("v2v.call")
 
 VAD_RATES = (8000, 16000, 32000, 48000)
-MODEL_RATE = 24000
+CHUNK_MS = 100  # caller audio goes to the model in chunks of this length
 
 
 @dataclass
@@ -103,9 +104,11 @@ class CallSession:
         self.position = 0  # input samples consumed
         self._vad: VoiceActivityDetector | None = None
         self._vad_resampler: Resampler | None = None
-        self._vad_ratio = 1.0
+        self._vad_rate = 0
         self._model_resampler: Resampler | None = None
-        self._chunker = Chunker(MODEL_CHUNK)
+        caps = self.model.capabilities
+        self._chunker = Chunker(caps.input_rate * CHUNK_MS // 1000)
+        self.reply_audio = ReplyAudio(playout, caps.output_rate)
         self._user_speaking = False
         # the units
         self.responses = ResponseLedger()
@@ -239,21 +242,26 @@ class CallSession:
         self.barge.input_rate = rate
         vad_rate = rate if rate in VAD_RATES else 16000
         self._vad_resampler = Resampler(rate, vad_rate) if vad_rate != rate else None
-        self._vad_ratio = rate / vad_rate
+        self._vad_rate = vad_rate
         c = self.config
         self._vad = VoiceActivityDetector(
             vad_rate, aggressiveness=c.vad_aggressiveness, frame_ms=c.vad_frame_ms,
             start_ms=c.vad_start_ms, end_ms=c.vad_end_ms,
         )
-        self._model_resampler = Resampler(rate, MODEL_RATE) if rate != MODEL_RATE else None
+        model_rate = self.model.capabilities.input_rate
+        self._model_resampler = Resampler(rate, model_rate) if rate != model_rate else None
+
+    def _input_samples(self, vad_samples: int) -> int:
+        """A VAD sample position as an input sample position."""
+        return vad_samples * self.input_rate // self._vad_rate
 
     def _assistant_active(self) -> bool:
         return self.playout.audible or self.playout.has_audio() or self.responses.current is not None
 
     # -- VAD and barge-in --------------------------------------------------
     def _on_vad(self, vev: VadEvent) -> None:
-        onset = int(vev.sample * self._vad_ratio)
-        decided = int(vev.decided_at * self._vad_ratio)
+        onset = self._input_samples(vev.sample)
+        decided = self._input_samples(vev.decided_at)
         if vev.kind == "start":
             self._user_speaking = True
             self.publish(ev.UserStartedSpeaking(onset))
@@ -269,7 +277,7 @@ class CallSession:
 
     def _check_barge(self) -> None:
         assert self._vad is not None
-        voiced_end = int(self._vad.last_voiced_end * self._vad_ratio)
+        voiced_end = self._input_samples(self._vad.last_voiced_end)
         decision = self.barge.check(self.position, voiced_end, self._user_speaking)
         if decision == "confirm":
             self._spawn(self._interrupt(reason="speech"), "interrupt")
@@ -285,6 +293,7 @@ class CallSession:
 
     async def _interrupt(self, reason: str) -> None:
         await self.barge.interrupt(reason)
+        self.reply_audio.drop_all()
         self._set_state("listening")
 
     # -- playout events (called from the transport's sender) ---------------
@@ -333,13 +342,14 @@ class CallSession:
             # the reply arrives while the caller is talking: hold it as a barge-in candidate
             self.barge.hold_reply(self.position)
         self.responses.had_audio = True
-        self.playout.add(e.item_id, e.pcm)
+        self.reply_audio.add(e.item_id, e.pcm)
 
     async def _on_audio_done(self, e: mb.AudioDone) -> None:
-        self.playout.end_item(e.item_id)
+        self.reply_audio.end(e.item_id)
 
     async def _on_transcript_delta(self, e: mb.OutputTranscriptDelta) -> None:
-        self.pacer.delta(e.item_id, e.text, e.audio_offset)
+        offset = None if e.audio_offset is None else self.reply_audio.to_playout(e.audio_offset)
+        self.pacer.delta(e.item_id, e.text, offset)
 
     async def _on_transcript_done(self, e: mb.OutputTranscriptDone) -> None:
         # settled: its audio already played to the end

@@ -4,7 +4,8 @@ A transport (WebRTC via aiortc, SIP/RTP, a WAV file) gives the worker an
 :class:`AudioInput` -- an async iterator of mono int16 numpy frames at a fixed
 ``sample_rate`` -- and reads the assistant's voice from a
 :class:`media.playout.PlayoutBuffer` at real-time pace (``read(n)`` hands out
-24 kHz samples and counts them as played). It may also carry a text control
+samples at the rate the transport built the buffer with, and counts them as
+played; the call resamples the model's voice to that rate). It may also carry a text control
 channel (the RTVI data channel). The worker never learns which transport it is
 on.
 """

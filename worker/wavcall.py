@@ -28,7 +28,7 @@ from .models.base import ModelFactory, SessionConfig
 from .tools import ToolRegistry
 
 STEP_MS = 20
-OUT_RATE = 24000
+OUT_RATE = 24000  # the playout rate of the models shipped
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
@@ -60,17 +60,18 @@ class TimedEvent:
 
 @dataclass
 class WavCallResult:
-    output: np.ndarray  # assistant audio as sent, 24 kHz, one 480-sample frame per step
+    output: np.ndarray  # assistant audio as sent, at output_rate, one 20 ms frame per step
     input_rate: int
     steps: int
     events: list[TimedEvent] = field(default_factory=list)
     call: CallSession | None = None
+    output_rate: int = OUT_RATE
 
     def of_type(self, cls: type) -> list[TimedEvent]:
         return [t for t in self.events if isinstance(t.event, cls)]
 
     def frame(self, step: int) -> np.ndarray:
-        n = OUT_RATE * STEP_MS // 1000
+        n = self.output_rate * STEP_MS // 1000
         return self.output[step * n : (step + 1) * n]
 
 
@@ -88,12 +89,14 @@ async def run_wav_call(
     call_id: str = "wav",
     on_step: Any = None,
     stop_when_idle: bool = False,
+    playout_rate: int | None = None,
 ) -> WavCallResult:
     """Run one call over ``audio`` (a WAV path or an int16 array at ``rate``).
 
     ``on_step(step, call)`` (optional, may be async) runs before each step, for
     tests that act mid-call. ``stop_when_idle`` ends the tail early once the
-    assistant has nothing left to say.
+    assistant has nothing left to say. The playout runs at ``playout_rate``
+    (default: the model's output rate).
     """
     if isinstance(audio, (str, Path)):
         pcm, rate = read_wav(audio)
@@ -102,14 +105,15 @@ async def run_wav_call(
             raise ValueError("rate is required for array input")
         pcm = np.asarray(audio, dtype=np.int16)
     assert rate is not None
-    playout = PlayoutBuffer(OUT_RATE)
+    out_rate = playout_rate or model.capabilities.output_rate
+    playout = PlayoutBuffer(out_rate)
     call = CallSession(call_id, model, config or CallConfig(), playout, tools, session_config)
     call.input_rate = rate
-    result = WavCallResult(np.zeros(0, np.int16), rate, 0, call=call)
+    result = WavCallResult(np.zeros(0, np.int16), rate, 0, call=call, output_rate=out_rate)
     step = 0
     call.add_listener(lambda e: result.events.append(TimedEvent(step, call.position, e)))
     in_step = rate * STEP_MS // 1000
-    out_step = OUT_RATE * STEP_MS // 1000
+    out_step = out_rate * STEP_MS // 1000
     total_steps = -(-len(pcm) // in_step) + int(tail_s * 1000 / STEP_MS)
     out_frames: list[np.ndarray] = []
     silence = np.zeros(in_step, dtype=np.int16)
@@ -140,7 +144,7 @@ async def run_wav_call(
         result.output = np.concatenate(out_frames) if out_frames else np.zeros(0, np.int16)
         await call.close("input-ended")
     if record is not None:
-        write_wav(record, result.output, OUT_RATE)
+        write_wav(record, result.output, out_rate)
     return result
 
 
