@@ -400,3 +400,14 @@ async def test_a_model_that_cannot_truncate_is_told_nothing_but_the_cut_is_repor
     out = [t.event for t in result.of_type(ev.BotOutput) if t.event.interrupted][0]
     assert out.spoken and out.unspoken
     assert (out.spoken + " " + out.unspoken).split() == Script().reply_text.split()
+
+
+async def test_a_call_from_a_wav_file_recorded_to_a_wav_file(tmp_path) -> None:
+    from tests.conftest import FIXTURES
+    from v2v.worker.wavcall import read_wav
+
+    out = tmp_path / "reply.wav"
+    result = await run_wav_call(EchoModelFactory(), FIXTURES / "hello_48k.wav", tail_s=3.0, record=out)
+    assert result.input_rate == 48000 and first(result, ev.BotStartedSpeaking)
+    pcm, rate = read_wav(out)
+    assert rate == 24000 and np.array_equal(pcm, result.output)

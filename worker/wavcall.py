@@ -6,7 +6,8 @@ a live transport would exchange them. By default steps run as fast as the
 model allows (virtual time, for tests); ``realtime=True`` paces them with the
 monotonic clock (for models behind real I/O, and for the headless client).
 After the input ends, silence keeps flowing for ``tail_s`` seconds (a live
-caller's client sends packets while it listens).
+caller's client sends packets while it listens). WAV files are read and
+written on a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ async def run_wav_call(
     (default: the model's output rate).
     """
     if isinstance(audio, (str, Path)):
-        pcm, rate = read_wav(audio)
+        pcm, rate = await asyncio.to_thread(read_wav, audio)  # file I/O off the event loop
     else:
         if rate is None:
             raise ValueError("rate is required for array input")
@@ -144,7 +145,7 @@ async def run_wav_call(
         result.output = np.concatenate(out_frames) if out_frames else np.zeros(0, np.int16)
         await call.close("input-ended")
     if record is not None:
-        write_wav(record, result.output, out_rate)
+        await asyncio.to_thread(write_wav, record, result.output, out_rate)
     return result
 
 
