@@ -36,7 +36,7 @@ try:
         white_noise,
     )
 except ImportError:  # tests/ on sys.path without being a package
-    from audio_fixtures import (  # type: ignore[no-redef]
+    from audio_fixtures import (  # type: ignore[no-redef] -- the same names, imported the other way
         FIXTURES_DIR,
         fixture_info,
         fixture_names,

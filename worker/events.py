@@ -8,7 +8,7 @@ and protocol neutral; ``worker.rtvi`` turns them into RTVI messages.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 AgentState = Literal["initializing", "listening", "thinking", "speaking", "ended"]
 
@@ -157,27 +157,10 @@ class CallEnded:
     reason: str
 
 
-CallEvent = Union[
-    AgentStateChanged,
-    UserStartedSpeaking,
-    UserStoppedSpeaking,
-    BotStartedSpeaking,
-    BotStoppedSpeaking,
-    BotInterrupted,
-    ItemTruncated,
-    FalseInterruption,
-    UserTranscript,
-    BotTranscript,
-    BotOutput,
-    BotLLMStarted,
-    BotLLMStopped,
-    BotLLMText,
-    FunctionCallStarted,
-    FunctionCallInProgress,
-    FunctionCallStopped,
-    Metrics,
-    CallError,
-    DtmfReceived,
-    CallEnded,
-]
+CallEvent = (
+    AgentStateChanged | UserStartedSpeaking | UserStoppedSpeaking | BotStartedSpeaking
+    | BotStoppedSpeaking | BotInterrupted | ItemTruncated | FalseInterruption | UserTranscript
+    | BotTranscript | BotOutput | BotLLMStarted | BotLLMStopped | BotLLMText | FunctionCallStarted
+    | FunctionCallInProgress | FunctionCallStopped | Metrics | CallError | DtmfReceived | CallEnded
+)
 

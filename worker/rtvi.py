@@ -50,15 +50,28 @@ import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from . import rtvi_messages as m
+from .rtvi_client import (
+    BUILTIN_CLIENT_MESSAGES,
+    ClientMessageError,
+    ClientMessageHandler,
+    ClientRequest,
+    app_handler,
+    register_client_message_handler,
+    unregister_client_message_handler,
+)
 from .tasks import TaskSet
 
 if TYPE_CHECKING:
     from .call import CallSession
+
+__all__ = [
+    "ClientMessageError", "ClientMessageHandler", "ClientRequest", "RTVIHandler",
+    "register_client_message_handler", "unregister_client_message_handler",
+]
 
 log = logging.getLogger("v2v.rtvi")
 
@@ -69,64 +82,6 @@ MAX_QUEUED_ACTIONS = 64
 MAX_CONCURRENT_CLIENT_MESSAGES = 16
 LOGGED_BAD_FRAMES = 20  # per call at INFO; the rest at DEBUG
 PEER_LEFT_FLUSH_S = 0.05
-
-
-class ClientMessageError(Exception):
-    """Raised by a client-message handler: answered with ``error-response``."""
-
-
-@dataclass
-class ClientRequest:
-    """One ``client-message`` as a handler sees it."""
-
-    t: str
-    d: Any
-    id: str
-    call: CallSession
-    rtvi: RTVIHandler
-
-
-ClientMessageHandler = Callable[[ClientRequest], Awaitable[Any] | Any]
-
-_app_handlers: dict[str, ClientMessageHandler] = {}
-
-
-def register_client_message_handler(t: str, fn: ClientMessageHandler) -> None:
-    """Serve ``client-message`` type ``t`` on every call (an application hook).
-
-    ``fn(req: ClientRequest)`` (async or not) returns the ``d`` of the
-    ``server-response``; raising :class:`ClientMessageError` answers
-    ``error-response`` with its message (any other exception answers a generic
-    error-response and is logged). Registering a built-in name overrides it.
-    """
-    if not isinstance(t, str) or not t:
-        raise ValueError("client-message type must be a non-empty string")
-    _app_handlers[t] = fn
-
-
-def unregister_client_message_handler(t: str) -> None:
-    _app_handlers.pop(t, None)
-
-
-async def _get_state(req: ClientRequest) -> Any:
-    return {"state": req.call.state}
-
-
-async def _update_instructions(req: ClientRequest) -> Any:
-    d = req.d
-    text = d.get("instructions") if isinstance(d, dict) else d
-    if not isinstance(text, str) or not text.strip():
-        raise ClientMessageError("d.instructions must be a non-empty string")
-    if len(text) > m.MAX_TEXT_CHARS:
-        raise ClientMessageError(f"instructions longer than {m.MAX_TEXT_CHARS} characters")
-    await req.call.update_instructions(text)
-    return {"ok": True}
-
-
-BUILTIN_CLIENT_MESSAGES: dict[str, ClientMessageHandler] = {
-    "get-state": _get_state,
-    "update-instructions": _update_instructions,
-}
 
 
 @functools.lru_cache(maxsize=1)
@@ -419,7 +374,7 @@ class RTVIHandler:
 
     # -- client-message ----------------------------------------------------
     async def _serve_client_message(self, msg: m.ClientMessage) -> None:
-        fn = self._handlers.get(msg.t) or _app_handlers.get(msg.t) or BUILTIN_CLIENT_MESSAGES.get(msg.t)
+        fn = self._handlers.get(msg.t) or app_handler(msg.t) or BUILTIN_CLIENT_MESSAGES.get(msg.t)
         if fn is None:
             self._error_response(msg.id, f"unknown client message type {msg.t!r}")
             return

@@ -21,7 +21,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Union
+from typing import Any
 
 from .dtmf import is_dtmf_digit
 
@@ -141,10 +141,10 @@ class Dtmf:
     digits: list[str] = field(default_factory=list)
 
 
-ParsedFrame = Union[
-    ProtocolError, Ping, TrackStatus, ClientReady, SendText, ClientMessage,
-    FunctionCallResult, AppendToContext, DisconnectBot, Dtmf,
-]
+ParsedFrame = (
+    ProtocolError | Ping | TrackStatus | ClientReady | SendText | ClientMessage
+    | FunctionCallResult | AppendToContext | DisconnectBot | Dtmf
+)
 
 
 class _Invalid(Exception):

@@ -99,54 +99,77 @@ async def run_wav_call(
     assistant has nothing left to say. The playout runs at ``playout_rate``
     (default: the model's output rate).
     """
-    if isinstance(audio, (str, Path)):
-        pcm, rate = await asyncio.to_thread(read_wav, audio)  # file I/O off the event loop
-    else:
-        if rate is None:
-            raise ValueError("rate is required for array input")
-        pcm = np.asarray(audio, dtype=np.int16)
-    assert rate is not None
+    pcm, rate = await _load(audio, rate)
     out_rate = playout_rate or model.capabilities.output_rate
     playout = PlayoutBuffer(out_rate)
     call = CallSession(call_id, model, config or CallConfig(), playout, tools, session_config)
     call.input_rate = rate
     result = WavCallResult(np.zeros(0, np.int16), rate, 0, call=call, output_rate=out_rate)
-    step = 0
-    call.add_listener(lambda e: result.events.append(TimedEvent(step, call.position, e)))
-    in_step = rate * STEP_MS // 1000
-    out_step = out_rate * STEP_MS // 1000
-    total_steps = -(-len(pcm) // in_step) + int(tail_s * 1000 / STEP_MS)
-    out_frames: list[np.ndarray] = []
-    silence = np.zeros(in_step, dtype=np.int16)
+    run = _Lockstep(call, pcm, result)
+    call.add_listener(run.record)
     await call.start()
-    t0 = time.monotonic()
     try:
+        await run.steps(tail_s, realtime, on_step, stop_when_idle)
+    finally:
+        result.steps = len(run.out_frames)
+        result.output = np.concatenate(run.out_frames) if run.out_frames else np.zeros(0, np.int16)
+        await call.close("input-ended")
+    if record is not None:
+        await asyncio.to_thread(write_wav, record, result.output, out_rate)
+    return result
+
+
+async def _load(audio: str | Path | np.ndarray, rate: int | None) -> tuple[np.ndarray, int]:
+    if isinstance(audio, (str, Path)):
+        return await asyncio.to_thread(read_wav, audio)  # file I/O off the event loop
+    if rate is None:
+        raise ValueError("rate is required for array input")
+    return np.asarray(audio, dtype=np.int16), rate
+
+
+class _Lockstep:
+    """Feeds the input and reads the playout one 20 ms step at a time."""
+
+    def __init__(self, call: CallSession, pcm: np.ndarray, result: WavCallResult) -> None:
+        self.call = call
+        self.pcm = pcm
+        self.result = result
+        self.step = 0
+        self.in_step = result.input_rate * STEP_MS // 1000
+        self.out_step = result.output_rate * STEP_MS // 1000
+        self.out_frames: list[np.ndarray] = []
+
+    def record(self, e: ev.CallEvent) -> None:
+        self.result.events.append(TimedEvent(self.step, self.call.position, e))
+
+    def frame(self, step: int) -> np.ndarray:
+        """The step's input frame (padded with silence past the end)."""
+        frame = self.pcm[step * self.in_step : (step + 1) * self.in_step]
+        if len(frame) < self.in_step:
+            frame = np.concatenate([frame, np.zeros(self.in_step - len(frame), dtype=np.int16)])
+        return frame
+
+    async def steps(self, tail_s: float, realtime: bool, on_step: Any, stop_when_idle: bool) -> None:
+        call = self.call
+        total_steps = -(-len(self.pcm) // self.in_step) + int(tail_s * 1000 / STEP_MS)
+        t0 = time.monotonic()
         for step in range(total_steps):
+            self.step = step
             if call.ended.is_set():
                 break
             if on_step is not None:
                 r = on_step(step, call)
                 if asyncio.iscoroutine(r):
                     await r
-            frame = pcm[step * in_step : (step + 1) * in_step]
-            if len(frame) < in_step:
-                frame = np.concatenate([frame, silence[: in_step - len(frame)]]) if len(frame) else silence
-            await call.feed(frame)
+            await call.feed(self.frame(step))
             if realtime:
                 due = t0 + (step + 1) * STEP_MS / 1000
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
             else:
                 await _settle()
-            out_frames.append(call.playout.read(out_step))
-            if stop_when_idle and step * in_step >= len(pcm) and call.idle:
+            self.out_frames.append(call.playout.read(self.out_step))
+            if stop_when_idle and step * self.in_step >= len(self.pcm) and call.idle:
                 break
-    finally:
-        result.steps = len(out_frames)
-        result.output = np.concatenate(out_frames) if out_frames else np.zeros(0, np.int16)
-        await call.close("input-ended")
-    if record is not None:
-        await asyncio.to_thread(write_wav, record, result.output, out_rate)
-    return result
 
 
 async def _settle(rounds: int = 8) -> None:
