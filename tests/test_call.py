@@ -306,7 +306,7 @@ async def test_transcript_finishing_after_the_audio_still_completes_the_output()
     finals = [t for t in result.of_type(ev.BotOutput) if t.event.final]
     assert len(finals) == 1 and finals[0].step > played.step
     assert finals[0].event.spoken == Script().reply_text and not finals[0].event.interrupted
-    assert result.call._texts == {}
+    assert result.call.pacer.texts == {}
 
 
 async def test_contiguous_items_are_one_stretch_of_speech() -> None:

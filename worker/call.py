@@ -37,7 +37,7 @@ from v2v.media.vad import VadEvent, VoiceActivityDetector
 from . import events as ev
 from .barge import BargeIn
 from .models import base as mb
-from .pacing import ItemText, TranscriptPacer
+from .pacing import TranscriptPacer
 from .reply_audio import ReplyAudio
 from .responses import ResponseLedger
 from .tasks import TaskSet
@@ -220,11 +220,6 @@ class CallSession:
         """Nobody is talking and nothing is pending (no response, tool or turn)."""
         busy = len(self._tasks) > int(self._model_task in self._tasks)
         return not (self._assistant_active() or self._user_speaking or busy)
-
-    @property
-    def _texts(self) -> dict[str, ItemText]:
-        """The transcripts of items not yet over (tests check none is left)."""
-        return self.pacer.texts
 
     # ------------------------------------------------------------ internals
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
