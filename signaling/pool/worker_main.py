@@ -40,8 +40,8 @@ __all__ = ["CONFIG_ENV", "DEFAULT_CAPACITY", "SOCKET_ENV", "Worker", "config_fro
 
 log = logging.getLogger("v2v.pool.worker")
 
-# BENCHMARKS.md ("calls per core"): one v2v process holds ~20-25 calls on one core with
-# no late frame; a worker process uses one core, so it takes the low end by default.
+# BENCHMARKS.md, "Calls per core" (load_ramp_retry): one v2v process holds 20 calls on one
+# core with no late frame (~20-25 across runs); a worker process uses one core.
 DEFAULT_CAPACITY = 20
 SOCKET_ENV = "V2V_POOL_SOCKET"  # set by the supervisor: also serve the RPC on this unix socket
 CONFIG_ENV = "V2V_POOL_CONFIG"  # set by the supervisor: the serve process's ServerConfig as JSON
