@@ -456,7 +456,10 @@ async def bench_connect(args: argparse.Namespace, silence: bytes) -> dict[str, A
                 errors.append(f"v2v call printed no JSON: {out[-300:]!r}")
     finally:
         server.stop()
-    pick = lambda key, scale=1.0: [d[key] * scale for d in v2v_call if d.get(key) is not None]  # noqa: E731
+
+    def pick(key: str, scale: float = 1.0) -> list[float]:
+        return [d[key] * scale for d in v2v_call if d.get(key) is not None]
+
     return {
         "offer_to_answer_ms": stats(offer_ms),
         "offer_to_connected_ms": stats(connect_ms),

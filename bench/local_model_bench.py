@@ -36,16 +36,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_result  # noqa: E402
-from v2v.media.resample import Resampler  # noqa: E402
-from v2v.worker import events as ev  # noqa: E402
-from v2v.worker.models import base as mb  # noqa: E402
-from v2v.worker.models import local_brain as brain  # noqa: E402
-from v2v.worker.models.local import LocalModelFactory  # noqa: E402
-from v2v.worker.models.local_stt import Recognizer  # noqa: E402
-from v2v.worker.models.local_tts import EspeakTTS  # noqa: E402
-from v2v.worker.tools import ToolRegistry  # noqa: E402
-from v2v.worker.wavcall import read_wav, run_wav_call  # noqa: E402
+from bench.common import write_result
+from v2v.media.resample import Resampler
+from v2v.worker import events as ev
+from v2v.worker.models import base as mb
+from v2v.worker.models import local_brain as brain
+from v2v.worker.models.local import LocalModelFactory
+from v2v.worker.models.local_stt import Recognizer
+from v2v.worker.models.local_tts import EspeakTTS
+from v2v.worker.tools import ToolRegistry
+from v2v.worker.wavcall import read_wav, run_wav_call
 
 LOCAL = ROOT / "tests" / "fixtures" / "local"
 TURNS = {

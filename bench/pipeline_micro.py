@@ -23,15 +23,14 @@ from pathlib import Path
 import av
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from v2v.media.audio import frame_to_mono
+from v2v.media.playout import PlayoutBuffer
+from v2v.media.resample import ExactResampler
+from v2v.worker.call import CallConfig, CallSession
+from v2v.worker.models.echo import EchoModelFactory
+from v2v.worker.wavcall import read_wav
 
-from v2v.media.audio import frame_to_mono  # noqa: E402
-from v2v.media.playout import PlayoutBuffer  # noqa: E402
-from v2v.media.resample import ExactResampler  # noqa: E402
-from v2v.worker.call import CallConfig, CallSession  # noqa: E402
-from v2v.worker.models.echo import EchoModelFactory  # noqa: E402
-from v2v.worker.wavcall import read_wav  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def stereo_frames(pcm48: np.ndarray) -> list[av.AudioFrame]:

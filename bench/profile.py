@@ -44,7 +44,10 @@ def summarize_raw(path: Path, top: int = 25) -> dict[str, Any]:
         lib_c[_library(frames[-1])] += n
         for f in {_short(f) for f in frames}:
             incl_c[f] += n
-    pct = lambda c: [(f, round(100.0 * n / max(1, total), 1)) for f, n in c.most_common(top)]  # noqa: E731
+
+    def pct(c: collections.Counter[str]) -> list[tuple[str, float]]:
+        return [(f, round(100.0 * n / max(1, total), 1)) for f, n in c.most_common(top)]
+
     return {"samples": total, "self_pct": pct(self_c), "inclusive_pct": pct(incl_c), "self_by_library_pct": pct(lib_c)}
 
 

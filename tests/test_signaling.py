@@ -323,7 +323,7 @@ def test_immediate_jitter_buffer_releases_each_packet_in_order():
 
     def pkt(seq: int) -> RtpPacket:
         p = RtpPacket(sequence_number=seq % 65536, timestamp=seq * 960)
-        p._data = bytes([seq % 256])  # type: ignore[attr-defined]
+        p._data = bytes([seq % 256])  # type: ignore[attr-defined]  # aiortc's jitter buffer reads the raw packet
         return p
 
     jb = ImmediateAudioJitterBuffer()

@@ -34,9 +34,8 @@ async def serve_page() -> tuple[web.AppRunner, int]:
     app.router.add_static("/", DIST)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, runner.addresses[0][1]
 
 
 async def browser_stats_until(page, cond, timeout: float) -> dict:

@@ -7,6 +7,7 @@ import asyncio
 import struct
 import time
 from itertools import pairwise
+from typing import cast
 
 import numpy as np
 import pytest
@@ -23,8 +24,8 @@ class Peer(asyncio.DatagramProtocol):
         self.packets: list[tuple[float, RtpPacket]] = []
         self.transport: asyncio.DatagramTransport | None = None
 
-    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # a datagram endpoint's transport
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         self.packets.append((time.monotonic(), RtpPacket.parse(data)))

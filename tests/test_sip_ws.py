@@ -13,7 +13,7 @@ import time
 
 import aiohttp
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
 
 from tests.sip.harness import running_server, wait_for
 from v2v.signaling.sip.message import SipRequest, SipResponse, make_response, parse
@@ -33,10 +33,10 @@ class WsPhone:
         self.to_tag: str | None = None
 
         @self.pc.on("track")
-        def on_track(track) -> None:  # type: ignore[no-untyped-def]
+        def on_track(track: MediaStreamTrack) -> None:
             asyncio.ensure_future(self._drain(track))
 
-    async def _drain(self, track) -> None:  # type: ignore[no-untyped-def]
+    async def _drain(self, track: MediaStreamTrack) -> None:
         try:
             while True:
                 await track.recv()

@@ -19,7 +19,7 @@ import logging
 import uuid
 
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 
 pcs: dict[str, RTCPeerConnection] = {}
@@ -44,14 +44,14 @@ async def offer(request: web.Request) -> web.Response:
                 del pcs[pc_id]
 
     @pc.on("track")
-    def on_track(track) -> None:  # type: ignore[no-untyped-def]
+    def on_track(track: MediaStreamTrack) -> None:
         if track.kind == "audio":
             pc.addTrack(relay.subscribe(track))
 
     @pc.on("datachannel")
-    def on_datachannel(channel) -> None:  # type: ignore[no-untyped-def]
+    def on_datachannel(channel: RTCDataChannel) -> None:
         @channel.on("message")
-        def on_message(message) -> None:  # type: ignore[no-untyped-def]
+        def on_message(message: str | bytes) -> None:
             if isinstance(message, str) and message.startswith("ping"):
                 channel.send("pong" + message[4:])
 

@@ -53,7 +53,7 @@ async def run_bot(connection: SmallWebRTCConnection) -> None:
     tasks[connection.pc_id] = task
 
     @transport.event_handler("on_client_disconnected")
-    async def on_disconnected(transport, client) -> None:  # type: ignore[no-untyped-def]
+    async def on_disconnected(transport: SmallWebRTCTransport, client: object) -> None:
         await task.cancel()
 
     try:

@@ -12,6 +12,7 @@ import itertools
 import secrets
 import struct
 import time
+from typing import cast
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class RtpPeer(asyncio.DatagramProtocol):
         return self.transport.get_extra_info("sockname")[1]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.DatagramTransport, transport)  # a datagram endpoint's transport
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         if len(data) >= 12:
@@ -160,7 +161,8 @@ class SipClient:
     async def recv(self, timeout: float = 5.0) -> SipResponse:
         data = await asyncio.wait_for(self.inbox.get(), timeout)
         msg = parse(data)
-        return msg  # type: ignore[return-value]
+        assert isinstance(msg, SipResponse), f"expected a response, got {msg!r}"
+        return msg
 
     async def recv_final(self, call_id: str, method: str, timeout: float = 5.0) -> SipResponse:
         """Skip provisional responses and messages of other transactions."""
