@@ -203,7 +203,6 @@ async def test_local_turn_audio_round_trip(fake: FakeRealtimeServer) -> None:
     assert rec.of(InputTranscript, lambda e: not e.final)
     assert rec.of(InputCommitted)[0].item_id == finals[0].item_id
     assert rec.of(OutputTranscriptDone)[0].text == "This is reply number 1 from the fake model."
-    assert not s.response_in_progress
     await rec.close()
     assert fake.violations == []
 
@@ -234,7 +233,6 @@ async def test_cancel_then_truncate_and_no_cancel_when_done(fake: FakeRealtimeSe
     await s.create_response()
     await rec.wait_type(AudioDelta, count=2)
     item_id = rec.of(AudioDelta)[0].item_id
-    assert s.response_in_progress
     await s.cancel_response()
     await s.truncate_item(item_id, 0, 150)
     done = (await rec.wait_type(ResponseDone))[0]
@@ -331,30 +329,16 @@ async def test_function_call_round_trip(fake: FakeRealtimeServer) -> None:
     assert fake.violations == []
 
 
-async def test_text_only_response_is_flagged_and_retried(fake: FakeRealtimeServer) -> None:
+async def test_text_only_response_is_flagged(fake: FakeRealtimeServer) -> None:
+    """A response without audio is reported text_only (the call asks again for audio)."""
     fake.speed = 0
     fake.text_only_responses = 1
-    rec = await open_session(fake, max_text_only_retries=1)
+    rec = await open_session(fake)
     s = rec.session
     await s.send_message("user", "hello")
     await s.create_response()
     done = (await rec.wait_type(ResponseDone))[0]
     assert done.text_only and done.status == "completed"
-    text_item = [e for e in fake.connections[0].sent if e["type"] == "response.output_item.added"][0]
-    assert await s.retry_text_only(done.response_id)
-    done2 = (await rec.wait_type(ResponseDone, count=2))[1]
-    assert not done2.text_only and audio_of(rec) == fake.reply_ms * 24
-    assert fake.deletions == [text_item["item"]["id"]]
-    last_create = fake.client_events("response.create")[-1]
-    assert last_create["response"]["output_modalities"] == ["audio"]
-    # the retry budget: a second text-only answer is retried once more, then given up
-    fake.text_only_responses = 2
-    await s.send_message("user", "again")
-    await s.create_response()
-    done3 = (await rec.wait_type(ResponseDone, count=3))[2]
-    assert done3.text_only and await s.retry_text_only(done3.response_id)
-    done4 = (await rec.wait_type(ResponseDone, count=4))[3]
-    assert done4.text_only and not await s.retry_text_only(done4.response_id)
     await rec.close()
     assert fake.violations == []
 

@@ -99,7 +99,6 @@ class Conversation:
         self.current: Response | None = None  # the response in progress
         self.emitted_calls: set[str] = set()  # call_ids already handed to the worker
         self.input_partial: dict[str, str] = {}  # item_id -> input transcript so far
-        self.text_only_retries = 0
 
     # -- items ----------------------------------------------------------------
     def get(self, item_id: str) -> Item | None:

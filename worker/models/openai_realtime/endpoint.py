@@ -76,7 +76,6 @@ class RealtimeSettings:
     url: str
     model: str
     transcription_model: str = DEFAULT_TRANSCRIPTION_MODEL
-    max_text_only_retries: int = 2
     reconnect_attempts: int = 6
     backoff_base: float = 0.25
     backoff_max: float = 8.0

@@ -200,8 +200,6 @@ class EventTranslator:
         text_only = r.audio_samples == 0 and (r.text_seen or text_in_output)
         if text_only:
             log.warning("openai realtime: response %s came back as text only", rid)
-        elif r.audio_samples:
-            self.conv.text_only_retries = 0
         if status == "failed":
             err = ((resp.get("status_details") or {}).get("error") or {})
             log.warning("openai realtime: response %s failed: %s", rid, scrub(str(err.get("message", ""))))

@@ -40,10 +40,6 @@ class OpenAIRealtimeSession(ModelSession):
         self.link = RealtimeLink(settings, api_key, self.conversation, on_event=self.translator.dispatch,
                                  emit=self.emit, session_body=self._session_body)
 
-    @property
-    def response_in_progress(self) -> bool:
-        return self.conversation.current is not None
-
     def _session_body(self) -> JSON:
         c = self.config
         audio_in: JSON = {"format": {"type": "audio/pcm", "rate": RATE}}
@@ -168,23 +164,3 @@ class OpenAIRealtimeSession(ModelSession):
             body["tool_choice"] = "auto" if tools else "none"
         await self._send({"type": "session.update", "session": body})
 
-    async def retry_text_only(self, response_id: str) -> bool:
-        """Ask again, for audio, after a response that came back as text only.
-
-        Deletes that response's text items and sends ``response.create`` with
-        audio output; returns False (and does nothing) once
-        ``max_text_only_retries`` is used up.
-        """
-        conv = self.conversation
-        if conv.text_only_retries >= self._settings.max_text_only_retries:
-            log.warning("openai realtime: response %s was text only; retries exhausted", response_id)
-            return False
-        conv.text_only_retries += 1
-        for item in conv.messages_of(response_id):
-            await self.delete_item(item.id)
-        log.info("openai realtime: response %s was text only; asking again for audio (retry %d)",
-                 response_id, conv.text_only_retries)
-        ev: JSON = {"type": "response.create", "response": {"output_modalities": ["audio"]}}
-        if not await self._send(ev) and not self.link.closing:
-            self.link.pending_response = ev
-        return True
