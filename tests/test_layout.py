@@ -144,3 +144,20 @@ def test_importing_the_package_has_no_side_effects() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "", out.stdout
+
+
+def test_package_all_names_existing_submodules() -> None:
+    """Each code package's ``__all__`` names its public submodules, and only existing ones."""
+    for folder, pkg in PACKAGES.items():
+        tree = ast.parse((ROOT / folder / "__init__.py").read_text())
+        names = [
+            elt.value
+            for node in tree.body
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
+            for elt in getattr(node.value, "elts", [])
+            if isinstance(elt, ast.Constant)
+        ]
+        assert names, f"{pkg}: no __all__"
+        for name in names:
+            assert (ROOT / folder / f"{name}.py").is_file() or (ROOT / folder / name / "__init__.py").is_file(), \
+                f"{pkg}.__all__ names {name!r}, which is no submodule"
