@@ -134,14 +134,14 @@ class Node:
 
 
 @asynccontextmanager
-async def running_node(registry: Registry, **overrides: Any) -> AsyncIterator[Node]:
-    """A signaling node (HTTP app, no SIP) dispatching to the workers of ``registry``."""
+async def running_node(registry: Registry, *, sip: bool = False, **overrides: Any) -> AsyncIterator[Node]:
+    """A signaling node dispatching to the workers of ``registry`` (SIP with ``sip=True``)."""
     cfg = ServerConfig(model="echo", host="127.0.0.1", port=0)
     for k, v in overrides.items():
         setattr(cfg, k, v)
     metrics = ServerMetrics()
     dispatcher = PoolDispatcher(registry, metrics)
-    app = create_app(cfg, dispatcher, metrics=metrics, sip=False)
+    app = create_app(cfg, dispatcher, metrics=metrics, sip=sip)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -57,6 +57,7 @@ POLL_S = 0.5  # registry poll period
 LOST_AFTER_S = 2.5  # events socket down this long (or registry record gone): worker lost
 MISSING_GRACE_S = 3.0  # a connected worker missing from the registry (Redis restarted) this long: lost
 RETRY_AFTER_S = 2
+START_WAIT_S = 2.0  # at start, wait this long for the registered workers' events sockets
 _RECENT_ENDS = 1024  # ended calls remembered, for an end that overtakes its offer's answer
 
 _Send = Callable[[RemoteWorker], Awaitable[object]]
@@ -94,6 +95,8 @@ class PoolDispatcher:
     async def start(self) -> None:
         if self._poller is None:
             await self.refresh()
+            if self.workers_by_name:  # so that the first calls find the workers ready
+                await asyncio.gather(*(w.wait_connected(START_WAIT_S) for w in self.workers_by_name.values()))
             self._poller = asyncio.create_task(self._poll_loop(), name="pool-registry-poll")
 
     async def close(self, reason: str = "shutdown") -> None:
