@@ -251,7 +251,8 @@ class Procs:
         """``python -m v2v <args> --port P`` (``--host`` is the caller's business), logged to a file."""
         port = port or free_port(host)
         full = [*args, "--port", str(port)]
-        cmd = [sys.executable, "-m", "v2v", *full]
+        shim = os.environ.get("V2V_POOL_SHIM")  # TEMPORARY
+        cmd = [sys.executable, *([shim] if shim else ["-m", "v2v"]), *full]
         if netns is not None:
             cmd = ["ip", "netns", "exec", netns, *cmd]
         log = self.dir / f"{label}.log"
@@ -268,10 +269,11 @@ class Procs:
         return p
 
     def worker(self, label: str, redis_url: str, *, capacity: int = 10, model: str = "echo",
-               extra: Sequence[str] = (), host: str = "127.0.0.1", netns: str | None = None) -> V2vProc:
+               extra: Sequence[str] = (), host: str = "127.0.0.1", netns: str | None = None,
+               port: int | None = None) -> V2vProc:
         args = ["worker", "--redis", redis_url, "--host", host, "--name", label, "--capacity", str(capacity),
                 "--model", model, "--rtp-ports", rtp_range(), "--log-level", "info", *extra]
-        return self.start(label, args, host=host, netns=netns)
+        return self.start(label, args, host=host, port=port, netns=netns)
 
     def signaling(self, label: str, redis_url: str | None = None, *, workers: int | None = None,
                   sip_port: int | None = None, model: str = "echo", extra: Sequence[str] = ()) -> V2vProc:
