@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, fields
 from typing import Any
@@ -58,6 +59,7 @@ PREFIX = "/pool/v1"
 LOAD_INTERVAL_S = 1.0  # load pushed on the events socket at least this often
 WS_HEARTBEAT_S = 1.0  # WebSocket ping; a silent peer is dropped after ~1.5 s
 RPC_TIMEOUT_S = 30.0
+RECENT_ENDS = 1024
 
 
 class WorkerUnavailable(DispatchError):
@@ -132,6 +134,7 @@ class WorkerService:
         self.calls: dict[str, str] = {}  # call_id -> transport, of the calls placed through the RPC
         self._sockets: dict[web.WebSocketResponse, tuple[asyncio.Queue[dict[str, Any] | None], asyncio.Event]] = {}
         self._ticker: asyncio.Task[None] | None = None
+        self._ended: OrderedDict[str, None] = OrderedDict()  # recent ends (an end can overtake its answer)
         host.add_listener(self._on_event)
 
     def add_routes(self, app: web.Application) -> None:
@@ -166,7 +169,7 @@ class WorkerService:
         return handler
 
     async def _placed(self, call_id: str, transport: str) -> None:
-        if call_id in self.calls:
+        if call_id in self.calls or call_id in self._ended:  # known, or ended before its answer went
             return
         self.calls[call_id] = transport
         if self.on_call is not None:
@@ -218,6 +221,9 @@ class WorkerService:
     def _on_event(self, event: CallEvent) -> None:
         if isinstance(event, CallEnded):
             self.calls.pop(event.call_id, None)
+            self._ended[event.call_id] = None
+            while len(self._ended) > RECENT_ENDS:
+                self._ended.popitem(last=False)
         self._broadcast(event_to_json(event))
         if isinstance(event, CallEnded):
             self.push_load()
