@@ -17,8 +17,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal
 
 from v2v.worker import events as ev
 from v2v.worker.models.base import ModelFactory, SessionConfig
@@ -61,6 +61,7 @@ def load_model_factory(name: str, config: ServerConfig) -> ModelFactory:
         "voice": config.voice or None,
         "instructions": config.instructions or None,
     }
+    params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(cls).parameters
     except (TypeError, ValueError):
@@ -376,7 +377,9 @@ class CallManager:
             if self.config.voice:
                 sc.voice = self.config.voice
         caps = getattr(factory, "capabilities", None)
-        turn = "server" if self.config.turn_detection == "server" and getattr(caps, "server_vad", False) else "local"
+        turn: Literal["local", "server"] = (
+            "server" if self.config.turn_detection == "server" and getattr(caps, "server_vad", False) else "local"
+        )
         cc = CallConfig(turn_detection=turn, greeting=self.config.greeting)
         tools = _tools_for(factory)
         if self._app_tools is not None:

@@ -46,7 +46,8 @@ log = logging.getLogger("v2v.host")
 class HostedMedia(Protocol):
     """The media side of a SIP call as the host drives it."""
 
-    call: Call | None
+    @property
+    def call(self) -> Call | None: ...
 
     async def start(self) -> None: ...
 

@@ -20,15 +20,17 @@ import uuid
 from typing import Any
 
 import numpy as np
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc import rtp as aiortc_rtp
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 from aiortc.utils import uint16_add
+from av import AudioFrame
 
 from v2v.media.audio import frame_to_mono
 from v2v.media.playout import PlayoutBuffer
+from v2v.media.resample import Resampler
 from v2v.media.track import AssistantTrack
 from v2v.worker.rtvi import RTVIHandler
 from v2v.worker.transport import QueueAudioInput
@@ -206,24 +208,20 @@ class WebRTCCall:
                     await track.recv()
                 except MediaStreamError:
                     return
-        resampler = None
-        rate = None
+        resampler: Resampler | None = None
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            if pc is not self.pc:
+            if pc is not self.pc or not isinstance(frame, AudioFrame):
                 continue
             self._last_media = time.monotonic()
             self.packets_in += 1
             pcm = frame_to_mono(frame)
             if frame.sample_rate != INPUT_RATE:
-                if rate != frame.sample_rate:
-                    from v2v.media.resample import Resampler
-
-                    rate = frame.sample_rate
-                    resampler = Resampler(rate, INPUT_RATE)
+                if resampler is None or resampler.in_rate != frame.sample_rate:
+                    resampler = Resampler(frame.sample_rate, INPUT_RATE)
                 pcm = resampler.process(pcm)
             if len(pcm):
                 self.audio_in.put(pcm)
@@ -412,7 +410,7 @@ class WebRTCCall:
         pc = self.pc
         if pc is None or self._closed:
             raise UnknownCall(f"unknown pc_id {self.pc_id!r}")
-        parsed = []
+        parsed: list[RTCIceCandidate | None] = []
         for c in candidates:
             text = (c.candidate or "").strip()
             if not text:
@@ -431,9 +429,9 @@ class WebRTCCall:
             if cand.sdpMid is None and cand.sdpMLineIndex is None:
                 cand.sdpMLineIndex = 0
             parsed.append(cand)
-        for cand in parsed:
+        for item in parsed:
             try:
-                await pc.addIceCandidate(cand)
+                await pc.addIceCandidate(item)
             except Exception as e:
                 raise BadRequest(f"cannot add ICE candidate: {e}") from e
 

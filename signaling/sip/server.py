@@ -148,8 +148,11 @@ class SipServers:
         return media
 
     async def start_net(self, port: int | None = None) -> None:
+        port = self.config.sip_port if port is None else port
+        if port is None:
+            raise ValueError("SIP over UDP/TCP needs a port (--sip-port)")
         self.net = SipNetServers(self.core)
-        await self.net.start(self.config.host, self.config.sip_port if port is None else port)
+        await self.net.start(self.config.host, port)
         log.info("SIP over UDP and TCP on %s:%d (public address %s)", self.config.host, self.net.port,
                  self.public_host)
 

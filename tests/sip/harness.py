@@ -136,10 +136,10 @@ async def run_proc(*args: str, cwd: Path | None = None, timeout: float = 60.0,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
+    except TimeoutError as e:
         proc.kill()
         out, err = await proc.communicate()
-        raise AssertionError(f"{args[0]} timed out:\n{out.decode()[-3000:]}\n{err.decode()[-3000:]}")
+        raise AssertionError(f"{args[0]} timed out:\n{out.decode()[-3000:]}\n{err.decode()[-3000:]}") from e
     return proc.returncode or 0, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
 
