@@ -32,7 +32,6 @@ from aiohttp import web
 
 from ..config import IceServer, ServerConfig
 from ..dispatch import CallEnded, CallEvent
-from ..host import CallHost
 from .protocol import WorkerService
 from .registry import HEARTBEAT_S, RedisRegistry, RegistryUnavailable, WorkerRecord
 
@@ -73,6 +72,8 @@ class Worker:
             config.capacity = DEFAULT_CAPACITY
         if config.advertise and not config.sip_public_address:
             config.sip_public_address = config.advertise
+        from ..host import CallHost  # here: importing this module must not load aiortc
+
         self.config = config
         self.unix_path = unix_path
         self.host = CallHost(config)
