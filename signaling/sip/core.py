@@ -23,8 +23,11 @@ import time
 from collections.abc import Callable
 
 from v2v.worker.dtmf import DTMF_DIGITS
+from v2v.worker.tasks import TaskSet
 
 from .dialog import (
+    T1,
+    T2,
     CallRequest,
     Conn,
     Dialog,
@@ -34,11 +37,11 @@ from .dialog import (
     SipReject,
     new_branch,
     new_tag,
+    resend_until_ack,
     tx_key,
 )
 from .digest import DigestAuth
 from .message import (
-    Headers,
     NameAddr,
     SipMessage,
     SipParseError,
@@ -55,8 +58,6 @@ __all__ = ["CallRequest", "Conn", "Dialog", "MediaFactory", "SipCore", "SipMedia
 
 log = logging.getLogger("v2v.sip")
 
-T1 = 0.5
-T2 = 4.0
 TX_LINGER = 32.0
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, REGISTER"
 SERVER = "v2v"
@@ -87,29 +88,14 @@ class SipCore:
         self._invite_txs: dict[tuple[str, str, str], ServerTx] = {}
         self._txs: dict[tuple[str, str, str], ServerTx] = {}
         self._client_txs: dict[str, asyncio.Future[SipResponse]] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = TaskSet("sip")
         self._closing = False
         self.stats = {"bad": 0, "dropped": 0}
 
     # ------------------------------------------------------------ plumbing
-    def _spawn(self, coro, name: str) -> asyncio.Task:
-        t = asyncio.create_task(coro, name=name)
-        self._tasks.add(t)
-        t.add_done_callback(self._task_done)
-        return t
-
-    def _task_done(self, t: asyncio.Task) -> None:
-        self._tasks.discard(t)
-        if not t.cancelled() and t.exception() is not None:
-            log.error("sip task %s failed", t.get_name(), exc_info=t.exception())
-
     def _send(self, conn: Conn, msg: SipMessage) -> bytes:
         data = msg.serialize()
-        if conn.is_open():
-            try:
-                conn.send(data)
-            except Exception as e:  # connection went away under us
-                log.debug("sip send failed: %s", e)
+        conn.try_send(data)
         return data
 
     def _respond(self, req: SipRequest, conn: Conn, status: int, reason: str | None = None, *,
@@ -217,8 +203,7 @@ class SipCore:
         if m != "CANCEL" and key in table:  # retransmission
             tx = table[key]
             if tx.response is not None:
-                if conn.is_open():
-                    conn.send(tx.response)
+                conn.try_send(tx.response)
             return
         if self._closing and m in ("INVITE", "REGISTER"):
             self._respond(req, conn, 503, extra=[("Retry-After", "5")])
@@ -308,14 +293,14 @@ class SipCore:
                 return
         self._respond(req, conn, 200)
         if digit and d.media is not None:
-            self._spawn(d.media.dtmf(digit), f"sip-dtmf-{d.call_id}")
+            self._tasks.spawn(d.media.dtmf(digit), f"sip-dtmf-{d.call_id}")
 
     def _on_update(self, req: SipRequest, conn: Conn) -> None:
         d = self._find_dialog(req)
         if d is None:
             self._respond(req, conn, 481)
             return
-        self._spawn(self._refresh(d, req, conn), f"sip-update-{d.call_id}")
+        self._tasks.spawn(self._refresh(d, req, conn), f"sip-update-{d.call_id}")
 
     async def _refresh(self, d: Dialog, req: SipRequest, conn: Conn) -> None:
         """re-INVITE or UPDATE: new offer (hold/unhold) and/or session refresh."""
@@ -341,7 +326,7 @@ class SipCore:
             d.acked.clear()
             tx = self._invite_txs.get(tx_key(req))
             if tx is not None:
-                self._spawn(self._retransmit_2xx(d, tx, conn, end_on_timeout=False), f"sip-2xx-{d.call_id}")
+                self._tasks.spawn(self._retransmit_2xx(d, tx, conn, end_on_timeout=False), f"sip-2xx-{d.call_id}")
 
     # ------------------------------------------------------------ INVITE
     def _on_invite(self, req: SipRequest, conn: Conn) -> None:
@@ -353,7 +338,7 @@ class SipCore:
             d.conn = conn
             self._invite_txs[tx_key(req)] = ServerTx(None, conn, time.monotonic(), d)
             self._respond(req, conn, 100)
-            self._spawn(self._refresh(d, req, conn), f"sip-reinvite-{d.call_id}")
+            self._tasks.spawn(self._refresh(d, req, conn), f"sip-reinvite-{d.call_id}")
             return
         if not self._authorized(req, conn):
             return
@@ -386,7 +371,7 @@ class SipCore:
             profile=pick_profile(req_uri.user, self.profiles), user=req_uri.user,
             offer_sdp=req.body.decode("utf-8", "replace"), remote=conn.remote, from_uri=req.from_.uri,
         )
-        d.task = self._spawn(self._setup(d, req, conn, creq), f"sip-invite-{d.call_id}")
+        d.task = self._tasks.spawn(self._setup(d, req, conn, creq), f"sip-invite-{d.call_id}")
 
     async def _setup(self, d: Dialog, req: SipRequest, conn: Conn, creq: CallRequest) -> None:
         extra = [("Contact", self.contact(conn)), ("Allow", ALLOW)]
@@ -425,7 +410,7 @@ class SipCore:
             d.final_sent = True
             d.state = "confirmed"
             await media.start()
-            d.watch = self._spawn(self._watch_media(d), f"sip-watch-{d.call_id}")
+            d.watch = self._tasks.spawn(self._watch_media(d), f"sip-watch-{d.call_id}")
             if not conn.reliable:
                 tx = self._invite_txs.get(tx_key(req))
                 if tx is not None:
@@ -443,34 +428,14 @@ class SipCore:
         if not conn.reliable:
             tx = self._invite_txs.get(tx_key(req))
             if tx is not None:
-                self._spawn(self._retransmit_final(d, tx, conn), f"sip-final-{d.call_id}")
-
-    async def _retransmit_final(self, d: Dialog, tx: ServerTx, conn: Conn) -> None:
-        """Timer G/H: resend a non-2xx final response until ACK (UDP)."""
-        interval = T1
-        deadline = time.monotonic() + 64 * T1
-        while time.monotonic() < deadline:
-            try:
-                await asyncio.wait_for(d.acked.wait(), interval)
-                return
-            except TimeoutError:
-                if tx.response and conn.is_open():
-                    conn.send(tx.response)
-                interval = min(interval * 2, T2)
+                # Timers G/H: the dialog is already over, the response goes on until ACK
+                self._tasks.spawn(resend_until_ack(d, tx, conn, while_live=False), f"sip-final-{d.call_id}")
 
     async def _retransmit_2xx(self, d: Dialog, tx: ServerTx, conn: Conn, end_on_timeout: bool) -> None:
         """RFC 3261 13.3.1.4: resend the 2xx until ACK; no ACK in 64*T1 ends the call."""
-        interval = T1
-        deadline = time.monotonic() + 64 * T1
-        while time.monotonic() < deadline and d.state != "terminated":
-            try:
-                await asyncio.wait_for(d.acked.wait(), interval)
-                return
-            except TimeoutError:
-                if tx.response and conn.is_open():
-                    conn.send(tx.response)
-                interval = min(interval * 2, T2)
-        if end_on_timeout and not d.acked.is_set() and d.state != "terminated":
+        if await resend_until_ack(d, tx, conn, while_live=True):
+            return
+        if end_on_timeout and d.state != "terminated":
             log.info("sip: no ACK for %s, ending the call", d.call_id)
             await self.end_dialog(d, "no ACK", send_bye=True)
 
@@ -492,7 +457,7 @@ class SipCore:
         d.acked.set()
         if first_ack and req.body and d.media is not None and d.media.awaiting_answer:
             # delayed offer: the 200 carried our offer, the ACK carries the answer
-            self._spawn(self._ack_answer(d, req.body.decode("utf-8", "replace")), f"sip-ack-sdp-{d.call_id}")
+            self._tasks.spawn(self._ack_answer(d, req.body.decode("utf-8", "replace")), f"sip-ack-sdp-{d.call_id}")
 
     async def _ack_answer(self, d: Dialog, sdp: str) -> None:
         assert d.media is not None
@@ -514,7 +479,7 @@ class SipCore:
             return
         d.cancelled.set()
         self._final_error(d, d.invite, tx.conn, 487, None)
-        self._spawn(self._close_media(d, "hangup"), f"sip-cancel-{d.call_id}")
+        self._tasks.spawn(self._close_media(d, "hangup"), f"sip-cancel-{d.call_id}")
 
     async def _close_media(self, d: Dialog, reason: str) -> None:
         if d.media is not None:
@@ -526,7 +491,7 @@ class SipCore:
             self._respond(req, conn, 481)
             return
         self._respond(req, conn, 200)
-        self._spawn(self.end_dialog(d, "hangup", send_bye=False), f"sip-bye-{d.call_id}")
+        self._tasks.spawn(self.end_dialog(d, "hangup", send_bye=False), f"sip-bye-{d.call_id}")
 
     # ------------------------------------------------------------ teardown
     async def end_dialog(self, d: Dialog, reason: str, send_bye: bool) -> None:
@@ -551,24 +516,11 @@ class SipCore:
         conn = d.conn
         if not conn.is_open():
             return
-        d.local_cseq = max(d.local_cseq, 1) + 1
         branch = new_branch()
-        h = Headers()
-        via_host = self.public_host if conn.transport not in ("WS", "WSS") else f"{secrets.token_hex(4)}.invalid"
-        via_port = "" if conn.transport in ("WS", "WSS") else f":{self.ports.get(conn.transport, conn.local[1])}"
-        h.add("Via", f"SIP/2.0/{conn.transport} {via_host}{via_port};branch={branch};rport")
-        h.add("Max-Forwards", "70")
-        # our From is the INVITE's To (with our tag), our To its From
-        to_na = d.invite.to
-        to_na.params["tag"] = d.local_tag
-        h.add("From", str(to_na))
-        h.add("To", d.invite.header("From"))
-        h.add("Call-ID", d.call_id)
-        h.add("CSeq", f"{d.local_cseq} BYE")
-        for r in d.route_set:
-            h.add("Route", r)
-        h.add("User-Agent", SERVER)
-        bye = SipRequest(h, b"", method="BYE", uri=d.remote_target)
+        ws = conn.transport in ("WS", "WSS")
+        via_host = f"{secrets.token_hex(4)}.invalid" if ws else self.public_host
+        via_port = "" if ws else f":{self.ports.get(conn.transport, conn.local[1])}"
+        bye = d.bye_request(f"SIP/2.0/{conn.transport} {via_host}{via_port};branch={branch};rport", SERVER)
         fut: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
         self._client_txs[branch] = fut
         data = bye.serialize()
@@ -576,9 +528,7 @@ class SipCore:
             interval = T1
             deadline = time.monotonic() + (4.0 if not conn.reliable else 2.0)
             while time.monotonic() < deadline and conn.is_open():
-                try:
-                    conn.send(data)
-                except Exception:
+                if not conn.try_send(data):
                     return
                 try:
                     await asyncio.wait_for(asyncio.shield(fut), min(interval, deadline - time.monotonic()))
@@ -596,19 +546,17 @@ class SipCore:
             if conn_is(d.conn):
                 if not d.final_sent:
                     d.cancelled.set()
-                self._spawn(self.end_dialog(d, "peer-closed", send_bye=False), f"sip-lost-{d.call_id}")
+                self._tasks.spawn(self.end_dialog(d, "peer-closed", send_bye=False), f"sip-lost-{d.call_id}")
 
     async def close(self) -> None:
         self._closing = True
         await asyncio.gather(*(self.end_dialog(d, "shutdown", send_bye=True) for d in list(self.dialogs.values())),
                              return_exceptions=True)
-        for t in list(self._tasks):
-            t.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
 
 
 def _refresher_uac(se: str) -> str:
     value, _, _params = se.partition(";")
     value = value.strip()
     return f"{value if value.isdigit() else '1800'};refresher=uac"
+

@@ -9,12 +9,19 @@ transaction state of RFC 3261 sections 12 and 17.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from .message import SipMessage, SipRequest
+from .message import Headers, SipMessage, SipRequest
+
+log = logging.getLogger("v2v.sip")
+
+T1 = 0.5  # RFC 3261 timer values, seconds
+T2 = 4.0
 
 
 @dataclass
@@ -34,6 +41,17 @@ class Conn:
     @property
     def label(self) -> str:
         return {"UDP": "sip_udp", "TCP": "sip_tcp", "WS": "sip_ws", "WSS": "sip_ws"}[self.transport]
+
+    def try_send(self, data: bytes) -> bool:
+        """Send if the connection is open; False when it is closed or went away under us."""
+        if not self.is_open():
+            return False
+        try:
+            self.send(data)
+        except Exception as e:  # the transport's own errors: the peer is gone, nothing to answer
+            log.debug("sip send failed: %s", e)
+            return False
+        return True
 
 
 class SipReject(Exception):
@@ -108,6 +126,23 @@ class Dialog:
     def key(self) -> tuple[str, str]:
         return self.call_id, self.local_tag
 
+    def bye_request(self, via: str, user_agent: str) -> SipRequest:
+        """Our BYE (next local CSeq): From is the INVITE's To with our tag, To its From."""
+        self.local_cseq = max(self.local_cseq, 1) + 1
+        h = Headers()
+        h.add("Via", via)
+        h.add("Max-Forwards", "70")
+        to_na = self.invite.to
+        to_na.params["tag"] = self.local_tag
+        h.add("From", str(to_na))
+        h.add("To", self.invite.header("From"))
+        h.add("Call-ID", self.call_id)
+        h.add("CSeq", f"{self.local_cseq} BYE")
+        for r in self.route_set:
+            h.add("Route", r)
+        h.add("User-Agent", user_agent)
+        return SipRequest(h, b"", method="BYE", uri=self.remote_target)
+
 
 @dataclass
 class ServerTx:
@@ -131,3 +166,22 @@ def tx_key(msg: SipMessage) -> tuple[str, str, str]:
     _, method = msg.cseq
     sent_by = f"{top.host}:{top.port or ''}"
     return top.branch or msg.call_id + msg.header("CSeq"), method, sent_by
+
+
+async def resend_until_ack(d: Dialog, tx: ServerTx, conn: Conn, *, while_live: bool) -> bool:
+    """Resend the INVITE's final response (UDP) at T1, 2*T1, ... up to T2 until ACK or 64*T1.
+
+    The one retransmit-until-ACK loop: 2xx (RFC 3261 13.3.1.4, ``while_live``: stops when
+    the dialog ends) and non-2xx (Timers G/H, the dialog is already over). True when ACKed.
+    """
+    interval = T1
+    deadline = time.monotonic() + 64 * T1
+    while time.monotonic() < deadline and not (while_live and d.state == "terminated"):
+        try:
+            await asyncio.wait_for(d.acked.wait(), interval)
+            return True
+        except TimeoutError:
+            if tx.response:
+                conn.try_send(tx.response)
+            interval = min(interval * 2, T2)
+    return d.acked.is_set()

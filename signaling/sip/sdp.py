@@ -90,7 +90,7 @@ def parse_offer(text: str) -> AudioOffer:
                     pt_s, enc = a[7:].split(None, 1)
                     enc_name, rate_s = enc.split("/")[:2]
                     rtpmap[int(pt_s)] = (enc_name.upper(), int(rate_s))
-                except ValueError:
+                except ValueError:  # a malformed rtpmap: that payload type stays unknown
                     continue
             elif a.startswith("ptime:") and a[6:].strip().isdigit():
                 ptime = int(a[6:].strip())
