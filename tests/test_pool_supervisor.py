@@ -7,6 +7,7 @@ import os
 import signal
 
 import pytest
+from aiohttp import ClientSession
 
 from tests.pool_util import running_node
 from tests.signaling_util import wait_until
@@ -38,6 +39,15 @@ async def test_two_local_workers_take_calls_and_a_killed_one_is_restarted() -> N
                                          for w in node.dispatcher.workers_by_name.values()), 3, "one call each")
             assert all(os.path.exists(sup.socket_path(n)) for n in ("w0", "w1"))
             assert all(r.address.startswith("127.0.0.1:") for r in rows.values())
+            # each worker: health and metrics on its own TCP port, the RPC only on its unix socket
+            async with ClientSession() as http:
+                for r in rows.values():
+                    async with http.get(f"http://{r.address}/healthz") as resp:
+                        assert resp.status == 200
+                    async with http.get(f"http://{r.address}/metrics") as resp:
+                        assert resp.status == 200 and "v2v_active_calls" in await resp.text()
+                    async with http.post(f"http://{r.address}/pool/v1/info", json={}) as resp:
+                        assert resp.status == 403
             # SIGKILL w0: its call ends worker-lost, it comes back, calls go on
             doomed = sup.procs["w0"]
             lost = next(c for c in callers if c.pc_id in node.dispatcher.workers_by_name["w0"].calls)

@@ -32,7 +32,7 @@ from aiohttp import web
 
 from ..config import IceServer, ServerConfig
 from ..dispatch import CallEnded, CallEvent
-from .protocol import WorkerService
+from .protocol import PREFIX, WorkerService
 from .registry import HEARTBEAT_S, RedisRegistry, RegistryUnavailable, WorkerRecord
 
 __all__ = ["CONFIG_ENV", "DEFAULT_CAPACITY", "SOCKET_ENV", "Worker", "config_from_env", "run_worker"]
@@ -62,6 +62,16 @@ def _url_host(host: str) -> str:
     if host in ("", "0.0.0.0", "::"):
         host = socket.gethostname()
     return f"[{host}]" if ":" in host else host
+
+
+@web.middleware
+async def _rpc_over_unix_only(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Refuse the worker RPC over TCP (health and metrics stay open)."""
+    if request.path.startswith(PREFIX):
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is None or sock.family != socket.AF_UNIX:
+            return web.json_response({"error": "the worker RPC is served on its unix socket only"}, status=403)
+    return await handler(request)
 
 
 class Worker:
@@ -110,6 +120,8 @@ class Worker:
     # -- app -----------------------------------------------------------------------
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=max(self.config.max_body, 1024 * 1024))
+        if self.unix_path and self.registry is None:  # a supervisor's worker: RPC on its unix socket only
+            app.middlewares.append(_rpc_over_unix_only)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
