@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,14 @@ def successful_calls(out: str) -> int:
     found = SUCCESS_RE.findall(out)
     assert found, out[-2000:]
     return int(found[-1])
+
+
+def sipp_workdir(tmp: Path, scenario: str) -> Path:
+    """sipp's working directory: the test's tmp dir, holding copies of the scenario and the media it
+    plays, so the logs sipp writes there (``<scenario>_<pid>_errors.log``...) never land in the tree."""
+    for name in (scenario, "speech_8k.ulaw", "dtmf_2833_1.pcap"):
+        shutil.copy(HERE / name, tmp / name)
+    return tmp
 
 
 def sipp_args(scenario: str, service: str, port: int, *, calls: int = 1, limit: int = 1, rate: int = 10,
@@ -58,11 +68,12 @@ class Recorder:
         return [e for lst in self.events.values() for e in lst if isinstance(e, cls)]
 
 
-async def test_sipp_call_speech_dtmf_bye(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_sipp_call_speech_dtmf_bye(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     async with running_server() as srv:
         rec = Recorder(monkeypatch, srv.manager)
         dtmf_before = srv.metric("v2v_dtmf_digits_total")
-        rc, out, err = await run_proc(*sipp_args("uac_call.xml", "echo", srv.sip_port, media_port=46000), cwd=HERE,
+        rc, out, err = await run_proc(*sipp_args("uac_call.xml", "echo", srv.sip_port, media_port=46000),
+                                      cwd=sipp_workdir(tmp_path, "uac_call.xml"),
                                       timeout=60)
         assert rc == 0, out[-3000:] + err[-2000:]
         assert successful_calls(out) == 1
@@ -83,10 +94,11 @@ async def test_sipp_call_speech_dtmf_bye(monkeypatch: pytest.MonkeyPatch) -> Non
         assert srv.metric("v2v_calls_total", transport="sip_udp") == 1
 
 
-async def test_sipp_cancel_before_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_sipp_cancel_before_answer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     async with running_server(sip_ring_ms=5000) as srv:
         rec = Recorder(monkeypatch, srv.manager)
-        rc, out, err = await run_proc(*sipp_args("uac_cancel.xml", "assistant", srv.sip_port), cwd=HERE, timeout=30)
+        rc, out, err = await run_proc(*sipp_args("uac_cancel.xml", "assistant", srv.sip_port),
+                                      cwd=sipp_workdir(tmp_path, "uac_cancel.xml"), timeout=30)
         assert rc == 0, out[-3000:] + err[-2000:]
         await wait_for(lambda: srv.active() == 0 and not srv.sip.core.dialogs, 1.0, "cancelled call released")
         # the call never got media going and never sent a 200
@@ -94,7 +106,7 @@ async def test_sipp_cancel_before_answer(monkeypatch: pytest.MonkeyPatch) -> Non
         assert not rec.of(ev.UserStartedSpeaking)
 
 
-async def test_sipp_20_concurrent_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_sipp_20_concurrent_calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     async with running_server() as srv:
         rec = Recorder(monkeypatch, srv.manager)
         peak = 0
@@ -109,7 +121,7 @@ async def test_sipp_20_concurrent_calls(monkeypatch: pytest.MonkeyPatch) -> None
         try:
             rc, out, err = await run_proc(
                 *sipp_args("uac_load.xml", "echo", srv.sip_port, calls=20, limit=20, rate=40, media_port=47000),
-                cwd=HERE, timeout=60)
+                cwd=sipp_workdir(tmp_path, "uac_load.xml"), timeout=60)
         finally:
             w.cancel()
         assert rc == 0, out[-3000:] + err[-2000:]
