@@ -244,3 +244,27 @@ async def test_redis_restart_mid_call_workers_reregister_and_the_call_goes_on(re
             await wait_until(lambda: ends(events).get(caller.pc_id) == "hangup", 3, "the call's end")
         finally:
             await caller.close()
+
+
+async def test_concurrent_offers_spread_and_full_workers_refuse(redis_server: RedisServer) -> None:
+    async with (
+        running_worker(redis_server.url, name="wa", capacity=2) as wa,
+        running_worker(redis_server.url, name="wb", capacity=2) as wb,
+        running_node(RedisRegistry(redis_server.url)) as node,
+    ):
+        callers = [Caller(node.url) for _ in range(4)]
+        try:
+            await asyncio.gather(*(c.connect() for c in callers))  # in flight together
+            assert (wa.host.active_calls(), wb.host.active_calls()) == (2, 2)
+            extra = Caller(node.url)
+            with pytest.raises(Exception, match="503"):
+                await extra.connect(timeout=5)  # every worker is full
+            await extra.close()
+            text = await metrics_text(node.url)
+            assert metric_value(text, "v2v_dispatches_total", {"worker": "", "outcome": "no-worker"}) == 1
+            assert node.dispatcher.active_calls("webrtc") == 4
+        finally:
+            for c in callers:
+                await c.hangup()
+        await wait_until(lambda: node.dispatcher.active_calls() == 0, 2, "every call ended")
+        assert node.metrics.active("webrtc") == 0

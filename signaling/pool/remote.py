@@ -88,6 +88,7 @@ class PoolDispatcher:
         self._listeners = Listeners()
         self._poller: asyncio.Task[None] | None = None
         self._registry_ok = True
+        self._pending: dict[str, int] = {}  # worker name -> offers in flight to it
         self._missing: dict[str, float] = {}  # worker name -> when it went missing from the registry
         self._recent_ends: OrderedDict[str, None] = OrderedDict()
 
@@ -198,7 +199,7 @@ class PoolDispatcher:
         info = w.info
         assert info is not None
         placed_here = sum(1 for p in self._calls.values() if p.worker == w.name)
-        active = max(info.active_calls, placed_here)
+        active = max(info.active_calls, placed_here) + self._pending.get(w.name, 0)
         return active / max(info.capacity, 1), active
 
     def _candidates(self) -> list[RemoteWorker]:
@@ -218,7 +219,7 @@ class PoolDispatcher:
         self._count("", "no-worker")
         return Overloaded(why, retry_after=RETRY_AFTER_S)
 
-    async def _place(self, call_id: str | None, transport: str, send: _Send) -> tuple[RemoteWorker, object]:
+    async def _place(self, send: _Send) -> tuple[RemoteWorker, object]:
         """Try the candidates in order until one takes the call."""
         tried: set[str] = set()
         while True:
@@ -227,21 +228,18 @@ class PoolDispatcher:
                 raise self._no_worker()
             w = cands[0]
             tried.add(w.name)
-            if call_id is not None:  # reserve the slot while the offer is in flight
-                self._calls[call_id] = Placed(w.name, transport)
+            self._pending[w.name] = self._pending.get(w.name, 0) + 1  # counted while in flight
             try:
                 result = await send(w)
             except (Overloaded, WorkerUnavailable) as e:
-                if call_id is not None:
-                    self._calls.pop(call_id, None)
                 self._count(w.name, "unavailable" if isinstance(e, WorkerUnavailable) else "refused")
                 log.info("worker %s did not take a call: %s", w.name, e.message)
                 continue
             except DispatchError:
-                if call_id is not None:
-                    self._calls.pop(call_id, None)
                 self._count(w.name, "error")
                 raise
+            finally:
+                self._pending[w.name] -= 1
             self._count(w.name, "placed")
             return w, result
 
@@ -280,7 +278,7 @@ class PoolDispatcher:
                 answer = await w.offer(req)  # renegotiation or restart_pc on the call's worker
                 self._count(w.name, "renegotiated")
                 return answer
-        w, result = await self._place(None, "webrtc", lambda w: w.offer(req))
+        w, result = await self._place(lambda w: w.offer(req))
         assert isinstance(result, OfferAnswer)
         self._placed(result.pc_id, w, "webrtc", req.peer)
         return result
@@ -293,7 +291,7 @@ class PoolDispatcher:
 
     # -- SIP media -----------------------------------------------------------------
     async def open_media(self, req: MediaRequest) -> MediaAnswer:
-        w, result = await self._place(req.call_id, req.transport, lambda w: w.open_media(req))
+        w, result = await self._place(lambda w: w.open_media(req))
         assert isinstance(result, MediaAnswer)
         self._placed(req.call_id, w, req.transport, req.peer)
         result.worker = result.worker or w.name
