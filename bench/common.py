@@ -63,8 +63,8 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    except OSError:
-        pass
+    except OSError as e:  # no /proc (not Linux): the model stays unknown
+        model = f"unknown ({e.strerror})"
     try:
         mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
     except (OSError, ValueError, IndexError):

@@ -54,7 +54,7 @@ async def run_loadgen(server: Server, n: int, args: argparse.Namespace) -> dict[
             break
         try:
             ev = json.loads(line)
-        except ValueError:
+        except ValueError:  # not a JSON event line (a log line): skip it
             continue
         kind = ev.get("event")
         if kind == "measure_start":

@@ -30,7 +30,7 @@ from typing import Any
 
 import av
 import numpy as np
-from aiohttp import ClientSession, ClientTimeout
+from aiohttp import ClientError, ClientSession, ClientTimeout
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -161,8 +161,8 @@ class LoadCaller:
             try:
                 async with http.delete(f"{self.url}/{self.pc_id}") as r:
                     await r.read()
-            except Exception:
-                pass
+            except (ClientError, OSError) as e:  # the server may be gone already: close our end anyway
+                print(f"hangup request failed: {e}", file=sys.stderr)
         await self.pc.close()
 
 

@@ -95,7 +95,7 @@ class Baresip:
                     self.events.append(msg)
                     self._event.set()
         except (asyncio.IncompleteReadError, ConnectionError):
-            return
+            return  # baresip closed its control socket: no more events
 
     async def command(self, cmd: str, params: str = "") -> None:
         self.writer.write(_netstring({"command": cmd, "params": params, "token": cmd}))

@@ -13,7 +13,7 @@ import time
 
 import aiohttp
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 
 from tests.sip.harness import running_server, wait_for
 from v2v.signaling.sip.message import SipRequest, SipResponse, make_response, parse
@@ -41,8 +41,8 @@ class WsPhone:
             while True:
                 await track.recv()
                 self.frames_in += 1
-        except Exception:
-            return
+        except MediaStreamError:
+            return  # the track ended with the call
 
     def _req(self, method: str, cseq: int, body: str = "") -> str:
         to = "<sip:echo@127.0.0.1>" + (f";tag={self.to_tag}" if self.to_tag else "")
