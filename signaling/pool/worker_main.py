@@ -151,11 +151,19 @@ class Worker:
 
     async def _on_call(self, call_id: str, transport: str) -> None:
         log.info("call %s (%s) taken by worker %s", call_id, transport, self.name)
-        if self.registry is not None:
-            try:
-                await self.registry.add_call(call_id, self.name)
-            except RegistryUnavailable as e:
-                log.warning("call %s not recorded in Redis: %s", call_id, e)
+        if self.registry is None:
+            return
+        if not self._registry_ok:  # Redis is down: do not hold the answer; the heartbeat writes it later
+            self._spawn(self._record_call(call_id))
+        else:
+            await self._record_call(call_id)
+
+    async def _record_call(self, call_id: str) -> None:
+        assert self.registry is not None
+        try:
+            await self.registry.add_call(call_id, self.name)
+        except RegistryUnavailable as e:
+            log.warning("call %s not recorded in Redis: %s", call_id, e)
 
     def _on_event(self, event: CallEvent) -> None:
         if isinstance(event, CallEnded) and self.registry is not None:
