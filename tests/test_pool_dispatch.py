@@ -268,3 +268,31 @@ async def test_concurrent_offers_spread_and_full_workers_refuse(redis_server: Re
                 await c.hangup()
         await wait_until(lambda: node.dispatcher.active_calls() == 0, 2, "every call ended")
         assert node.metrics.active("webrtc") == 0
+
+
+async def test_worker_restarted_under_the_same_name_and_port(redis_server: RedisServer) -> None:
+    proc, port = start_worker_process(redis_server.url, "phoenix")
+    try:
+        async with running_node(RedisRegistry(redis_server.url)) as node:
+            events: list[CallEvent] = []
+            node.dispatcher.add_listener(events.append)
+            await wait_registered(node, "phoenix")
+            caller = Caller(node.url)
+            try:
+                await caller.connect()
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                proc = worker_process(worker_config(redis=redis_server.url, name="phoenix", port=port))
+                await wait_until(lambda: ends(events).get(caller.pc_id) == "worker-lost", 5, "worker-lost")
+                await wait_registered(node, "phoenix")
+                c2 = Caller(node.url)
+                try:
+                    await c2.connect()
+                    assert node.dispatcher.active_calls() == 1
+                finally:
+                    await c2.hangup()
+            finally:
+                await caller.close()
+    finally:
+        proc.kill()
+        proc.wait(10)

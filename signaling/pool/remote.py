@@ -143,7 +143,8 @@ class PoolDispatcher:
                 continue
             if w is not None:  # same name, new address: a restarted worker
                 await self._drop(w, "worker-lost")
-            w = RemoteWorker(name, rec.rpc_url, unix=rec.unix or None, on_event=self._on_worker_event)
+            w = RemoteWorker(name, rec.rpc_url, unix=rec.unix or None, on_event=self._on_worker_event,
+                             on_state=self._on_worker_state)
             self.workers_by_name[name] = w
             await w.start()
         now = time.monotonic()
@@ -177,6 +178,16 @@ class PoolDispatcher:
         w = self.workers_by_name.get(name)
         if w is not None:
             await self._drop(w, reason)
+
+    def _on_worker_state(self, w: RemoteWorker) -> None:
+        """On (re)connection: calls placed there that it no longer holds ended unseen (it restarted)."""
+        if not w.connected:
+            return
+        gone = [cid for cid, p in self._calls.items() if p.worker == w.name and cid not in w.calls]
+        if gone:
+            log.warning("worker %s came back without %d of its call(s)", w.name, len(gone))
+        for call_id in gone:
+            self._ended(CallEnded(call_id, "worker-lost", self._calls[call_id].transport, w.name))
 
     def _on_worker_event(self, w: RemoteWorker, event: CallEvent) -> None:
         if isinstance(event, CallEnded):
