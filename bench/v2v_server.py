@@ -197,16 +197,14 @@ def _direct_rx() -> None:
 def apply(variants: list[str]) -> None:
     from aiortc import rtp
 
+    import v2v.signaling.aiortc_tuning as tuning
+
     if "tuning=0" in variants:
-        # before signaling.webrtc is imported: its aiortc tuning (codec work on the loop, voice Opus) stays off
-        try:
-            import v2v.signaling.aiortc_tuning as tuning
-
-            tuning._installed = True
-        except ImportError:
-            pass
-
-    stock_level = rtp.compute_audio_level_dbov
+        # cli's serve installs the tuning at start: mark it done so aiortc stays stock (codec threads,
+        # stereo Opus), except for the numpy audio level that v2v applied before the tuning existed
+        tuning._installed = True
+        if "level=aiortc" not in variants:
+            rtp.compute_audio_level_dbov = tuning._audio_level_dbov
     import v2v.signaling.cli as cli
     import v2v.signaling.webrtc as webrtc
 
@@ -223,8 +221,7 @@ def apply(variants: list[str]) -> None:
                 if hasattr(webrtc, name):
                     setattr(webrtc, name, lambda receiver: None)
         elif key == "level" and val == "aiortc":
-            rtp.compute_audio_level_dbov = stock_level
-            webrtc.install_aiortc_speedups = lambda: None  # type: ignore[attr-defined]
+            tuning._audio_level_dbov = tuning.aiortc_audio_level_dbov  # what install() puts into aiortc.rtp
         elif key == "opus" and val.startswith("mono"):
             # mono<kbit/s>[c<complexity>], e.g. mono32, mono32c5, mono24c1
             br, _, cx = val[4:].partition("c")

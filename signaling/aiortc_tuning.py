@@ -14,7 +14,16 @@ core three of its defaults cost more than they give:
 of C per packet) and encodes mono voice (32 kbit/s, VoIP mode, complexity 5).
 The SDP still says ``opus/48000/2``: every Opus decoder takes a mono stream.
 Measured: calls per core 16 -> 30 with the same pacing criterion, CPU per
-call-second -14 % from the thread hops alone (``bench/load.py``).
+call-second -14 % from the thread hops alone (``bench/load.py``). It also
+replaces aiortc's per-sample Python RFC 6465 audio level with numpy, and
+:func:`patch_receiver` gives each audio receiver a jitter buffer that hands
+every packet to the decoder at once (aiortc's waits ~80 ms).
+
+This is the only module of v2v that reaches into aiortc's private internals.
+Nothing happens on import: the server calls :func:`install` at start-up
+(``v2v serve``, ``v2v worker``). :func:`install` first checks that every
+internal it replaces still exists and that aiortc is a tested version
+(:data:`TESTED_AIORTC`); if not, it logs one warning and leaves aiortc stock.
 """
 
 from __future__ import annotations
@@ -22,17 +31,25 @@ from __future__ import annotations
 import logging
 import threading
 import types
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import av
+import numpy as np
 from aiortc import rtcrtpreceiver, rtcrtpsender
+from aiortc import rtp as aiortc_rtp
 from aiortc.codecs import get_decoder, opus
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.utils import uint16_add
 
 log = logging.getLogger("v2v.webrtc")
 
 OPUS_BITRATE = 32000
 OPUS_COMPLEXITY = 5
+TESTED_AIORTC = ((1, 9), (1, 16))  # oldest and newest minor version the tuning was tested on (setup.cfg bounds)
+JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
 _installed = False
+_supported: bool | None = None  # None: not checked yet
 
 
 class _InlineExecutorLoop:
@@ -124,18 +141,147 @@ def _receiver_init(self: Any, kind: str, *args: Any, **kwargs: Any) -> None:
         self._RTCRtpReceiver__decoder_queue = _InlineDecodeQueue(self)
 
 
+def _audio_level_dbov(frame: Any) -> int:
+    """RFC 6465 audio level with numpy (aiortc's version loops over every sample)."""
+    pcm = np.frombuffer(bytes(frame.planes[0]), dtype=np.int16)
+    if len(pcm) == 0:
+        return -127
+    x = pcm.astype(np.float64)
+    rms = float(np.sqrt(np.dot(x, x) / (len(x) * 32767.0 * 32767.0)))
+    if rms <= 0:
+        return -127
+    return int(round(max(-127.0, min(0.0, 20.0 * np.log10(rms)))))
+
+
+class ImmediateAudioJitterBuffer:
+    """Hands each audio packet to the decoder as it arrives.
+
+    aiortc's audio jitter buffer waits for 4 later packets (~80 ms) before
+    releasing one; a voice agent needs the caller's speech onset at once
+    (barge-in). Duplicates and late (reordered) packets are dropped.
+    """
+
+    capacity = 16
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+
+    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self._last is not None:
+            delta = uint16_add(seq, -self._last)
+            if delta == 0:
+                return False, None  # duplicate
+            if delta > 0x8000 and 0x10000 - delta < 100:
+                return False, None  # late: already past it
+        self._last = seq
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)
+
+
+def patch_receiver(receiver: Any) -> None:
+    """Give one audio receiver the immediate jitter buffer (when aiortc has the internal it replaces)."""
+    if not supported():
+        return
+    if hasattr(receiver, JITTER_ATTR) and not isinstance(getattr(receiver, JITTER_ATTR), ImmediateAudioJitterBuffer):
+        setattr(receiver, JITTER_ATTR, ImmediateAudioJitterBuffer())
+
+
+# aiortc's own versions, kept to compare against and to check what install() replaces
+aiortc_audio_level_dbov = aiortc_rtp.compute_audio_level_dbov
 _stock_encoder_init = opus.OpusEncoder.__init__
 _stock_sender_init = rtcrtpsender.RTCRtpSender.__init__
 _stock_receiver_init = rtcrtpreceiver.RTCRtpReceiver.__init__
 
 
-def install() -> None:
-    """Apply the tuning once per process (idempotent)."""
+def _assigned_in_init(cls: Any, attrs: tuple[str, ...]) -> list[str]:
+    """Which of ``attrs`` the stock ``cls.__init__`` does not set (names are mangled at compile time)."""
+    init = getattr(cls, "__init__", None)
+    init = {_sender_init: _stock_sender_init, _receiver_init: _stock_receiver_init}.get(init, init)  # installed
+    code = getattr(init, "__code__", None)
+    names = set(code.co_names) if code is not None else set()
+    return [f"{cls.__name__}.{a}" for a in attrs if a not in names]
+
+
+def _aiortc_version() -> tuple[int, int] | None:
+    try:
+        parts = version("aiortc").split(".")
+        return int(parts[0]), int(parts[1])
+    except (PackageNotFoundError, ValueError, IndexError):
+        return None
+
+
+def missing_internals(sender_mod: Any = None, receiver_mod: Any = None,
+                      rtp_mod: Any = None, opus_mod: Any = None) -> list[str]:
+    """What the tuning replaces that this aiortc lacks (empty: all present). Modules injectable for tests."""
+    sender_mod = sender_mod or rtcrtpsender
+    receiver_mod = receiver_mod or rtcrtpreceiver
+    rtp_mod = rtp_mod or aiortc_rtp
+    opus_mod = opus_mod or opus
+    missing: list[str] = []
+    sender = getattr(sender_mod, "RTCRtpSender", None)
+    receiver = getattr(receiver_mod, "RTCRtpReceiver", None)
+    if sender is None:
+        missing.append("rtcrtpsender.RTCRtpSender")
+    else:
+        missing += _assigned_in_init(sender, ("_RTCRtpSender__loop",))
+    if receiver is None:
+        missing.append("rtcrtpreceiver.RTCRtpReceiver")
+    else:
+        missing += _assigned_in_init(receiver, ("_RTCRtpReceiver__decoder_queue", JITTER_ATTR, "_track"))
+    for mod, name, attr in ((receiver_mod, "rtcrtpreceiver", "threading"),
+                            (receiver_mod, "rtcrtpreceiver", "decoder_worker"),
+                            (rtp_mod, "rtp", "compute_audio_level_dbov"),
+                            (opus_mod, "codecs.opus", "OpusEncoder"),
+                            (opus_mod, "codecs.opus", "SAMPLE_RATE"),
+                            (opus_mod, "codecs.opus", "SAMPLES_PER_FRAME"),
+                            (opus_mod, "codecs.opus", "TIME_BASE")):
+        if not hasattr(mod, attr):
+            missing.append(f"{name}.{attr}")
+    if hasattr(receiver_mod, "threading") and not callable(getattr(receiver_mod.threading, "Thread", None)):
+        missing.append("rtcrtpreceiver.threading.Thread")
+    return missing
+
+
+def unsupported_reason(**modules: Any) -> str:
+    """Why the tuning cannot be applied here ("" when it can)."""
+    ver = _aiortc_version()
+    lo, hi = TESTED_AIORTC
+    if ver is None or not lo <= ver <= hi:
+        shown = "unknown" if ver is None else f"{ver[0]}.{ver[1]}"
+        return f"aiortc {shown} is outside the tested range {lo[0]}.{lo[1]}..{hi[0]}.{hi[1]}"
+    missing = missing_internals(**modules)
+    if missing:
+        return "aiortc lacks what it replaces: " + ", ".join(missing)
+    return ""
+
+
+def supported() -> bool:
+    """True when this aiortc can be tuned (checked once per process; a failure is logged once)."""
+    global _supported
+    if _supported is None:
+        reason = unsupported_reason()
+        _supported = not reason
+        if reason:
+            log.warning("aiortc tuning disabled, running aiortc stock: %s", reason)
+    return _supported
+
+
+def installed() -> bool:
+    """True once :func:`install` has applied the tuning in this process."""
+    return _installed
+
+
+def install() -> bool:
+    """Apply the tuning once per process (idempotent); False when aiortc is left stock."""
     global _installed
     if _installed:
-        return
-    _installed = True
+        return True
+    if not supported():
+        return False
+    aiortc_rtp.compute_audio_level_dbov = _audio_level_dbov
     opus.OpusEncoder.__init__ = _voice_encoder
     rtcrtpsender.RTCRtpSender.__init__ = _sender_init
     rtcrtpreceiver.RTCRtpReceiver.__init__ = _receiver_init
     rtcrtpreceiver.threading = types.SimpleNamespace(Thread=_thread, Event=threading.Event)
+    _installed = True
+    return True

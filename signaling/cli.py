@@ -192,8 +192,10 @@ async def serve(cfg: ServerConfig, ready: Callable[[str], None] | None = None) -
     """Run the server until SIGINT/SIGTERM, then end every call gracefully."""
     from aiohttp import web
 
+    from . import aiortc_tuning
     from .app import create_app
 
+    aiortc_tuning.install()  # before the first peer connection; stock aiortc (one warning) if it cannot
     app = create_app(cfg)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()

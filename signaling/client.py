@@ -29,7 +29,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from v2v.media.audio import frame_to_mono
 from v2v.media.resample import ExactResampler
 
-from .webrtc import patch_receiver
+from .aiortc_tuning import patch_receiver
 
 RATE = 48000
 FRAME = 960  # 20 ms at 48 kHz
@@ -122,7 +122,7 @@ class Received:
         return np.concatenate(self.frames) if self.frames else np.zeros(0, np.int16)
 
     def loud_times(self) -> list[float]:
-        return [t for t, r in zip(self.arrived, self.rms) if r >= LOUD_RMS]
+        return [t for t, r in zip(self.arrived, self.rms, strict=False) if r >= LOUD_RMS]
 
 
 class Caller:

@@ -19,13 +19,9 @@ import time
 import uuid
 from typing import Any
 
-import numpy as np
 from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc import rtp as aiortc_rtp
-from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
-from aiortc.utils import uint16_add
 from av import AudioFrame
 
 from v2v.media.audio import frame_to_mono
@@ -35,7 +31,7 @@ from v2v.media.track import AssistantTrack
 from v2v.worker.rtvi import RTVIHandler
 from v2v.worker.transport import QueueAudioInput
 
-from . import aiortc_tuning
+from .aiortc_tuning import patch_receiver
 from .calls import Call, CallManager
 from .dispatch import BadRequest, IceCandidateInit, OfferAnswer, OfferRequest, UnknownCall
 
@@ -44,67 +40,6 @@ log = logging.getLogger("v2v.webrtc")
 INPUT_RATE = 48000  # what the caller's audio is handed to the worker at
 WATCHDOG_S = 0.25
 MAX_OUTBOX = 256  # data-channel messages kept while the channel is not open
-
-# -----------------------------------------------------------------------------
-# aiortc tuning (process wide, idempotent)
-# -----------------------------------------------------------------------------
-
-
-def _audio_level_dbov(frame: Any) -> int:
-    """RFC 6465 audio level with numpy (aiortc's version loops over every sample)."""
-    pcm = np.frombuffer(bytes(frame.planes[0]), dtype=np.int16)
-    if len(pcm) == 0:
-        return -127
-    x = pcm.astype(np.float64)
-    rms = float(np.sqrt(np.dot(x, x) / (len(x) * 32767.0 * 32767.0)))
-    if rms <= 0:
-        return -127
-    return int(round(max(-127.0, min(0.0, 20.0 * np.log10(rms)))))
-
-
-# aiortc's own version, kept for reference (tests compare against it)
-aiortc_audio_level_dbov = getattr(aiortc_rtp.compute_audio_level_dbov, "_v2v_original", aiortc_rtp.compute_audio_level_dbov)
-_audio_level_dbov._v2v_original = aiortc_audio_level_dbov  # type: ignore[attr-defined]
-
-
-def install_aiortc_speedups() -> None:
-    aiortc_rtp.compute_audio_level_dbov = _audio_level_dbov
-    aiortc_tuning.install()
-
-
-install_aiortc_speedups()
-
-
-class ImmediateAudioJitterBuffer:
-    """Hands each audio packet to the decoder as it arrives.
-
-    aiortc's audio jitter buffer waits for 4 later packets (~80 ms) before
-    releasing one; a voice agent needs the caller's speech onset at once
-    (barge-in). Duplicates and late (reordered) packets are dropped.
-    """
-
-    capacity = 16
-
-    def __init__(self) -> None:
-        self._last: int | None = None
-
-    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
-        seq = packet.sequence_number
-        if self._last is not None:
-            delta = uint16_add(seq, -self._last)
-            if delta == 0:
-                return False, None  # duplicate
-            if delta > 0x8000 and 0x10000 - delta < 100:
-                return False, None  # late: already past it
-        self._last = seq
-        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)
-
-
-def patch_receiver(receiver: Any) -> None:
-    attr = "_RTCRtpReceiver__jitter_buffer"
-    if hasattr(receiver, attr) and not isinstance(getattr(receiver, attr), ImmediateAudioJitterBuffer):
-        setattr(receiver, attr, ImmediateAudioJitterBuffer())
-
 
 # -----------------------------------------------------------------------------
 # One call's WebRTC side

@@ -304,8 +304,9 @@ def test_fast_audio_level_matches_aiortc():
     import numpy as np
     from aiortc import rtp
 
-    from v2v.signaling.webrtc import _audio_level_dbov, aiortc_audio_level_dbov
+    from v2v.signaling.aiortc_tuning import _audio_level_dbov, aiortc_audio_level_dbov, install
 
+    assert install()
     assert rtp.compute_audio_level_dbov is _audio_level_dbov  # what aiortc's sender calls now
     assert aiortc_audio_level_dbov is not _audio_level_dbov
     rng = np.random.default_rng(1)
@@ -319,7 +320,7 @@ def test_fast_audio_level_matches_aiortc():
 def test_immediate_jitter_buffer_releases_each_packet_in_order():
     from aiortc.rtp import RtpPacket
 
-    from v2v.signaling.webrtc import ImmediateAudioJitterBuffer
+    from v2v.signaling.aiortc_tuning import ImmediateAudioJitterBuffer
 
     def pkt(seq: int) -> RtpPacket:
         p = RtpPacket(sequence_number=seq % 65536, timestamp=seq * 960)
