@@ -45,6 +45,10 @@ async def test_sip_udp_call_has_its_rtp_on_the_worker(redis_server: RedisServer)
             assert lo <= answer_port(call) <= hi  # the worker's RTP port in the answer
             assert wa.host.active_calls("sip_udp") == 1 and node.dispatcher.active_calls("sip_udp") == 1
             await wait_until(lambda: len(rtp.received) > 10, 3, "RTP from the worker")
+            # DTMF by INFO on the node reaches the call on the worker
+            r = await call.in_dialog("INFO", "Signal=7\r\nDuration=160\r\n", ctype="application/dtmf-relay")
+            assert r.status == 200
+            await wait_until(lambda: wa.host.metrics.dtmf_digits._value.get() == 1, 2, "the digit on the worker")
             # BYE on the node reaches the worker
             assert (await call.bye()).status == 200
             await wait_until(lambda: wa.host.active_calls() == 0, 2, "the worker's call to end")
