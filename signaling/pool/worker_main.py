@@ -260,6 +260,10 @@ class Worker:
 
 
 async def serve_worker(config: ServerConfig, unix_path: str | None = None) -> int:
+    """Run a worker until SIGINT (or SIGTERM and its drain); the exit status."""
+    from .. import aiortc_tuning
+
+    aiortc_tuning.install()  # as `v2v serve` does: before the first peer connection
     worker = Worker(config, unix_path=unix_path)
     loop = asyncio.get_running_loop()
     draining = asyncio.Event()
