@@ -109,10 +109,10 @@ class _NoThread:
         pass
 
 
-def _thread(*args: Any, target: Any = None, **kwargs: Any) -> Any:
-    if target is rtcrtpreceiver.decoder_worker and kwargs.get("name") == "audio-decoder":
+def _thread(*args: Any, **kwargs: Any) -> Any:
+    if kwargs.get("target") is rtcrtpreceiver.decoder_worker and kwargs.get("name") == "audio-decoder":
         return _NoThread()
-    return threading.Thread(*args, target=target, **kwargs)
+    return threading.Thread(*args, **kwargs)
 
 
 def _voice_encoder(self: Any) -> None:
@@ -195,8 +195,9 @@ _stock_receiver_init = rtcrtpreceiver.RTCRtpReceiver.__init__
 
 def _assigned_in_init(cls: Any, attrs: tuple[str, ...]) -> list[str]:
     """Which of ``attrs`` the stock ``cls.__init__`` does not set (names are mangled at compile time)."""
-    init = getattr(cls, "__init__", None)
-    init = {_sender_init: _stock_sender_init, _receiver_init: _stock_receiver_init}.get(init, init)  # installed
+    init: Any = getattr(cls, "__init__", None)
+    installed_inits: dict[Any, Any] = {_sender_init: _stock_sender_init, _receiver_init: _stock_receiver_init}
+    init = installed_inits.get(init, init)  # once installed, check what the stock __init__ sets
     code = getattr(init, "__code__", None)
     names = set(code.co_names) if code is not None else set()
     return [f"{cls.__name__}.{a}" for a in attrs if a not in names]
@@ -279,9 +280,9 @@ def install() -> bool:
     if not supported():
         return False
     aiortc_rtp.compute_audio_level_dbov = _audio_level_dbov
-    opus.OpusEncoder.__init__ = _voice_encoder
-    rtcrtpsender.RTCRtpSender.__init__ = _sender_init
-    rtcrtpreceiver.RTCRtpReceiver.__init__ = _receiver_init
-    rtcrtpreceiver.threading = types.SimpleNamespace(Thread=_thread, Event=threading.Event)
+    setattr(opus.OpusEncoder, "__init__", _voice_encoder)  # noqa: B010  (mypy forbids assigning a method)
+    setattr(rtcrtpsender.RTCRtpSender, "__init__", _sender_init)  # noqa: B010  (as above)
+    setattr(rtcrtpreceiver.RTCRtpReceiver, "__init__", _receiver_init)  # noqa: B010  (as above)
+    setattr(rtcrtpreceiver, "threading", types.SimpleNamespace(Thread=_thread, Event=threading.Event))  # noqa: B010  (a module attribute of another type)
     _installed = True
     return True

@@ -188,6 +188,14 @@ def page_url(host: str, port: int) -> str:
     return f"http://{host}:{port}/"
 
 
+def bound_port(runner: Any, default: int) -> int:
+    """The TCP port the runner listens on (the real one when ``--port 0``), from aiohttp's public API."""
+    for addr in runner.addresses:  # (host, port) for IPv4, (host, port, flow, scope) for IPv6
+        if isinstance(addr, tuple) and len(addr) >= 2 and isinstance(addr[1], int):
+            return addr[1]
+    return default
+
+
 async def serve(cfg: ServerConfig, ready: Callable[[str], None] | None = None) -> None:
     """Run the server until SIGINT/SIGTERM, then end every call gracefully."""
     from aiohttp import web
@@ -209,11 +217,7 @@ async def serve(cfg: ServerConfig, ready: Callable[[str], None] | None = None) -
     try:
         site = web.TCPSite(runner, cfg.host, cfg.port)
         await site.start()
-        port = cfg.port
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            port = server.sockets[0].getsockname()[1]
-        url = page_url(cfg.host, port)
+        url = page_url(cfg.host, bound_port(runner, cfg.port))
         print(f"v2v serving on {url}  (model: {cfg.model}) - open it in a browser and talk", flush=True)
         if ready is not None:
             ready(url)

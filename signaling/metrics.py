@@ -2,7 +2,9 @@
 
 Each :class:`ServerMetrics` owns its own ``CollectorRegistry`` so that several
 apps (tests) can live in one process. :meth:`ServerMetrics.observe` turns the
-call events of :mod:`worker.events` into counter/histogram updates.
+call events of :mod:`worker.events` into counter/histogram updates. Values the
+server reads back (active calls) are kept in plain counters next to the
+gauges: prometheus_client has no public read of one child's value.
 """
 
 from __future__ import annotations
@@ -31,8 +33,6 @@ OUTCOMES = (
     "other",
 )
 
-disable_created_metrics()  # no *_created series: they are noise on a dashboard
-
 _LATENCY_BUCKETS = (0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 
@@ -42,6 +42,8 @@ def outcome_label(reason: str) -> str:
 
 class ServerMetrics:
     def __init__(self) -> None:
+        disable_created_metrics()  # process wide, idempotent: no *_created series (noise on a dashboard)
+        self._active: dict[str, int] = dict.fromkeys(TRANSPORTS, 0)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.active_calls = Gauge(
@@ -76,10 +78,12 @@ class ServerMetrics:
 
     # -- call lifecycle ---------------------------------------------------------
     def call_started(self, transport: str) -> None:
-        self.active_calls.labels(transport=transport).inc()
+        self._active[transport] = self._active.get(transport, 0) + 1
+        self.active_calls.labels(transport=transport).set(self._active[transport])
 
     def call_ended(self, transport: str, reason: str) -> None:
-        self.active_calls.labels(transport=transport).dec()
+        self._active[transport] = self._active.get(transport, 0) - 1
+        self.active_calls.labels(transport=transport).set(self._active[transport])
         self.calls_total.labels(transport=transport, outcome=outcome_label(reason)).inc()
 
     def call_rejected(self, transport: str) -> None:
@@ -87,8 +91,8 @@ class ServerMetrics:
 
     def active(self, transport: str | None = None) -> int:
         if transport is not None:
-            return int(self.active_calls.labels(transport=transport)._value.get())
-        return sum(int(self.active_calls.labels(transport=t)._value.get()) for t in TRANSPORTS)
+            return self._active.get(transport, 0)
+        return sum(self._active.values())
 
     # -- call events -------------------------------------------------------------
     def observe(self, event: object) -> None:
