@@ -9,6 +9,7 @@ and written by one task per socket, so the SIP core can send synchronously.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -78,16 +79,12 @@ async def _serve(core: SipCore, request: web.Request) -> web.StreamResponse:
                 break
     finally:
         # let queued responses (e.g. the 200 to a BYE) go out before closing
-        try:
+        with contextlib.suppress(TimeoutError):  # a peer not reading gets what was sent so far
             await asyncio.wait_for(out.join(), 1.0)
-        except TimeoutError:
-            pass
         closed = True
         wtask.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):  # the writer's end, asked for just above
             await wtask
-        except asyncio.CancelledError:
-            pass
         core.connection_lost(lambda c: c is conn)
         await ws.close()
     return ws
