@@ -247,7 +247,7 @@ class CallManager:
     def model_for_profile(self, profile: str | None) -> str:
         """The request-URI user / profile picks a model: `echo`, `local`, `openai`;
         anything else gets the server's default."""
-        profiles = self.config.extra.get("profiles", {})
+        profiles = self.config.profiles
         if profile and profile in profiles:
             return profiles[profile]
         if profile in ("echo",):

@@ -7,7 +7,6 @@ environment variable ``V2V_<NAME_UPPER>`` (see :mod:`signaling.cli`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 MODELS = ("local", "echo", "openai")
 LOG_FORMATS = ("text", "json")
@@ -59,8 +58,9 @@ class ServerConfig:
     capacity: int = 0  # worker: calls it takes (0: the measured default)
     advertise: str = ""  # worker: the address its media uses in SDP when it differs from --host
     drain_timeout: float = 60.0  # worker: s a draining worker waits for its calls to end
-    # free-form settings for optional parts (profiles, plugins)
-    extra: dict[str, Any] = field(default_factory=dict)
+    # agent profiles: a SIP request-URI user / requestData.profile naming one gets its model
+    profiles: dict[str, str] = field(default_factory=dict)  # profile -> model ("echo" is built in)
+    sip_realm: str = "v2v"  # digest-auth realm of --sip-user
 
     def validate(self) -> None:
         """Raise ValueError with a clear message on an impossible setting."""
@@ -80,6 +80,9 @@ class ServerConfig:
             raise ValueError("--max-body must be at least 1024 bytes")
         if self.sip_port is not None and not 0 <= self.sip_port <= 65535:
             raise ValueError(f"--sip-port out of range: {self.sip_port}")
+        for profile, model in self.profiles.items():
+            if model not in MODELS:
+                raise ValueError(f"--profiles {profile}={model}: the model must be one of {', '.join(MODELS)}")
         lo, _, hi = self.rtp_ports.partition("-")
         if not (lo.isdigit() and hi.isdigit() and 0 < int(lo) <= int(hi) <= 65535):
             raise ValueError(f"--rtp-ports must look like 20000-20999, not {self.rtp_ports!r}")

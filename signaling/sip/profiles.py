@@ -1,7 +1,7 @@
 """Agent profiles for SIP: the request-URI user picks one.
 
 ``sip:echo@host`` -> the ``echo`` profile (echo model); a user naming a
-configured profile (``ServerConfig.extra["profiles"]``: profile -> model) ->
+configured profile (``ServerConfig.profiles``: profile -> model) ->
 that profile; any other user (``assistant``, a phone number, empty) -> None,
 the server's default profile. The CallManager maps a profile to its model.
 """

@@ -118,10 +118,10 @@ class SipServers:
         self.net: SipNetServers | None = None
         self.public_host = public_address(config.sip_public_address, config.host)
         self._media: dict[str, DispatchedMedia] = {}
-        auth = DigestAuth(parse_users(config.sip_users), realm=config.extra.get("sip_realm", "v2v"))
+        auth = DigestAuth(parse_users(config.sip_users), realm=config.sip_realm)
         self.core = SipCore(
             self._media_factory, public_host=self.public_host, auth=auth, ring_ms=config.sip_ring_ms,
-            profiles=config.extra.get("profiles", {}),
+            profiles=config.profiles,
         )
         dispatcher.add_listener(self._on_event)
 
