@@ -88,6 +88,7 @@ class PoolDispatcher:
         self._listeners = Listeners()
         self._poller: asyncio.Task[None] | None = None
         self._registry_ok = True
+        self._given: dict[str, int] = {}  # worker name -> calls this node placed there (ever)
         self._pending: dict[str, int] = {}  # worker name -> offers in flight to it
         self._missing: dict[str, float] = {}  # worker name -> when it went missing from the registry
         self._recent_ends: OrderedDict[str, None] = OrderedDict()
@@ -219,7 +220,8 @@ class PoolDispatcher:
             if w.connected and w.info is not None and w.info.state == "ready"
             and self._load(w)[1] < max(w.info.capacity, 1)
         ]
-        return sorted(ready, key=lambda w: (self._load(w)[0], w.name))
+        # ties (idle workers) go to the one this node gave the fewest calls: round robin
+        return sorted(ready, key=lambda w: (self._load(w)[0], self._given.get(w.name, 0), w.name))
 
     def _count(self, worker: str, outcome: str) -> None:
         self.dispatches.labels(worker=worker, outcome=outcome).inc()
@@ -259,6 +261,7 @@ class PoolDispatcher:
             self._calls.pop(call_id, None)
             return
         self._calls[call_id] = Placed(w.name, transport)
+        self._given[w.name] = self._given.get(w.name, 0) + 1
         self.metrics.call_started(transport)
         log.info("call %s (%s, from %s) placed on worker %s", call_id, transport, peer or "?", w.name)
 
