@@ -1,34 +1,52 @@
-"""The ``v2v`` command: ``v2v serve`` (the server) and ``v2v call`` (a headless caller).
+"""The ``v2v`` command: ``v2v serve`` (the server), ``v2v worker`` (a headless pool worker)
+and ``v2v call`` (a headless caller).
 
-Every flag also reads an environment variable ``V2V_<FLAG>`` (``--max-calls``
--> ``V2V_MAX_CALLS``); a flag given on the command line wins. ``--help``
-lists each flag with its variable and default.
+The ``serve`` and ``worker`` flags are generated from :class:`~v2v.signaling.config.ServerConfig`'s
+fields (flag, type, default, help and group from each field's metadata), so a
+flag cannot drift from its setting. Every flag also reads an environment
+variable ``V2V_<FLAG>`` (``--max-calls`` -> ``V2V_MAX_CALLS``); a flag given on
+the command line wins. ``--help`` lists each flag with its variable and default.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
 import sys
+import types
+import typing
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from .config import LOG_FORMATS, MODELS, TURN_DETECTION, ServerConfig, parse_ice_servers
+from .config import ServerConfig
 
 
 class EnvError(Exception):
     pass
 
 
+class _Adds(Protocol):
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
 def env_name(flag: str) -> str:
     return "V2V_" + flag.lstrip("-").replace("-", "_").upper()
 
 
+def _shown(default: Any) -> Any:
+    if default is None or default == "":
+        return "off"
+    if default in ([], {}):
+        return "none"
+    return default
+
+
 def _add(
-    parser: argparse.ArgumentParser,
+    parser: _Adds,
     flag: str,
     *,
     type: Callable[[str], Any] = str,
@@ -44,7 +62,7 @@ def _add(
     if type is bool:  # a switch: --flag, or V2V_FLAG=1/true/yes/on
         on = raw is not None and raw.strip().lower() in ("1", "true", "yes", "on")
         parser.add_argument(flag, action="store_true", default=on or bool(default),
-                            help=f"{help} [env {env}=1]")
+                            help=f"{help} [env {env}=1]", **kw)
         return
     if raw is not None and raw != "":
         try:
@@ -53,84 +71,101 @@ def _add(
             raise EnvError(f"{env}={raw!r}: {e}") from e
         if choices is not None and value not in choices:
             raise EnvError(f"{env}={raw!r}: must be one of {', '.join(choices)}")
-    shown = "off" if default is None or default == "" else ("none" if default == [] else default)
     parser.add_argument(
-        flag, type=type, default=value, choices=choices, help=f"{help} [env {env}; default: {shown}]", **kw
+        flag, type=type, default=value, choices=choices, help=f"{help} [env {env}; default: {_shown(default)}]", **kw
     )
 
 
-def _list(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+# -- flags generated from ServerConfig ------------------------------------------------
+
+_HINTS = typing.get_type_hints(ServerConfig)
+GROUP_ORDER = ("network", "model", "calls", "logs", "SIP", "pool")
+_ENV_FALLBACK = {"openai_base_url": "OPENAI_BASE_URL"}  # a non-V2V variable read when the V2V_ one is not set
 
 
-def _positive_float(value: str) -> float:
-    f = float(value)
-    if f <= 0:
-        raise ValueError("must be > 0")
-    return f
+def _scalar_type(hint: Any) -> Any:
+    """``int | None`` -> int; str, int, float, bool as they are."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return hint
 
 
-def _port(value: str) -> int:
-    p = int(value)
-    if not 0 <= p <= 65535:
-        raise ValueError("port out of range")
-    return p
+def config_fields(command: str) -> list[dataclasses.Field]:
+    """The ServerConfig fields that ``v2v <command>`` takes as flags, in ``--help`` order."""
+    out = [f for f in dataclasses.fields(ServerConfig) if command in f.metadata.get("commands", ())]
+    return sorted(out, key=lambda f: GROUP_ORDER.index(f.metadata["group"]))
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return str(f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """One flag per ServerConfig field that ``command`` takes, grouped as in --help."""
+    groups: dict[str, Any] = {}
+    for f in config_fields(command):
+        meta = f.metadata
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        default = _field_default(f)
+        fallback = _ENV_FALLBACK.get(f.name)
+        if fallback and os.environ.get(fallback):
+            default = os.environ[fallback]
+        parse = meta.get("parse") or _scalar_type(_HINTS[f.name])
+        kw = {"metavar": None if meta.get("choices") else flag_of(f).lstrip("-").replace("-", "_").upper(),
+              **meta.get("argparse", {})}
+        _add(group, flag_of(f), type=parse, default=default, help=meta["help"], choices=meta.get("choices"),
+             dest=f.name, **kw)
+
+
+def config_from_args(a: argparse.Namespace, command: str = "serve") -> ServerConfig:
+    """The ServerConfig of parsed ``serve``/``worker`` flags; ValueError on an impossible setting."""
+    values: dict[str, Any] = {}
+    for f in config_fields(command):
+        value = getattr(a, f.name)
+        convert = f.metadata.get("convert")
+        values[f.name] = convert(value) if convert is not None else value
+    cfg = ServerConfig(**values)
+    cfg.validate()
+    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = ServerConfig()
     parser = argparse.ArgumentParser(
         prog="v2v",
         description="v2v: a self-hosted real-time voice-to-voice media server.",
         epilog="Every flag can also be set with an environment variable V2V_<FLAG>, "
         "e.g. V2V_PORT=9000 or V2V_MODEL=echo. OpenAI: OPENAI_API_KEY, OPENAI_BASE_URL.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{serve,call}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,worker,call}")
 
     s = sub.add_parser(
         "serve",
-        help="run the signaling server with an in-process worker",
+        help="run the server (calls in this process, or a pool with --workers / --redis)",
         description="Run the server: demo page at /, WebRTC offer/answer at /api/offer, "
-        "/healthz, /readyz, /metrics. Prints the page's URL.",
+        "/healthz, /readyz, /metrics. Prints the page's URL. With --workers N it supervises N local "
+        "worker processes; with --redis URL it is a signaling node of a Redis pool.",
     )
-    g = s.add_argument_group("network")
-    _add(g, "--host", default=d.host, help="address to listen on")
-    _add(g, "--port", type=_port, default=d.port, help="HTTP port (0 picks a free one)")
-    _add(g, "--max-body", type=int, default=d.max_body, help="largest HTTP request body in bytes (413 above)")
-    _add(g, "--ice-server", type=_list, default=[], help="ICE servers, comma separated: stun:host:port, "
-         "turn:user:pass@host:port (none: host candidates only)")
-    g = s.add_argument_group("model")
-    _add(g, "--model", default=d.model, choices=MODELS, help="model behind the assistant")
-    _add(g, "--openai-model", default=d.openai_model, help="OpenAI Realtime model")
-    _add(g, "--openai-base-url", default=os.environ.get("OPENAI_BASE_URL") or d.openai_base_url,
-         help="OpenAI API base URL (also OPENAI_BASE_URL); the realtime WebSocket URL is derived from it")
-    _add(g, "--turn-detection", default=d.turn_detection, choices=TURN_DETECTION,
-         help="who ends the caller's turn: the model's server VAD or the local VAD (models without "
-         "server VAD always use local)")
-    _add(g, "--instructions", default=d.instructions or None, help="system instructions for the model")
-    _add(g, "--voice", default=d.voice or None, help="model voice name")
-    _add(g, "--greeting", default=d.greeting or None, help="what the assistant is asked to say when a caller joins")
-    _add(g, "--app", default=d.app or None,
-         help="application module (import path or .py file) imported at start: it may register RTVI "
-              "client-message handlers, and its register_tools(registry) adds tools to every call")
-    g = s.add_argument_group("calls")
-    _add(g, "--max-calls", type=int, default=d.max_calls, help="concurrent calls; past it offers get 503 + Retry-After")
-    _add(g, "--media-timeout", type=_positive_float, default=d.media_timeout,
-         help="seconds without inbound media before a call is ended")
-    _add(g, "--ice-timeout", type=_positive_float, default=d.ice_timeout,
-         help="seconds for a peer connection to connect before the call is ended")
-    g = s.add_argument_group("logs")
-    _add(g, "--log-format", default=d.log_format, choices=LOG_FORMATS, help="log line format")
-    _add(g, "--log-level", default=d.log_level, choices=("debug", "info", "warning", "error"), help="log level")
-    g = s.add_argument_group("SIP")
-    _add(g, "--sip-port", type=_port, default=None, nargs="?", const=5060,
-         help="enable SIP over UDP and TCP on this port at --host (--sip-port alone: 5060)")
-    _add(g, "--sip-ring-ms", type=int, default=d.sip_ring_ms, help="send 180 Ringing and wait this long before answering")
-    _add(g, "--sip-user", type=_list, default=[], help="SIP users user:password, comma separated "
-         "(REGISTER/INVITE need digest auth when set)")
-    _add(g, "--sip-public-address", default=None, help="address written in SDP/Contact behind NAT")
-    _add(g, "--rtp-ports", default=d.rtp_ports, help="UDP port range for SIP RTP media")
+    add_config_flags(s, "serve")
+    w = sub.add_parser(
+        "worker",
+        help="run a headless pool worker (holds calls; registers in Redis with --redis)",
+        description="A headless worker: holds calls (WebRTC peer connections, SIP RTP media, the call "
+        "pipeline, model sessions) handed to it by signaling nodes; /healthz, /readyz, /metrics on --port. "
+        "SIGTERM drains: no new calls, the current ones finish (at most --drain-timeout).",
+    )
+    add_config_flags(w, "worker")
+    _add_call_parser(sub)
+    return parser
 
+
+def _add_call_parser(sub: Any) -> None:
     c = sub.add_parser(
         "call",
         help="call a v2v server over WebRTC from the command line",
@@ -148,36 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
          help="stay this long after connecting (default: until the reply has ended)")
     _add(c, "--profile", default=None, help="agent profile sent as requestData.profile (e.g. echo)")
     _add(c, "--trickle", type=bool, default=False, help="send ICE candidates with PATCH instead of inside the offer")
-    return parser
 
 
-def config_from_args(a: argparse.Namespace) -> ServerConfig:
-    cfg = ServerConfig(
-        host=a.host,
-        port=a.port,
-        model=a.model,
-        openai_model=a.openai_model,
-        openai_base_url=a.openai_base_url,
-        turn_detection=a.turn_detection,
-        instructions=a.instructions or "",
-        voice=a.voice or "",
-        greeting=a.greeting or "",
-        app=a.app or "",
-        max_calls=a.max_calls,
-        media_timeout=a.media_timeout,
-        ice_timeout=a.ice_timeout,
-        ice_servers=parse_ice_servers(a.ice_server),
-        max_body=a.max_body,
-        log_format=a.log_format,
-        log_level=a.log_level,
-        sip_port=a.sip_port,
-        sip_ring_ms=a.sip_ring_ms,
-        sip_users=a.sip_user,
-        sip_public_address=a.sip_public_address,
-        rtp_ports=a.rtp_ports,
-    )
-    cfg.validate()
-    return cfg
+def _positive_float(value: str) -> float:
+    f = float(value)
+    if f <= 0:
+        raise ValueError("must be > 0")
+    return f
 
 
 def page_url(host: str, port: int) -> str:
@@ -240,6 +252,83 @@ def _run(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
+def _pool_entry(module: str, func: str) -> Callable[[ServerConfig], int] | str:
+    """``v2v.signaling.pool.<module>.<func>``, imported only when asked for; a message when absent."""
+    import importlib
+
+    name = f"v2v.signaling.pool.{module}"
+    try:
+        mod = importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and name.startswith(e.name):
+            return f"the worker pool is not available in this installation ({name} is missing)"
+        return f"the worker pool cannot start: {e}"
+    except ImportError as e:
+        return f"the worker pool cannot start: {e}"
+    entry = getattr(mod, func, None)
+    if entry is None:
+        return f"the worker pool is not available in this installation ({name}.{func} is missing)"
+    return typing.cast(Callable[[ServerConfig], int], entry)
+
+
+def _run_pool(parser: argparse.ArgumentParser, command: str, cfg: ServerConfig, module: str, func: str) -> int:
+    entry = _pool_entry(module, func)
+    if isinstance(entry, str):
+        print(f"v2v {command}: error: {entry}", file=sys.stderr)
+        return 1
+    return int(entry(cfg))
+
+
+def _main_serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    try:
+        cfg = config_from_args(args, "serve")
+    except ValueError as e:
+        parser.error(str(e))
+    if cfg.redis or cfg.workers > 0:  # a pool: the calls run in worker processes
+        return _run_pool(parser, "serve", cfg, "serve_main", "run_pool_serve")
+    from .logs import setup_logging
+
+    setup_logging(cfg.log_format, cfg.log_level)
+    try:
+        _run(serve(cfg))
+    except OSError as e:
+        print(f"v2v: cannot listen on {cfg.host}:{cfg.port}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _main_worker(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    try:
+        cfg = config_from_args(args, "worker")
+    except ValueError as e:
+        parser.error(str(e))
+    from . import aiortc_tuning
+    from .logs import setup_logging
+
+    setup_logging(cfg.log_format, cfg.log_level)
+    aiortc_tuning.install()  # before the worker's first peer connection
+    return _run_pool(parser, "worker", cfg, "worker_main", "run_worker")
+
+
+def _main_call(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .client import run_call
+
+    if not args.url:
+        parser.error("call: the server URL is required")
+    request_data = {"profile": args.profile} if args.profile else None
+    try:
+        summary = _run(run_call(args.url, args.play, args.record, args.seconds, request_data, bool(args.trickle)))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a refused offer, an unreachable server, a bad WAV
+        print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
@@ -247,39 +336,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"v2v: error: {e}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        try:
-            cfg = config_from_args(args)
-        except ValueError as e:
-            parser.error(str(e))
-        from .logs import setup_logging
-
-        setup_logging(cfg.log_format, cfg.log_level)
-        try:
-            _run(serve(cfg))
-        except OSError as e:
-            print(f"v2v: cannot listen on {cfg.host}:{cfg.port}: {e}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            pass
-        return 0
-    if args.command == "call":
-        from .client import run_call
-
-        if not args.url:
-            parser.error("call: the server URL is required")
-        request_data = {"profile": args.profile} if args.profile else None
-        try:
-            summary = _run(run_call(args.url, args.play, args.record, args.seconds, request_data, bool(args.trickle)))
-        except KeyboardInterrupt:
-            return 130
-        except Exception as e:  # a refused offer, an unreachable server, a bad WAV
-            print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
-            return 1
-        print(json.dumps(summary, indent=2))
-        return 0
-    parser.print_help()
-    return 2
+    commands = {"serve": _main_serve, "worker": _main_worker, "call": _main_call}
+    run = commands.get(args.command or "")
+    if run is None:
+        parser.print_help()
+        return 2
+    return run(parser, args)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,80 @@
 """Server settings: one dataclass that the CLI fills and every part reads.
 
-Each field maps to a ``v2v serve`` flag ``--<name-with-dashes>`` and to an
-environment variable ``V2V_<NAME_UPPER>`` (see :mod:`signaling.cli`).
+Each field carries its command-line flag in its metadata (:func:`setting`):
+the flag (``--<name-with-dashes>`` unless named), its help text, its group in
+``--help``, which subcommands take it (``serve``, ``worker``) and how a string
+becomes its value. :mod:`signaling.cli` builds the parser from these fields,
+so a flag cannot drift from its setting; every flag also reads the
+environment variable ``V2V_<FLAG>`` (``--max-calls`` -> ``V2V_MAX_CALLS``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 MODELS = ("local", "echo", "openai")
 LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 TURN_DETECTION = ("server", "local")
+
+SERVE = ("serve",)
+BOTH = ("serve", "worker")
+WORKER = ("worker",)
+
+
+def setting(default: Any = None, *, help: str, group: str, commands: tuple[str, ...] = BOTH,
+            flag: str | None = None, parse: Callable[[str], Any] | None = None,
+            convert: Callable[[Any], Any] | None = None, choices: tuple[str, ...] | None = None,
+            factory: Callable[[], Any] | None = None, **argparse_kw: Any) -> Any:
+    """A :class:`ServerConfig` field and its flag.
+
+    ``parse``: string -> flag value (default: from the field's type);
+    ``convert``: flag value -> field value (e.g. URLs -> IceServer);
+    ``argparse_kw``: passed to ``add_argument`` (``nargs``, ``const``, ``metavar``).
+    """
+    meta = {"help": help, "group": group, "commands": commands, "flag": flag, "parse": parse,
+            "convert": convert, "choices": choices, "argparse": argparse_kw}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def port_number(value: str) -> int:
+    p = int(value)
+    if not 0 <= p <= 65535:
+        raise ValueError("port out of range")
+    return p
+
+
+def positive_float(value: str) -> float:
+    f = float(value)
+    if f <= 0:
+        raise ValueError("must be > 0")
+    return f
+
+
+def non_negative_int(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise ValueError("must be >= 0")
+    return n
+
+
+def comma_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def parse_profiles(value: str) -> dict[str, str]:
+    """``name=model,name2=model2`` -> {name: model}."""
+    out: dict[str, str] = {}
+    for item in comma_list(value):
+        name, sep, model = item.partition("=")
+        if not sep or not name.strip() or not model.strip():
+            raise ValueError(f"profile {item!r} must look like name=model")
+        out[name.strip().lower()] = model.strip()
+    return out
 
 
 @dataclass
@@ -22,45 +86,78 @@ class IceServer:
     credential: str | None = None
 
 
+def _ice_servers(urls: list[str]) -> list[IceServer]:
+    return parse_ice_servers(urls)
+
+
 @dataclass
 class ServerConfig:
+    """Every setting of ``v2v serve`` and ``v2v worker`` (one field, one flag)."""
+
     # network
-    host: str = "127.0.0.1"
-    port: int = 8080
+    host: str = setting("127.0.0.1", group="network", help="address to listen on")
+    port: int = setting(8080, group="network", parse=port_number, help="HTTP port (0 picks a free one)")
+    max_body: int = setting(256 * 1024, group="network",
+                            help="largest HTTP request body in bytes (413 above)")
+    ice_servers: list[IceServer] = setting(
+        group="network", factory=list, flag="--ice-server", parse=comma_list, convert=_ice_servers,
+        help="ICE servers, comma separated: stun:host:port, turn:user:pass@host:port (none: host candidates only)")
     # model
-    model: str = "local"
-    openai_model: str = "gpt-realtime"
-    openai_base_url: str = "https://api.openai.com/v1"
-    turn_detection: str = "server"
-    instructions: str = ""
-    voice: str = ""
-    greeting: str = ""  # said by the assistant when the caller joins
-    app: str = ""  # application module: its register_tools(registry) adds tools to every call
+    model: str = setting("local", group="model", choices=MODELS, help="model behind the assistant")
+    openai_model: str = setting("gpt-realtime", group="model", help="OpenAI Realtime model")
+    openai_base_url: str = setting(
+        "https://api.openai.com/v1", group="model",
+        help="OpenAI API base URL (also OPENAI_BASE_URL); the realtime WebSocket URL is derived from it")
+    turn_detection: str = setting(
+        "server", group="model", choices=TURN_DETECTION,
+        help="who ends the caller's turn: the model's server VAD or the local VAD (models without "
+        "server VAD always use local)")
+    instructions: str = setting("", group="model", help="system instructions for the model")
+    voice: str = setting("", group="model", help="model voice name")
+    greeting: str = setting("", group="model", help="what the assistant is asked to say when a caller joins")
+    app: str = setting("", group="model",
+                       help="application module (import path or .py file) imported at start: it may register "
+                       "RTVI client-message handlers, and its register_tools(registry) adds tools to every call")
+    profiles: dict[str, str] = setting(
+        group="model", factory=dict, parse=parse_profiles, metavar="NAME=MODEL,...",
+        help="agent profiles: a SIP request-URI user or requestData.profile naming one gets its model "
+        "(echo is built in)")
     # calls
-    max_calls: int = 100
-    media_timeout: float = 30.0  # s without an inbound media packet -> end
-    ice_timeout: float = 15.0  # s for ICE/DTLS to connect (or to come back) -> end
-    ice_servers: list[IceServer] = field(default_factory=list)
-    max_body: int = 256 * 1024  # bytes of an HTTP request body
+    max_calls: int = setting(100, group="calls", help="concurrent calls; past it offers get 503 + Retry-After")
+    media_timeout: float = setting(30.0, group="calls", parse=positive_float,
+                                   help="seconds without inbound media before a call is ended")
+    ice_timeout: float = setting(15.0, group="calls", parse=positive_float,
+                                 help="seconds for a peer connection to connect before the call is ended")
     # logs
-    log_format: str = "text"
-    log_level: str = "info"
-    # SIP (served by signaling.sip when present)
-    sip_port: int | None = None  # None: SIP over UDP/TCP disabled
-    sip_ring_ms: int = 0
-    sip_users: list[str] = field(default_factory=list)  # "user:password"
-    sip_public_address: str | None = None
-    rtp_ports: str = "20000-20999"
+    log_format: str = setting("text", group="logs", choices=LOG_FORMATS, help="log line format")
+    log_level: str = setting("info", group="logs", choices=LOG_LEVELS, help="log level")
+    # SIP: signaling (serve) and media (serve and worker)
+    sip_port: int | None = setting(
+        None, group="SIP", commands=SERVE, parse=port_number, nargs="?", const=5060,
+        help="enable SIP over UDP and TCP on this port at --host (--sip-port alone: 5060)")
+    sip_ring_ms: int = setting(0, group="SIP", commands=SERVE,
+                               help="send 180 Ringing and wait this long before answering")
+    sip_users: list[str] = setting(group="SIP", commands=SERVE, factory=list, flag="--sip-user", parse=comma_list,
+                                   help="SIP users user:password, comma separated (REGISTER/INVITE need digest "
+                                   "auth when set)")
+    sip_realm: str = setting("v2v", group="SIP", commands=SERVE, help="digest-auth realm of --sip-user")
+    sip_public_address: str | None = setting(None, group="SIP",
+                                             help="address written in SDP/Contact behind NAT")
+    rtp_ports: str = setting("20000-20999", group="SIP", help="UDP port range for SIP RTP media")
     # worker pool (shared/DESIGN.md section 6)
-    redis: str = ""  # serve: be a signaling node of this Redis pool; worker: register there
-    workers: int = 0  # serve: N local worker processes (0: the calls run in this process)
-    name: str = ""  # worker: its name in the pool (default: host name and port)
-    capacity: int = 0  # worker: calls it takes (0: the measured default)
-    advertise: str = ""  # worker: the address its media uses in SDP when it differs from --host
-    drain_timeout: float = 60.0  # worker: s a draining worker waits for its calls to end
-    # agent profiles: a SIP request-URI user / requestData.profile naming one gets its model
-    profiles: dict[str, str] = field(default_factory=dict)  # profile -> model ("echo" is built in)
-    sip_realm: str = "v2v"  # digest-auth realm of --sip-user
+    redis: str = setting("", group="pool", metavar="URL",
+                         help="serve: be a signaling node of this Redis pool; worker: register there")
+    workers: int = setting(0, group="pool", commands=SERVE, parse=non_negative_int, metavar="N",
+                           help="local worker processes supervised by serve (0: the calls run in this process)")
+    name: str = setting("", group="pool",
+                        help="worker: its name in the pool (default: host name and port); serve: its local "
+                        "workers' name prefix")
+    capacity: int = setting(0, group="pool", parse=non_negative_int, metavar="N",
+                            help="calls a worker takes (0: the measured default)")
+    advertise: str = setting("", group="pool", commands=WORKER, metavar="ADDR",
+                             help="the address the worker's media uses in SDP when it differs from --host")
+    drain_timeout: float = setting(60.0, group="pool", parse=positive_float, metavar="S",
+                                   help="seconds a draining worker (SIGTERM) waits for its calls to end")
 
     def validate(self) -> None:
         """Raise ValueError with a clear message on an impossible setting."""

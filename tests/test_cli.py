@@ -27,8 +27,11 @@ SERVE_FLAGS = [
     "--host", "--port", "--model", "--openai-model", "--openai-base-url", "--turn-detection",
     "--instructions", "--voice", "--greeting", "--app", "--max-calls", "--media-timeout", "--ice-timeout",
     "--ice-server", "--max-body", "--log-format", "--log-level", "--sip-port", "--sip-ring-ms",
-    "--sip-user", "--sip-public-address", "--rtp-ports",
+    "--sip-user", "--sip-public-address", "--rtp-ports", "--sip-realm", "--profiles",
+    "--redis", "--workers", "--name", "--capacity", "--drain-timeout",
 ]
+SIP_SIGNALING_FLAGS = ["--sip-port", "--sip-ring-ms", "--sip-user", "--sip-realm"]
+WORKER_FLAGS = [f for f in SERVE_FLAGS if f not in SIP_SIGNALING_FLAGS and f != "--workers"] + ["--advertise"]
 CALL_FLAGS = ["--play", "--record", "--seconds", "--profile", "--trickle"]
 
 
@@ -63,6 +66,13 @@ def test_help_lists_every_flag_and_its_variable():
     sub = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     declared = {o for a in sub["serve"]._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
     assert declared == set(SERVE_FLAGS)
+    worker = _run(["worker", "--help"])
+    assert worker.returncode == 0
+    text = " ".join(worker.stdout.split())
+    for flag in WORKER_FLAGS:
+        assert flag in text and env_name(flag) in text.replace(" ", ""), flag
+    declared = {o for a in sub["worker"]._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
+    assert declared == set(WORKER_FLAGS)
     call = _run(["call", "--help"])
     assert call.returncode == 0
     for flag in CALL_FLAGS:
@@ -88,6 +98,41 @@ def test_flags_read_environment_variables(monkeypatch):
     assert cfg.port == 9200 and cfg.sip_port == 5060
 
 
+def test_every_setting_is_a_flag_and_the_defaults_are_the_settings(monkeypatch):
+    """The parser is generated from ServerConfig: no field without a flag, no default that differs."""
+    import dataclasses
+
+    from v2v.signaling.config import ServerConfig
+
+    for k in list(os.environ):
+        if k.startswith("V2V_") or k == "OPENAI_BASE_URL":
+            monkeypatch.delenv(k)
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    dests = {a.dest for cmd in ("serve", "worker") for a in sub[cmd]._actions}
+    assert {f.name for f in dataclasses.fields(ServerConfig)} <= dests
+    assert config_from_args(parser.parse_args(["serve"]), "serve") == ServerConfig()
+    assert config_from_args(parser.parse_args(["worker"]), "worker") == ServerConfig()
+
+
+def test_pool_flags_and_profiles_from_flags_and_environment(monkeypatch):
+    for k in list(os.environ):
+        if k.startswith("V2V_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("V2V_REDIS", "redis://127.0.0.1:6390/0")
+    monkeypatch.setenv("V2V_CAPACITY", "12")
+    monkeypatch.setenv("V2V_DRAIN_TIMEOUT", "5")
+    monkeypatch.setenv("V2V_ADVERTISE", "10.0.0.7")
+    monkeypatch.setenv("V2V_PROFILES", "Support=openai, bot=echo")
+    cfg = config_from_args(build_parser().parse_args(["worker", "--name", "w7", "--port", "0"]), "worker")
+    assert (cfg.redis, cfg.capacity, cfg.drain_timeout, cfg.advertise, cfg.name, cfg.port) == (
+        "redis://127.0.0.1:6390/0", 12, 5.0, "10.0.0.7", "w7", 0)
+    assert cfg.profiles == {"support": "openai", "bot": "echo"}
+    cfg = config_from_args(build_parser().parse_args(["serve", "--workers", "3", "--sip-realm", "corp"]), "serve")
+    assert (cfg.workers, cfg.sip_realm, cfg.redis) == (3, "corp", "redis://127.0.0.1:6390/0")
+    assert cfg.advertise == ""  # a worker flag only
+
+
 def test_bad_values_are_clear_errors():
     r = _run(["serve", "--model", "gpt-9"])
     assert r.returncode == 2 and "--model" in r.stderr
@@ -95,8 +140,80 @@ def test_bad_values_are_clear_errors():
     assert r.returncode == 2 and "V2V_MAX_CALLS" in r.stderr
     r = _run(["serve", "--ice-server", "http://x"])
     assert r.returncode == 2 and "ICE" in r.stderr
+    r = _run(["serve", "--workers", "-1"])
+    assert r.returncode == 2 and "--workers" in r.stderr
+    r = _run(["worker", "--profiles", "support"])
+    assert r.returncode == 2 and "--profiles" in r.stderr
+    r = _run(["serve", "--profiles", "support=gpt-9"])
+    assert r.returncode == 2 and "--profiles" in r.stderr
     r = _run([])
     assert r.returncode == 2
+
+
+def test_a_missing_pool_module_is_a_clear_error():
+    from v2v.signaling.cli import _pool_entry
+
+    msg = _pool_entry("no_such_module", "run_worker")
+    assert isinstance(msg, str) and "not available" in msg and "no_such_module" in msg
+    msg = _pool_entry("worker_main", "no_such_function")
+    assert isinstance(msg, str) and "no_such_function" in msg
+    assert callable(_pool_entry("worker_main", "run_worker"))
+
+
+def _wait_line(proc: subprocess.Popen, needle: str) -> str:
+    """The first stdout line holding ``needle`` (blocks until it is printed or the process ends)."""
+    for line in proc.stdout:
+        if needle in line:
+            return line
+    raise AssertionError(f"{needle!r} never printed: {proc.stderr.read()}")
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> tuple[int, str]:
+    proc.send_signal(sig)
+    try:
+        rc = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+        raise
+    err = proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    return rc, err
+
+
+def test_worker_subcommand_runs_a_headless_worker():
+    port = free_port()
+    proc = subprocess.Popen(
+        V2V + ["worker", "--model", "echo", "--port", str(port), "--name", "w-cli"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT,
+    )
+    try:
+        line = _wait_line(proc, f"http://127.0.0.1:{port}/")
+        assert "w-cli" in line
+        status, body = _get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200 and json.loads(body)["worker"] == "w-cli"
+        status, body = _get(f"http://127.0.0.1:{port}/readyz")
+        assert status == 200 and json.loads(body)["status"] == "ready"
+    finally:
+        rc, err = _stop(proc)
+    assert rc == 0, err
+
+
+def test_serve_with_workers_runs_a_local_pool():
+    port = free_port()
+    proc = subprocess.Popen(
+        V2V + ["serve", "--model", "echo", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT,
+    )
+    try:
+        _wait_line(proc, f"http://127.0.0.1:{port}/")
+        status, body = _get(f"http://127.0.0.1:{port}/api/workers")
+        workers = json.loads(body)["workers"]
+        assert status == 200 and len(workers) == 1 and workers[0]["state"] == "ready"
+    finally:
+        rc, err = _stop(proc)
+    assert rc == 0, err
 
 
 def _start_server(*args: str, **env: str) -> tuple[subprocess.Popen, str]:
@@ -149,7 +266,7 @@ def test_serve_prints_url_answers_and_a_call_works_then_sigterm_ends_it(tmp_path
         proc.stdout.close()
         proc.stderr.close()
     assert rc == 0, err
-    events = [json.loads(l) for l in err.splitlines() if l.startswith("{")]
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     ended = [e for e in events if e.get("event") == "call-ended"]
     assert ended and ended[0]["reason"] == "hangup"
 
@@ -172,7 +289,7 @@ def test_sigint_ends_live_calls_gracefully():
         rc = proc.wait(timeout=15)
         err = proc.stderr.read()
         assert rc == 0, err
-        events = [json.loads(l) for l in err.splitlines() if l.startswith("{")]
+        events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
         assert any(e.get("event") == "call-ended" and e.get("reason") == "shutdown" for e in events), err
     finally:
         for p in (proc, caller):
