@@ -215,7 +215,7 @@ def apply(variants: list[str]) -> None:
         elif key == "uvloop" and val == "0":
             import asyncio
 
-            cli._run = asyncio.run  # type: ignore[attr-defined]
+            cli._run = asyncio.run  # type: ignore[assignment]  # a bench variant swaps the loop runner
         elif key == "jitter" and val == "aiortc":
             for name in ("patch_receiver", "_patch_receiver"):
                 if hasattr(webrtc, name):

@@ -58,16 +58,19 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class _V2VHandler(logging.StreamHandler):
+    """The handler setup_logging installs (a second call replaces it, not adds one)."""
+
+
 def setup_logging(fmt: str = "text", level: str = "info", stream: Any = None) -> None:
     """Route the ``v2v`` logger (and aiohttp's errors) to ``stream`` in ``fmt``."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _V2VHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     for name in (LOGGER, "aiohttp.server", "aiohttp.web"):
         lg = logging.getLogger(name)
         for h in list(lg.handlers):
-            if getattr(h, "_v2v", False):
+            if isinstance(h, _V2VHandler):
                 lg.removeHandler(h)
-        handler._v2v = True  # type: ignore[attr-defined]
         lg.addHandler(handler)
         lg.propagate = False
     logging.getLogger(LOGGER).setLevel(level.upper())

@@ -63,7 +63,7 @@ def test_help_lists_every_flag_and_its_variable():
         assert flag in text, flag
         assert env_name(flag) in text.replace(" ", ""), env_name(flag)
     # nothing in the parser is left out of this list
-    sub = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    sub = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]  # argparse keeps the subcommands there
     declared = {o for a in sub["serve"]._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
     assert declared == set(SERVE_FLAGS)
     worker = _run(["worker", "--help"])
@@ -108,7 +108,7 @@ def test_every_setting_is_a_flag_and_the_defaults_are_the_settings(monkeypatch):
         if k.startswith("V2V_") or k == "OPENAI_BASE_URL":
             monkeypatch.delenv(k)
     parser = build_parser()
-    sub = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    sub = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]  # argparse keeps the subcommands there
     dests = {a.dest for cmd in ("serve", "worker") for a in sub[cmd]._actions}
     assert {f.name for f in dataclasses.fields(ServerConfig)} <= dests
     assert config_from_args(parser.parse_args(["serve"]), "serve") == ServerConfig()
