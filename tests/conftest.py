@@ -28,3 +28,11 @@ def manifest() -> dict:
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _aiortc_tuned() -> None:
+    """In-process test servers run aiortc tuned, as ``v2v serve`` / ``v2v worker`` do at start."""
+    from v2v.signaling import aiortc_tuning
+
+    aiortc_tuning.install()
