@@ -45,7 +45,6 @@ from common import RESULTS, ROOT, ProcSample, Server, free_port, percentile, tas
 from load import good, run_loadgen
 
 SERVER_CPU = 0
-V2V = [os.environ["V2V_POOL_SHIM"]] if os.environ.get("V2V_POOL_SHIM") else ["-m", "v2v"]  # TEMPORARY
 CLIENT_CPU = 1
 
 
@@ -153,7 +152,7 @@ class Setup:
             redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
             wport = free_port()
             await self._wait_redis()
-            self.helpers.append(Proc("worker", [sys.executable, *V2V, "worker", "--redis", redis_url,
+            self.helpers.append(Proc("worker", [sys.executable, "-m", "v2v", "worker", "--redis", redis_url,
                                                 "--host", "127.0.0.1", "--port", str(wport), "--name", "bench-w1",
                                                 "--model", "echo", "--capacity", str(self.capacity)], self.cpu))
             await wait_http(f"http://127.0.0.1:{wport}/readyz")
@@ -162,8 +161,7 @@ class Setup:
         elif self.kind.startswith("workers"):
             n_workers = int(self.kind[len("workers"):])
             extra = ["--workers", str(n_workers), "--capacity", str(self.capacity)]
-        shim = os.environ.get("V2V_POOL_SHIM")  # TEMPORARY
-        self.server = Server("v2v", cpu=self.cpu, extra=extra, launcher=Path(shim) if shim else None)
+        self.server = Server("v2v", cpu=self.cpu, extra=extra)
         await self.server.start()
         await wait_http(self.url + "/readyz")
         if n_workers:

@@ -251,8 +251,7 @@ class Procs:
         """``python -m v2v <args> --port P`` (``--host`` is the caller's business), logged to a file."""
         port = port or free_port(host)
         full = [*args, "--port", str(port)]
-        shim = os.environ.get("V2V_POOL_SHIM")  # TEMPORARY
-        cmd = [sys.executable, *([shim] if shim else ["-m", "v2v"]), *full]
+        cmd = [sys.executable, "-m", "v2v", *full]
         if netns is not None:
             cmd = ["ip", "netns", "exec", netns, *cmd]
         log = self.dir / f"{label}.log"
