@@ -39,6 +39,7 @@ MODEL_FACTORIES = {
     "echo": ("v2v.worker.models.echo", "EchoModelFactory"),
     "local": ("v2v.worker.models.local", "LocalModelFactory"),
     "openai": ("v2v.worker.models.openai_realtime", "OpenAIRealtimeFactory"),
+    "gpt-live": ("v2v.worker.models.gpt_live", "GptLiveFactory"),
 }
 
 
@@ -57,6 +58,7 @@ def load_model_factory(name: str, config: ServerConfig) -> ModelFactory:
         "base_url": (os.environ.get("OPENAI_BASE_URL") if config.openai_base_url == ServerConfig.openai_base_url
                      else None) or config.openai_base_url,
         "model": config.openai_model,
+        "live_model": config.live_model,
         "turn_detection": config.turn_detection,
         "voice": config.voice or None,
         "instructions": config.instructions or None,

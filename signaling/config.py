@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-MODELS = ("local", "echo", "openai")
+MODELS = ("local", "echo", "openai", "gpt-live")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TURN_DETECTION = ("server", "local")
@@ -105,6 +105,8 @@ class ServerConfig:
     # model
     model: str = setting("local", group="model", choices=MODELS, help="model behind the assistant")
     openai_model: str = setting("gpt-realtime", group="model", help="OpenAI Realtime model")
+    live_model: str = setting("gpt-live-1", group="model",
+                              help="OpenAI GPT-Live model (--model gpt-live; same key and base URL)")
     openai_base_url: str = setting(
         "https://api.openai.com/v1", group="model",
         help="OpenAI API base URL (also OPENAI_BASE_URL); the realtime WebSocket URL is derived from it")

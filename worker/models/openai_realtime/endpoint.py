@@ -59,14 +59,24 @@ def register_secret(secret: str) -> None:
             _filter_installed = True
 
 
-def realtime_url(base_url: str, model: str) -> str:
-    """``https://host/v1`` -> ``wss://host/v1/realtime?model=...``."""
+def ws_url(base_url: str, path: str, query: str = "") -> str:
+    """``https://host/v1`` + ``/path`` -> ``wss://host/v1/path[?query]`` (``http`` -> ``ws``)."""
     parts = urlsplit(base_url.strip() or DEFAULT_BASE_URL)
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
     if scheme is None or not parts.netloc:
         raise ValueError(f"OPENAI_BASE_URL must be an http(s) URL, got {scrub(base_url)!r}")
-    path = parts.path.rstrip("/") + "/realtime"
-    return urlunsplit((scheme, parts.netloc, path, f"model={quote(model, safe='')}", ""))
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + path, query, ""))
+
+
+def realtime_url(base_url: str, model: str) -> str:
+    """``https://host/v1`` -> ``wss://host/v1/realtime?model=...``."""
+    return ws_url(base_url, "/realtime", f"model={quote(model, safe='')}")
+
+
+def live_url(base_url: str) -> str:
+    """``https://host/v1`` -> ``wss://host/v1/live/sessions`` (GPT-Live: no query, the model goes in
+    ``session.start``)."""
+    return ws_url(base_url, "/live/sessions")
 
 
 @dataclass(frozen=True)
