@@ -19,9 +19,8 @@ import time
 import uuid
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
-from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame
 
 from v2v.media.audio import frame_to_mono
@@ -34,6 +33,7 @@ from v2v.worker.transport import QueueAudioInput
 from .aiortc_tuning import patch_receiver
 from .calls import Call, CallManager
 from .dispatch import BadRequest, IceCandidateInit, OfferAnswer, OfferRequest, UnknownCall
+from .ice import RemoteCandidates, parse_candidate, split_offer
 
 log = logging.getLogger("v2v.webrtc")
 
@@ -75,6 +75,7 @@ class WebRTCCall:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._watchdog: asyncio.Task | None = None
+        self._remote: dict[RTCPeerConnection, RemoteCandidates] = {}  # the caller's candidates, per pc
         self._closed = False
         self._since = time.monotonic()  # when the current pc started connecting
         self._last_media: float | None = None
@@ -107,8 +108,11 @@ class WebRTCCall:
         return pc
 
     async def _negotiate(self, pc: RTCPeerConnection, offer: RTCSessionDescription, track: AssistantTrack) -> str:
+        # answered without the caller's candidates (see signaling.ice), which are added after
+        sdp, offered, end = split_offer(offer.sdp)
+        remote = [parse_candidate(c) for c in offered] + ([None] if end else [])
         try:
-            await pc.setRemoteDescription(offer)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except Exception as e:  # aiortc raises many types on bad SDP
             raise BadRequest(f"invalid SDP offer: {e}") from e
         audio_ok = False
@@ -131,6 +135,7 @@ class WebRTCCall:
             await pc.setLocalDescription(answer)
         except Exception as e:
             raise BadRequest(f"cannot answer this offer: {e}") from e
+        await self._remote.setdefault(pc, RemoteCandidates(pc)).add(remote, from_offer=True)
         return pc.localDescription.sdp
 
     # -- inbound media ------------------------------------------------------
@@ -221,7 +226,7 @@ class WebRTCCall:
             if self._last_media is None:
                 self._last_media = now
         elif state == "failed":
-            self._end("ice-failed")
+            self._ice_failed("ice-failed")
         elif state == "closed":
             self._end("peer-closed")
 
@@ -235,11 +240,19 @@ class WebRTCCall:
             now = time.monotonic()
             if pc.connectionState != "connected":
                 if now - self._since > cfg.ice_timeout:
-                    self._end("ice-timeout")
+                    self._ice_failed("ice-timeout")
                     return
             elif self._last_media is not None and now - self._last_media > cfg.media_timeout:
                 self._end("media-timeout")
                 return
+
+    def _ice_failed(self, reason: str) -> None:
+        """ICE did not connect: a warning saying what the caller's candidates were, then end."""
+        remote = self._remote.get(self.pc) if self.pc is not None else None
+        held = remote.summary() if remote is not None else "unknown"
+        if self.call is not None and not self.call.ending:
+            self.call.log.event("ice-failed", logging.WARNING, reason=reason, candidates=held)
+        self._end(reason)
 
     def _end(self, reason: str) -> None:
         if self.call is not None and not self.call.ending:
@@ -345,30 +358,10 @@ class WebRTCCall:
         pc = self.pc
         if pc is None or self._closed:
             raise UnknownCall(f"unknown pc_id {self.pc_id!r}")
-        parsed: list[RTCIceCandidate | None] = []
-        for c in candidates:
-            text = (c.candidate or "").strip()
-            if not text:
-                parsed.append(None)  # end of candidates
-                continue
-            if text.startswith("a="):
-                text = text[2:]
-            if text.startswith("candidate:"):
-                text = text[len("candidate:"):]
-            try:
-                cand = candidate_from_sdp(text)
-            except Exception as e:
-                raise BadRequest(f"invalid ICE candidate {c.candidate!r}: {e}") from e
-            cand.sdpMid = c.sdp_mid
-            cand.sdpMLineIndex = c.sdp_mline_index
-            if cand.sdpMid is None and cand.sdpMLineIndex is None:
-                cand.sdpMLineIndex = 0
-            parsed.append(cand)
-        for item in parsed:
-            try:
-                await pc.addIceCandidate(item)
-            except Exception as e:
-                raise BadRequest(f"cannot add ICE candidate: {e}") from e
+        remote = self._remote.get(pc)
+        if remote is None:
+            raise UnknownCall(f"unknown pc_id {self.pc_id!r}")
+        await remote.add([parse_candidate(c) for c in candidates], from_offer=False)
 
     async def _on_call_end(self, reason: str) -> None:
         if self.rtvi is not None:
@@ -403,6 +396,9 @@ class WebRTCCall:
         self.rtvi = None
 
     async def _close_pc(self, pc: RTCPeerConnection) -> None:
+        remote = self._remote.pop(pc, None)
+        if remote is not None:
+            remote.close()
         try:
             await asyncio.wait_for(pc.close(), 5.0)
         except Exception:
