@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
+import re
+import signal
+import sys
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.conftest import load_wav
+from tests.conftest import fixture_path, load_wav
 from tests.fake_live import FakeLiveServer, validate_client_event
 from tests.fake_realtime import tone
 from tests.scripted import reply_signal
 from tests.test_openai_realtime import CHUNK, IN_RATE, Recorder, compose, push, speech
+from v2v.signaling.client import run_call
 from v2v.worker import events as cev
 from v2v.worker.call import CallConfig
 from v2v.worker.models.base import (
@@ -241,4 +247,53 @@ async def test_wav_call_barge_in(fake: FakeLiveServer) -> None:
     assert out and "This is reply number 1 from the fake live model.".startswith(out[0].spoken)
     assert out[0].unspoken
     assert len(result.of_type(cev.BotStartedSpeaking)) == 2  # the interruption was answered
+    assert fake.violations == []
+
+
+# -- through real WebRTC: `v2v serve --model gpt-live` against the fake ---------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_v2v_serve_model_gpt_live_over_webrtc(fake: FakeLiveServer) -> None:
+    fake.reply_ms = 1200
+    env = {k: v for k, v in os.environ.items() if not k.startswith("V2V_")}
+    env.update(OPENAI_API_KEY=KEY, OPENAI_BASE_URL=fake.base_url)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "v2v.signaling.cli", "serve", "--model", "gpt-live", "--host", "127.0.0.1",
+        "--port", "0", "--log-level", "debug",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stderr_chunks: list[bytes] = []
+
+    async def drain_stderr() -> None:
+        assert proc.stderr is not None
+        while chunk := await proc.stderr.read(65536):
+            stderr_chunks.append(chunk)
+
+    drain = asyncio.create_task(drain_stderr())
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        found = re.search(r"(http://\S+)", line)
+        assert found is not None, line
+        summary = await run_call(found.group(1), fixture_path("hello_48k.wav"))
+        await fake.wait_for(lambda: bool(fake.connections) and fake.connections[0].closed.is_set(), 5)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        await asyncio.wait_for(drain, 5)
+    logs = b"".join(stderr_chunks).decode(errors="replace")
+    assert summary["hangup_status"] in (200, 204), summary
+    assert summary["first_reply_audio_s"] is not None, summary
+    assert 0.9 <= summary["reply_duration_s"] <= 1.8, summary
+    assert "caller turn 1" in summary["transcripts"], summary
+    assert any(t and "reply number 1" in t for t in summary["transcripts"]), summary
+    assert fake.starts[0]["model"] == "gpt-live-1"
+    assert fake.client_events("session.input_audio.append")
+    assert fake.auth_headers == [f"Bearer {KEY}"]
+    assert KEY not in logs and KEY not in json.dumps(summary)
     assert fake.violations == []
