@@ -10,6 +10,7 @@ environment variable ``V2V_<FLAG>`` (``--max-calls`` -> ``V2V_MAX_CALLS``).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,6 +144,12 @@ class ServerConfig:
                                    help="SIP users user:password, comma separated (REGISTER/INVITE need digest "
                                    "auth when set)")
     sip_realm: str = setting("v2v", group="SIP", commands=SERVE, help="digest-auth realm of --sip-user")
+    sip_allow: list[str] = setting(group="SIP", commands=SERVE, factory=list, parse=comma_list, metavar="CIDR,...",
+                                   help="source addresses/networks admitted without digest (trunks); others need "
+                                   "--sip-user credentials, or get 403 when no users are set")
+    sip_rate: float = setting(10.0, group="SIP", commands=SERVE, metavar="N",
+                              help="new INVITEs and REGISTERs per second from one source address, each (bursts of "
+                              "3x); past it 503 + Retry-After; 0: no limit")
     sip_public_address: str | None = setting(None, group="SIP",
                                              help="address written in SDP/Contact behind NAT")
     rtp_ports: str = setting("20000-20999", group="SIP", help="UDP port range for SIP RTP media")
@@ -182,6 +189,13 @@ class ServerConfig:
         for profile, model in self.profiles.items():
             if model not in MODELS:
                 raise ValueError(f"--profiles {profile}={model}: the model must be one of {', '.join(MODELS)}")
+        if self.sip_rate < 0:
+            raise ValueError("--sip-rate must be >= 0")
+        for net in self.sip_allow:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"--sip-allow: {net!r} is not an address or CIDR network") from None
         lo, _, hi = self.rtp_ports.partition("-")
         if not (lo.isdigit() and hi.isdigit() and 0 < int(lo) <= int(hi) <= 65535):
             raise ValueError(f"--rtp-ports must look like 20000-20999, not {self.rtp_ports!r}")

@@ -10,6 +10,7 @@ with the worker's media address. The SIP dialog itself stays with signaling.
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 
 from v2v.media.g711 import G711Codec
@@ -20,7 +21,7 @@ from v2v.worker.transport import QueueAudioInput
 from .calls import Call, CallManager
 from .dispatch import BadRequest, MediaRequest
 from .sip.rtp_session import PortAllocator, RtpSession
-from .sip.sdp import AudioOffer, SdpError, SdpSession, parse_offer
+from .sip.sdp import AudioOffer, SdpError, SdpSession, check_address, parse_offer
 
 log = logging.getLogger("v2v.sip")
 
@@ -58,6 +59,12 @@ class RtpCall:
                 raise BadRequest(str(e)[:80]) from e
         manager.check_capacity(req.transport)
         sock = cfg.ports.bind(cfg.rtp_host)
+        if offer is not None:
+            try:
+                check_reachable(sock, offer.address)
+            except BadRequest:
+                sock.close()
+                raise
         audio_in = QueueAudioInput(8000)
         playout = PlayoutBuffer()
         if offer is not None:
@@ -69,6 +76,7 @@ class RtpCall:
             sock, codec, pt, dtmf_pt, remote, playout,
             audio_in.put, lambda d: holder[0]._on_dtmf(d) if holder else None,
             lambda: holder[0]._on_timeout() if holder else None, timeout=cfg.media_timeout,
+            signaling_ip=req.peer.rpartition(":")[0].strip("[]") or None,
         )
         if offer is not None:
             rtp.update_remote(remote, not offer.on_hold, offer.direction in ("sendrecv", "sendonly"))
@@ -94,6 +102,7 @@ class RtpCall:
         self.call.manager.start_call(self.call)
 
     def _apply(self, desc: AudioOffer) -> None:
+        check_reachable(self.rtp.sock, desc.address)
         if desc.codec != self.rtp.codec.name or desc.payload_type != self.rtp.payload_type:
             self.rtp.codec = G711Codec(desc.codec)
             self.rtp.payload_type = desc.payload_type
@@ -126,8 +135,30 @@ class RtpCall:
             self._tasks.spawn(self.dtmf(digit), f"sip-dtmf-{digit}")
 
     def _on_timeout(self) -> None:
+        if self.rtp.timeout_reason:
+            self.call.log.event("sip-media-timeout", why=self.rtp.timeout_reason)
         self.call.end_soon("media-timeout")
 
     async def _on_call_end(self, reason: str) -> None:
         await self._tasks.cancel_all()
         await self.rtp.close()
+
+
+def check_reachable(sock: socket.socket, address: str) -> None:
+    """Raise BadRequest (488) when the RTP socket cannot send to the SDP's address.
+
+    An IPv6 address needs an IPv6 socket; an IPv4 one an IPv4 socket or a
+    dual-stack IPv6 socket (bound to ``::``). Hold (0.0.0.0 / ::) is fine.
+    """
+    try:
+        ip = check_address(address)
+    except SdpError as e:
+        raise BadRequest(str(e)[:80]) from e
+    if ip.is_unspecified:
+        return
+    if ip.version == 6 and sock.family != socket.AF_INET6:
+        raise BadRequest("IPv6 media address, but RTP is bound to IPv4 (--host)")
+    if ip.version == 4 and sock.family == socket.AF_INET6:
+        v6only = sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+        if v6only or sock.getsockname()[0] not in ("::", "::0"):
+            raise BadRequest("IPv4 media address, but RTP is bound to an IPv6 address (--host)")

@@ -27,10 +27,10 @@ SERVE_FLAGS = [
     "--host", "--port", "--model", "--openai-model", "--live-model", "--openai-base-url", "--turn-detection",
     "--instructions", "--voice", "--greeting", "--app", "--max-calls", "--media-timeout", "--ice-timeout",
     "--ice-server", "--max-body", "--log-format", "--log-level", "--sip-port", "--sip-ring-ms",
-    "--sip-user", "--sip-public-address", "--rtp-ports", "--sip-realm", "--profiles",
+    "--sip-user", "--sip-public-address", "--rtp-ports", "--sip-realm", "--sip-allow", "--sip-rate", "--profiles",
     "--redis", "--workers", "--name", "--capacity", "--drain-timeout",
 ]
-SIP_SIGNALING_FLAGS = ["--sip-port", "--sip-ring-ms", "--sip-user", "--sip-realm"]
+SIP_SIGNALING_FLAGS = ["--sip-port", "--sip-ring-ms", "--sip-user", "--sip-realm", "--sip-allow", "--sip-rate"]
 WORKER_FLAGS = [f for f in SERVE_FLAGS if f not in SIP_SIGNALING_FLAGS and f != "--workers"] + ["--advertise"]
 CALL_FLAGS = ["--play", "--record", "--seconds", "--profile", "--trickle"]
 

@@ -65,11 +65,16 @@ async def test_paced_send_accounting() -> None:
     got: list = []
     s = await _session(peer, playout, got, [], [])
     try:
-        await wait_for(lambda: len(peer.packets) >= 100, 3.0, "100 packets")
+        # the caller proves its address first: before that only a keep-alive goes out, no assistant audio
+        assert peer.transport is not None
+        peer.transport.sendto(_rtp(1, ulaw_encode(np.zeros(160, np.int16))), ("127.0.0.1", s.local_port))
+        await wait_for(lambda: s.latched, 2.0, "the latch")
+        n0 = len(peer.packets)
+        await wait_for(lambda: len(peer.packets) >= n0 + 100, 3.0, "100 packets")
     finally:
         await s.close()
-    pkts = [p for _, p in peer.packets]
-    times = [t for t, _ in peer.packets]
+    pkts = [p for _, p in peer.packets[n0:]]
+    times = [t for t, _ in peer.packets[n0:]]
     # 20 ms pace (loose bounds: a shared 2-core machine), contiguous sequence numbers, 160-sample timestamps
     assert 0.015 < (times[-1] - times[0]) / (len(times) - 1) < 0.025
     seqs = [p.sequence_number for p in pkts]

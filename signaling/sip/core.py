@@ -25,6 +25,7 @@ from collections.abc import Callable
 from v2v.worker.dtmf import DTMF_DIGITS
 from v2v.worker.tasks import TaskSet
 
+from .admission import Admission
 from .dialog import (
     T1,
     T2,
@@ -74,8 +75,10 @@ class SipCore:
         ring_ms: int = 0,
         profiles: dict[str, str] | None = None,
         ports: dict[str, int] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.media_factory = media_factory
+        self.admission = admission
         self.public_host = public_host
         self.auth = auth if auth and auth.enabled else None
         self.ring_ms = ring_ms
@@ -227,14 +230,33 @@ class SipCore:
                       extra=[("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", "timer"),
                              ("Contact", self.contact(conn))])
 
-    def _authorized(self, req: SipRequest, conn: Conn) -> bool:
-        if self.auth is None:
+    def _admitted(self, req: SipRequest, conn: Conn) -> bool:
+        """New INVITE or REGISTER: rate limit, then source allowlist or digest (see admission.py)."""
+        adm = self.admission
+        src = conn.remote[0]
+        ws = conn.transport in ("WS", "WSS")
+        if adm is not None and not adm.rate_ok(src, req.method):
+            adm.refused(src, "rate-limit", req.method)
+            self._respond(req, conn, 503, "Service Unavailable (rate limit)", to_tag=new_tag(),
+                          extra=[("Retry-After", str(adm.limiter.retry_after()))])
+            return False
+        if adm is not None and not ws and adm.allowed_source(src):
             return True
-        ok, stale, _user = self.auth.check(req.method, req.headers.get("Authorization"))
-        if ok:
-            return True
-        self._respond(req, conn, 401, to_tag=new_tag(), extra=[("WWW-Authenticate", self.auth.challenge(stale))])
-        return False
+        if self.auth is not None:
+            header = req.headers.get("Authorization")
+            ok, stale, _user = self.auth.check(req.method, header)
+            if ok:
+                return True
+            if adm is not None and not stale:
+                adm.refused(src, "auth-failed" if header else "auth-required", req.method)
+            self._respond(req, conn, 401, to_tag=new_tag(),
+                          extra=[("WWW-Authenticate", self.auth.challenge(stale))])
+            return False
+        if adm is not None and adm.allow and not ws:
+            adm.refused(src, "not-allowed", req.method)
+            self._respond(req, conn, 403, "Forbidden (source not allowed)", to_tag=new_tag())
+            return False
+        return True
 
     def _purge_registrations(self) -> None:
         now = self.clock()
@@ -242,7 +264,7 @@ class SipCore:
             del self.registrations[aor]
 
     def _on_register(self, req: SipRequest, conn: Conn) -> None:
-        if not self._authorized(req, conn):
+        if not self._admitted(req, conn):
             return
         self._purge_registrations()
         extra: list[tuple[str, str]] = []
@@ -340,7 +362,7 @@ class SipCore:
             self._respond(req, conn, 100)
             self._tasks.spawn(self._refresh(d, req, conn), f"sip-reinvite-{d.call_id}")
             return
-        if not self._authorized(req, conn):
+        if not self._admitted(req, conn):
             return
         unsupported = [x.strip() for r in req.headers.get_all("Require") for x in r.split(",")
                        if x.strip() and x.strip().lower() != "timer"]

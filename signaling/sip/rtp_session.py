@@ -1,8 +1,9 @@
 """Plain RTP call transport: G.711 at 8 kHz, 20 ms, RFC 4733 events inbound.
 
-One :class:`RtpSession` per call owns a UDP socket from the configured port
-range. Inbound: symmetric RTP with latching (the first packet's source becomes
-the destination), a reordering jitter buffer, G.711 decode to 8 kHz int16
+One :class:`RtpSession` per call owns a UDP socket picked at random from the
+configured port range (not predictable from the previous call's). Inbound:
+symmetric RTP with latching that a stranger cannot steal (see
+:meth:`RtpSession._admit`), a reordering jitter buffer, G.711 decode to 8 kHz int16
 frames handed to ``on_audio``; telephone-event packets become digits via
 ``on_dtmf``. The worker's clock is the count of input samples, so lost
 packets, comfort noise (PT 13) and silence suppression become silence: a
@@ -10,15 +11,22 @@ timestamp jump (up to 10 s) is filled before the packet, and while no packet
 comes silence is generated at the real-time pace. Outbound: a paced sender reads 20 ms (480 samples at 24 kHz) from
 the playout source every 20 ms of a monotonic clock, resamples to 8 kHz and
 sends it (silence when idle) for the whole call, except while the caller holds
-the call. No inbound packet for ``timeout`` seconds calls ``on_timeout``.
+the call -- but only once the caller's address has proven itself: before the
+first admitted packet only a silent keep-alive goes to the SDP address once a
+second (no reflection amplifier toward a spoofed SDP address) and the
+assistant's audio waits in the playout buffer. No inbound packet for
+``timeout`` seconds calls ``on_timeout``; a call whose caller never sent a
+valid packet ends after ``start_timeout`` (default :data:`NO_RTP_YET_TIMEOUT`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -42,6 +50,10 @@ DTMF_EVENTS = DTMF_DIGITS
 CN_PT = 13  # comfort noise (RFC 3389), static payload type
 MAX_GAP_8K = 10 * 8000  # a timestamp jump up to this is silence; beyond, the stream re-anchors
 FILL_ALLOWANCE_S = 0.08  # silence is generated in real time once no packet came for this long
+NO_RTP_YET_TIMEOUT = 5.0  # a new call whose caller never sent valid RTP ends after this (s)
+KEEPALIVE_S = 1.0  # before the caller proved its address: one silent packet per this many seconds
+RELATCH_QUIET_S = 1.0  # the latched source must have been silent this long before a re-latch
+RELATCH_EVERY_S = 10.0  # at most one re-latch per this many seconds
 
 
 class PlayoutSource(Protocol):
@@ -55,16 +67,22 @@ class RtpStats:
     bad_packets: int = 0
     foreign_packets: int = 0
     dtmf_in: int = 0
+    keepalives_out: int = 0
+    relatches: int = 0
 
 
 class PortAllocator:
-    """Hands out even RTP ports from a range, round robin, binding to check."""
+    """Hands out even RTP ports from a range in random order, binding to check.
+
+    Random (from the OS's CSPRNG), so the next call's port cannot be guessed
+    from the last one's.
+    """
 
     def __init__(self, lo: int, hi: int) -> None:
         if lo > hi:
             raise ValueError("empty RTP port range")
         self.lo, self.hi = lo + (lo & 1), hi
-        self._next = self.lo
+        self._rng = secrets.SystemRandom()
 
     @classmethod
     def parse(cls, spec: str) -> PortAllocator:
@@ -74,9 +92,13 @@ class PortAllocator:
     def bind(self, host: str) -> socket.socket:
         span = (self.hi - self.lo) // 2 + 1
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        for _ in range(span):
-            port = self._next
-            self._next = self._next + 2 if self._next + 2 <= self.hi else self.lo
+        start, step = self._rng.randrange(span), 1
+        if span > 2:  # a random stride coprime with span walks every port once, in a random order
+            step = self._rng.randrange(1, span)
+            while math.gcd(step, span) != 1:
+                step = self._rng.randrange(1, span)
+        for i in range(span):
+            port = self.lo + 2 * ((start + i * step) % span)
             sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
                 sock.bind((host, port))
@@ -113,14 +135,20 @@ class RtpSession:
         on_timeout: Callable[[], None],
         timeout: float = 30.0,
         jitter_depth: int = 2,
+        signaling_ip: str | None = None,
+        start_timeout: float = NO_RTP_YET_TIMEOUT,
     ) -> None:
         self.sock = sock
         self.local_port: int = sock.getsockname()[1]
         self.codec = G711Codec(codec)
         self.payload_type = payload_type
         self.dtmf_pt = dtmf_pt
-        self.remote = remote
-        self.latched = False
+        self.remote = remote  # where audio goes: the SDP's address until the caller proves another
+        self.sdp_remote = remote
+        self.latched = False  # the caller proved its address: audio goes there
+        self.signaling_ip = _plain_ip(signaling_ip) if signaling_ip else None
+        self.start_timeout = start_timeout
+        self.timeout_reason = ""
         self.source = source
         self.on_audio = on_audio
         self.on_dtmf = on_dtmf
@@ -145,6 +173,8 @@ class RtpSession:
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task | None = None
         self._last_rx = time.monotonic()
+        self._last_keepalive = -KEEPALIVE_S
+        self._last_relatch = -RELATCH_EVERY_S
         self._closed = False
 
     async def start(self) -> None:
@@ -155,8 +185,8 @@ class RtpSession:
 
     def update_remote(self, remote: tuple[str, int], sending: bool, expect_inbound: bool) -> None:
         """A re-INVITE changed the remote end or the direction (hold/unhold)."""
-        if remote[0] not in ("0.0.0.0", "::") and remote != self.remote:
-            self.remote = remote
+        if remote[0] not in ("0.0.0.0", "::") and remote != self.sdp_remote:
+            self.remote = self.sdp_remote = remote  # a new address proves itself anew
             self.latched = False
         self.sending = sending
         self.expect_inbound = expect_inbound
@@ -176,15 +206,7 @@ class RtpSession:
         except ValueError:
             self.stats.bad_packets += 1
             return
-        if not self.latched:
-            # only a packet of this call's media (its codec, telephone-event or
-            # comfort noise) may move where we send
-            if pkt.payload_type not in (self.payload_type, self.dtmf_pt, CN_PT):
-                self.stats.foreign_packets += 1
-                return
-            self.remote = (addr[0], addr[1])
-            self.latched = True
-        elif (addr[0], addr[1]) != self.remote:
+        if not self._admit(pkt, (_plain_ip(addr[0]), addr[1])):
             self.stats.foreign_packets += 1
             return
         self.stats.packets_in += 1
@@ -203,6 +225,47 @@ class RtpSession:
         item = (pkt.timestamp, pkt.payload, pkt.payload_type == CN_PT)
         for _seq, got in self._jitter.put(pkt.sequence_number, item):
             self._deliver(got)
+
+    def _admit(self, pkt: RtpPacket, src: tuple[str, int]) -> bool:
+        """Is this valid RTP packet the caller's? Latches (or re-latches) as a side effect.
+
+        An address proves itself only as the SDP's address and port (any RTP
+        packet from there: final), or -- a caller behind NAT, whose ports are
+        rewritten -- with a packet of this call's media (its codec,
+        telephone-event or comfort noise) from the SDP's IP address or the IP
+        address the SIP request came from, any port (a packet from the SDP's
+        exact address and port later takes over). Any other source is ignored,
+        before and after, and never receives anything. Once latched, a new
+        port is taken only from one of those IP addresses, with this call's
+        media and the stream's SSRC, after the latched source fell silent for
+        :data:`RELATCH_QUIET_S`, at most once per :data:`RELATCH_EVERY_S` (a
+        NAT rebinding). Every move after the first latch is logged.
+        """
+        sdp = (_plain_ip(self.sdp_remote[0]), self.sdp_remote[1])
+        if src == self.remote and self.latched:
+            return True
+        if src == sdp:
+            self._latch(src, "the SDP's address")
+            return True
+        if pkt.payload_type not in (self.payload_type, self.dtmf_pt, CN_PT) or src[0] not in (sdp[0], self.signaling_ip):
+            return False
+        if not self.latched:
+            self._latch(src, "")
+            return True
+        now = time.monotonic()
+        if (pkt.ssrc != self._rx_ssrc or now - self._last_rx < RELATCH_QUIET_S
+                or now - self._last_relatch < RELATCH_EVERY_S):
+            return False
+        self._last_relatch = now
+        self._latch(src, f"same SSRC after {now - self._last_rx:.1f} s of silence")
+        return True
+
+    def _latch(self, src: tuple[str, int], why: str) -> None:
+        if self.latched and src != self.remote:
+            log.warning("rtp: port %d re-latched from %s:%d to %s:%d (%s)", self.local_port, *self.remote, *src, why)
+            self.stats.relatches += 1
+        self.remote = src
+        self.latched = True
 
     def _flush_jitter(self) -> None:
         for _seq, got in self._jitter.flush():
@@ -270,15 +333,30 @@ class RtpSession:
                       payload=payload)
         return p.serialize()
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes) -> bool:
         if self.remote[1] == 0:  # delayed offer: nowhere to send until the answer or the first packet
-            return
+            return False
         if self._transport is not None and not self._closed:
+            dest = self.remote
+            if self.sock.family == socket.AF_INET6 and "." in dest[0] and ":" not in dest[0]:
+                dest = ("::ffff:" + dest[0], dest[1])  # IPv4 on a dual-stack socket
             try:
-                self._transport.sendto(data, self.remote)
-                self.stats.packets_out += 1
+                self._transport.sendto(data, dest)
+                return True
             except OSError as e:  # bad address from SDP: keep going
                 log.debug("rtp send failed: %s", e)
+        return False
+
+    def _timed_out(self, now: float) -> bool:
+        """No inbound media for ``timeout`` s, or none ever for ``start_timeout`` s (sets the reason)."""
+        if not self.expect_inbound:
+            return False
+        limit = self.timeout if self.latched else min(self.timeout, self.start_timeout)
+        if now - self._last_rx <= limit:
+            return False
+        self.timeout_reason = "no inbound media" if self.latched else "no RTP from the caller yet"
+        log.info("rtp: %s for %.1f s on port %d", self.timeout_reason, limit, self.local_port)
+        return True
 
     async def _send_loop(self) -> None:
         next_t = time.monotonic()
@@ -291,15 +369,22 @@ class RtpSession:
                 if now - next_t > 0.2:  # stalled (suspended loop): don't burst
                     next_t = now
                 next_t += PTIME
-                if self.expect_inbound and now - self._last_rx > self.timeout:
-                    log.info("rtp: no inbound media for %.0f s on port %d", self.timeout, self.local_port)
+                if self._timed_out(now):
                     self.on_timeout()
                     return
                 self._fill_silence(now)
                 if not self.sending:
                     continue
+                if not self.latched:  # unproven address: a keep-alive now and then, no assistant audio
+                    if now - self._last_keepalive >= KEEPALIVE_S:
+                        self._last_keepalive = now
+                        if self._send(self._packet(self.payload_type, self.codec.encode(np.zeros(FRAME_8K, np.int16)))):
+                            self.stats.keepalives_out += 1
+                    self._ts = (self._ts + FRAME_8K) & 0xFFFFFFFF
+                    continue
                 pcm = self._resampler.process(self.source.read(FRAME_24K))
-                self._send(self._packet(self.payload_type, self.codec.encode(pcm)))
+                if self._send(self._packet(self.payload_type, self.codec.encode(pcm))):
+                    self.stats.packets_out += 1
                 self._ts = (self._ts + FRAME_8K) & 0xFFFFFFFF
         except Exception:  # never let a sender crash silently
             log.exception("rtp sender failed")
@@ -316,6 +401,11 @@ class RtpSession:
             self._transport.close()
         else:
             self.sock.close()
+
+
+def _plain_ip(host: str) -> str:
+    """An IPv4-mapped IPv6 address (a dual-stack socket's view) as plain IPv4."""
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
 
 
 def public_address(configured: str | None, local: str) -> str:

@@ -1,13 +1,15 @@
 """Plain-RTP SDP offer/answer (RFC 3264) for G.711 + RFC 4733 telephone-event.
 
 :func:`parse_offer` extracts what the RTP session needs from a caller's offer
-(remote address/port, codec choice: the caller's first preference among PCMU
-and PCMA, the telephone-event payload type, direction); :func:`build_answer`
-writes the matching answer, rejecting other media lines with port 0.
+(remote IP address and port -- a host name is refused, nothing is looked up
+--, codec choice: the caller's first preference among PCMU and PCMA, the
+telephone-event payload type, direction); :func:`build_answer` writes the
+matching answer, rejecting other media lines with port 0.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from dataclasses import dataclass, field
 
@@ -113,8 +115,17 @@ def parse_offer(text: str) -> AudioOffer:
         addr = m.connection or session_c
         if not addr:
             raise SdpError("no connection address")
+        check_address(addr)
         return AudioOffer(addr, m.port, codec, pt, dtmf_pt, direction, ptime, media, idx)
     raise SdpError("no RTP/AVP audio stream with PCMU or PCMA")
+
+
+def check_address(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The c= address as an IP address; a host name is refused (no DNS lookup on a caller's word)."""
+    try:
+        return ipaddress.ip_address(addr.strip("[]"))
+    except ValueError:
+        raise SdpError(f"c= names a host ({addr[:40]!r}), not an IP address") from None
 
 
 class SdpSession:

@@ -13,9 +13,12 @@ import logging
 import uuid
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from ..config import ServerConfig
 from ..dispatch import CallEnded, CallEvent, Dispatcher, DispatchError, MediaRequest, UnknownCall
+from ..metrics import ServerMetrics
+from .admission import REASONS, Admission, exposure_warning, parse_networks
 from .core import CallRequest, SipCore, SipMedia, SipReject
 from .digest import DigestAuth
 from .rtp_session import public_address
@@ -119,9 +122,10 @@ class SipServers:
         self.public_host = public_address(config.sip_public_address, config.host)
         self._media: dict[str, DispatchedMedia] = {}
         auth = DigestAuth(parse_users(config.sip_users), realm=config.sip_realm)
+        self.admission = Admission(parse_networks(config.sip_allow), rate=config.sip_rate)
         self.core = SipCore(
             self._media_factory, public_host=self.public_host, auth=auth, ring_ms=config.sip_ring_ms,
-            profiles=config.profiles,
+            profiles=config.profiles, admission=self.admission,
         )
         dispatcher.add_listener(self._on_event)
 
@@ -155,6 +159,17 @@ class SipServers:
         await self.net.start(self.config.host, port)
         log.info("SIP over UDP and TCP on %s:%d (public address %s)", self.config.host, self.net.port,
                  self.public_host)
+        warning = exposure_warning(self.config.host, bool(self.config.sip_users), bool(self.config.sip_allow))
+        if warning:
+            log.warning("%s", warning)
+
+    def count_refusals(self, metrics: ServerMetrics) -> None:
+        """Count admission refusals in ``metrics`` as ``v2v_sip_refusals_total{reason}``."""
+        counter = Counter("v2v_sip_refusals_total", "SIP INVITEs/REGISTERs refused by admission, by reason",
+                          ["reason"], registry=metrics.registry)
+        for r in REASONS:
+            counter.labels(reason=r)
+        self.admission.on_refusal = lambda reason: counter.labels(reason=reason).inc()
 
     @property
     def port(self) -> int:
@@ -173,6 +188,9 @@ def setup_app(app: web.Application, dispatcher: Dispatcher, config: ServerConfig
     """Add SIP to a signaling app: ``GET /sip`` and, with ``--sip-port``, UDP/TCP servers."""
     servers = SipServers(dispatcher, config)
     app[SIP_APP_KEY] = servers
+    metrics = next((v for v in app.values() if isinstance(v, ServerMetrics)), None)  # what /metrics renders
+    if metrics is not None:
+        servers.count_refusals(metrics)
     app.router.add_get("/sip", sip_websocket_handler(servers.core))
 
     async def on_startup(app: web.Application) -> None:

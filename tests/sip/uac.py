@@ -117,9 +117,10 @@ class _UdpSig(asyncio.DatagramProtocol):
 class SipClient:
     """Signaling over UDP or TCP to one server; messages arrive in ``inbox``."""
 
-    def __init__(self, transport: str, server: tuple[str, int]) -> None:
+    def __init__(self, transport: str, server: tuple[str, int], local_host: str = "127.0.0.1") -> None:
         self.transport = transport
         self.server = server
+        self.local_host = local_host
         self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
         self.local_port = 0
         self._udp: asyncio.DatagramTransport | None = None
@@ -130,11 +131,11 @@ class SipClient:
     async def connect(self) -> SipClient:
         loop = asyncio.get_running_loop()
         if self.transport == "UDP":
-            self._udp, _ = await loop.create_datagram_endpoint(lambda: _UdpSig(self.inbox), local_addr=("127.0.0.1", 0),
+            self._udp, _ = await loop.create_datagram_endpoint(lambda: _UdpSig(self.inbox), local_addr=(self.local_host, 0),
                                                                remote_addr=self.server)
             self.local_port = self._udp.get_extra_info("sockname")[1]
         else:
-            reader, self._writer = await asyncio.open_connection(*self.server)
+            reader, self._writer = await asyncio.open_connection(*self.server, local_addr=(self.local_host, 0))
             self.local_port = self._writer.get_extra_info("sockname")[1]
             self._reader_task = asyncio.create_task(self._read_tcp(reader))
         return self
