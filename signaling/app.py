@@ -6,7 +6,15 @@
 dispatcher on a signaling node). SIP (``GET /sip`` and, with ``--sip-port``,
 UDP/TCP) is part of every app unless ``sip=False``. Every error is a
 JSON ``{"error": ...}`` with a 4xx status (503 + Retry-After past
-``--max-calls``); malformed input never reaches a 500.
+``--max-calls``); malformed input never reaches a 500: it is one WARNING
+line (the body truncated and escaped) and a count in ``v2v_http_errors_total``.
+
+Access control (shared/DESIGN.md section 7, :mod:`.auth`): ``/api/*`` and
+``/sip`` refuse a browser ``Origin`` that is neither this server nor listed in
+``--cors-origin`` (403), and with ``--auth-secret`` need a token (401). A
+call's ``pc_id`` is its creator's credential (unguessable, never logged in
+full); with tokens, requests about a call also need its creator's subject
+(:class:`~v2v.signaling.dispatch.CallKey`).
 """
 
 from __future__ import annotations
@@ -20,8 +28,9 @@ from typing import Any
 
 from aiohttp import web
 
+from .auth import AuthError, OriginPolicy, TokenClaims, request_token, verify_token
 from .config import ServerConfig
-from .dispatch import Dispatcher, DispatchError, IceCandidateInit, OfferRequest
+from .dispatch import CallKey, Dispatcher, DispatchError, Forbidden, IceCandidateInit, OfferRequest
 from .host import CallHost
 from .metrics import ServerMetrics
 from .sip.server import setup_app as setup_sip
@@ -32,6 +41,12 @@ CONFIG = web.AppKey("v2v_config", ServerConfig)
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("v2v_dispatcher")
 HOST = web.AppKey("v2v_host", CallHost)  # only when the calls run in this process
 METRICS = web.AppKey("v2v_metrics", ServerMetrics)
+ORIGINS = web.AppKey("v2v_origins", OriginPolicy)
+CLAIMS = web.RequestKey("v2v_claims", TokenClaims)  # the verified token of a request
+BODY = web.RequestKey("v2v_body", bytes)  # the raw body read, for the log line of a refused request
+MAX_JSON_DEPTH = 16  # Pipecat's requestData is an application's small object
+LOGGED_BODY = 200  # bytes of a refused body in its log line
+GUARDED = ("/api/", "/sip")  # paths behind the origin check and the token
 
 
 def static_dir() -> Path | None:
@@ -49,25 +64,63 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-CORS_HEADERS = {
-    "Access-Control-Allow-Origin": "*",
+CORS_PREFLIGHT = {
     "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, Authorization",
     "Access-Control-Max-Age": "600",
 }
 
 
+def _guarded(path: str) -> bool:
+    return path.startswith(GUARDED[0]) or path == GUARDED[1]
+
+
+def _check_access(request: web.Request) -> web.StreamResponse | None:
+    """The origin check and the token of a guarded path: a refusal, or None to go on."""
+    origin = request.headers.get("Origin")
+    policy = request.app[ORIGINS]
+    if request.method == "OPTIONS":  # a CORS preflight: only listed origins get the headers
+        if policy.allow_header(origin) is None:
+            return _error(403, "origin not allowed (--cors-origin)")
+        return web.Response(status=204, headers=CORS_PREFLIGHT)
+    if not policy.admits(origin, request.host):
+        return _error(403, "origin not allowed (--cors-origin)")
+    secret = request.app[CONFIG].auth_secret
+    if secret:
+        try:
+            token = request_token(request.headers.get("Authorization"), request.query.get("token"))
+            request[CLAIMS] = verify_token(secret, token)
+        except AuthError as e:
+            return _error(401, e.message, {"WWW-Authenticate": 'Bearer realm="v2v"'})
+    return None
+
+
+def _log_refused(request: web.Request, resp: web.StreamResponse, message: str) -> None:
+    """One WARNING line for a refused request: no traceback, the body truncated and escaped."""
+    raw = request.get(BODY, b"")
+    body = ascii(bytes(raw[:LOGGED_BODY]))[2:-1] + ("..." if len(raw) > LOGGED_BODY else "")
+    log.warning("refused %s %s: %d %s; body (%d bytes): %s", request.method, request.path, resp.status,
+                ascii(message[:LOGGED_BODY])[1:-1], len(raw), body)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    if request.method == "OPTIONS" and request.path.startswith("/api/"):
-        return web.Response(status=204, headers=CORS_HEADERS)
+    guarded = _guarded(request.path)
+    refused = _check_access(request) if guarded else None
     try:
-        resp = await handler(request)
+        if refused is not None:
+            resp = refused
+        else:
+            resp = await handler(request)
     except DispatchError as e:
         headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
         resp = _error(e.status, e.message, headers)
     except web.HTTPRequestEntityTooLarge:
         resp = _error(413, f"request body too large (max {request.app[CONFIG].max_body} bytes)")
+    except web.RequestPayloadError:  # e.g. Content-Encoding: gzip on a body that is not gzip
+        request.content.feed_eof()  # nothing more of it can be read: no lingering read of the rest
+        resp = _error(400, "the request body cannot be read (bad Content-Encoding or truncated)")
+        resp.force_close()  # and no keep-alive on a connection left mid-body
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -78,23 +131,65 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except Exception:
         log.exception("unexpected error", extra={"path": request.path, "method": request.method})
         resp = _error(500, "internal error")
-    if request.path.startswith("/api/"):
-        resp.headers.update({k: v for k, v in CORS_HEADERS.items() if k.startswith("Access-Control-Allow-Origin")})
+    if 400 <= resp.status < 500:
+        request.app[METRICS].http_errors.labels(status=str(resp.status)).inc()
+        if guarded and resp.status != 404 and isinstance(resp, web.Response):
+            _log_refused(request, resp, _message(resp))
+    allow = request.app[ORIGINS].allow_header(request.headers.get("Origin")) if guarded else None
+    if allow is not None and not resp.prepared:
+        resp.headers["Access-Control-Allow-Origin"] = allow
+        resp.headers["Vary"] = "Origin"
     return resp
+
+
+def _message(resp: web.Response) -> str:
+    try:
+        body = json.loads(resp.body) if isinstance(resp.body, bytes) else {}
+    except ValueError:
+        return ""
+    return str(body.get("error", "")) if isinstance(body, dict) else ""
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Is ``value`` (parsed JSON) nested deeper than ``limit``? Iterative: no recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
     limit = request.app[CONFIG].max_body
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    raw = await request.read()  # client_max_size raises 413 past the limit
+    raw = await request.read()  # client_max_size raises 413 past the limit (also once decompressed)
+    request[BODY] = raw
     try:
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise DispatchError("body is not valid JSON") from None
+    except RecursionError:
+        raise DispatchError(f"JSON nested too deep (max {MAX_JSON_DEPTH})") from None
     if not isinstance(body, dict):
         raise DispatchError("body must be a JSON object")
+    if _too_deep(body, MAX_JSON_DEPTH):
+        raise DispatchError(f"JSON nested too deep (max {MAX_JSON_DEPTH})")
     return body
+
+
+def _claims(request: web.Request) -> TokenClaims:
+    return request.get(CLAIMS) or TokenClaims()
+
+
+def _key(request: web.Request) -> CallKey:
+    """What the request presents for a call it names: its token's subject ("" without tokens)."""
+    return CallKey(_claims(request).subject)
 
 
 def _peer(request: web.Request) -> str:
@@ -125,13 +220,14 @@ async def post_offer(request: web.Request) -> web.Response:
         restart = False
     if not isinstance(restart, bool):
         raise DispatchError("'restart_pc' must be a boolean")
+    request_data = body.get("requestData", body.get("request_data"))
+    claims = _claims(request)
+    asked = request_data.get("profile") if isinstance(request_data, dict) else None
+    if claims.profile and asked not in (None, "", claims.profile):
+        raise Forbidden(f"the access token is for profile {claims.profile!r}")
     req = OfferRequest(
-        sdp=sdp,
-        type=type_,
-        pc_id=_opt_str(body, "pc_id"),
-        restart_pc=restart,
-        request_data=body.get("requestData", body.get("request_data")),
-        peer=_peer(request),
+        sdp=sdp, type=type_, pc_id=_opt_str(body, "pc_id"), restart_pc=restart, request_data=request_data,
+        peer=_peer(request), owner=claims.subject, profile=claims.profile,
     )
     answer = await request.app[DISPATCHER].offer(req)
     return web.json_response(answer.to_json())
@@ -162,12 +258,12 @@ async def patch_offer(request: web.Request) -> web.Response:
     cands = body.get("candidates")
     if not isinstance(cands, list):
         raise DispatchError("'candidates' must be a list")
-    await request.app[DISPATCHER].add_candidates(pc_id, [_candidate(c) for c in cands])
+    await request.app[DISPATCHER].add_candidates(pc_id, [_candidate(c) for c in cands], _key(request))
     return web.json_response({"status": "success"})
 
 
 async def delete_offer(request: web.Request) -> web.Response:
-    await request.app[DISPATCHER].hangup(request.match_info["pc_id"], "hangup")
+    await request.app[DISPATCHER].hangup(request.match_info["pc_id"], "hangup", _key(request))
     return web.json_response({"status": "success"})
 
 
@@ -221,6 +317,7 @@ def create_app(
         app[HOST] = host
         dispatcher, metrics = host, host.metrics
     app[CONFIG] = config
+    app[ORIGINS] = OriginPolicy.parse(config.cors_origin)
     app[DISPATCHER] = dispatcher
     app[METRICS] = metrics or ServerMetrics()
     app.router.add_get("/", index)

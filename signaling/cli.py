@@ -61,6 +61,7 @@ def _add(
     value = default
     if type is bool:  # a switch: --flag, or V2V_FLAG=1/true/yes/on
         on = raw is not None and raw.strip().lower() in ("1", "true", "yes", "on")
+        kw.pop("metavar", None)  # a switch takes no value
         parser.add_argument(flag, action="store_true", default=on or bool(default),
                             help=f"{help} [env {env}=1]", **kw)
         return
@@ -79,7 +80,7 @@ def _add(
 # -- flags generated from ServerConfig ------------------------------------------------
 
 _HINTS = typing.get_type_hints(ServerConfig)
-GROUP_ORDER = ("network", "model", "calls", "logs", "SIP", "pool")
+GROUP_ORDER = ("network", "access", "model", "calls", "logs", "SIP", "pool")
 _ENV_FALLBACK = {"openai_base_url": "OPENAI_BASE_URL"}  # a non-V2V variable read when the V2V_ one is not set
 
 
@@ -94,7 +95,11 @@ def _scalar_type(hint: Any) -> Any:
 def config_fields(command: str) -> list[dataclasses.Field]:
     """The ServerConfig fields that ``v2v <command>`` takes as flags, in ``--help`` order."""
     out = [f for f in dataclasses.fields(ServerConfig) if command in f.metadata.get("commands", ())]
-    return sorted(out, key=lambda f: GROUP_ORDER.index(f.metadata["group"]))
+    def rank(f: dataclasses.Field) -> int:
+        group = f.metadata["group"]
+        return GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER)
+
+    return sorted(out, key=rank)
 
 
 def flag_of(f: dataclasses.Field) -> str:
@@ -143,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every flag can also be set with an environment variable V2V_<FLAG>, "
         "e.g. V2V_PORT=9000 or V2V_MODEL=echo. OpenAI: OPENAI_API_KEY, OPENAI_BASE_URL.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{serve,worker,call}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,worker,call,token}")
 
     s = sub.add_parser(
         "serve",
@@ -162,7 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_flags(w, "worker")
     _add_call_parser(sub)
+    _add_token_parser(sub)
     return parser
+
+
+def _add_token_parser(sub: Any) -> None:
+    t = sub.add_parser(
+        "token",
+        help="print an access token for a server started with --auth-secret",
+        description="Print a signed access token (JWT HS256) for `v2v serve --auth-secret SECRET`. An "
+        "application's backend mints these for its users (PyJWT or any JWT library), so the secret never "
+        "reaches a browser.",
+    )
+    _add(t, "--secret", default=None, help="the server's --auth-secret", required=not os.environ.get("V2V_SECRET"))
+    _add(t, "--ttl", type=_positive_float, default=600.0, help="seconds the token is valid")
+    _add(t, "--profile", default=None, help="pin the calls made with it to this agent profile")
+    _add(t, "--sub", default=None, help="the subject (caller id); a call belongs to its token's subject")
 
 
 def _add_call_parser(sub: Any) -> None:
@@ -183,6 +203,8 @@ def _add_call_parser(sub: Any) -> None:
          help="stay this long after connecting (default: until the reply has ended)")
     _add(c, "--profile", default=None, help="agent profile sent as requestData.profile (e.g. echo)")
     _add(c, "--trickle", type=bool, default=False, help="send ICE candidates with PATCH instead of inside the offer")
+    _add(c, "--token", default=None, help="access token (sent as Authorization: Bearer) for a server with "
+         "--auth-secret")
 
 
 def _positive_float(value: str) -> float:
@@ -319,13 +341,23 @@ def _main_call(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         parser.error("call: the server URL is required")
     request_data = {"profile": args.profile} if args.profile else None
     try:
-        summary = _run(run_call(args.url, args.play, args.record, args.seconds, request_data, bool(args.trickle)))
+        summary = _run(run_call(args.url, args.play, args.record, args.seconds, request_data, bool(args.trickle),
+                                token=args.token))
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a refused offer, an unreachable server, a bad WAV
         print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
         return 1
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _main_token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .auth import mint_token
+
+    if not args.secret:
+        parser.error("token: --secret is required")
+    print(mint_token(args.secret, args.ttl, subject=args.sub or "", profile=args.profile))
     return 0
 
 
@@ -336,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"v2v: error: {e}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    commands = {"serve": _main_serve, "worker": _main_worker, "call": _main_call}
+    commands = {"serve": _main_serve, "worker": _main_worker, "call": _main_call, "token": _main_token}
     run = commands.get(args.command or "")
     if run is None:
         parser.print_help()

@@ -128,8 +128,9 @@ class Received:
 class Caller:
     """One aiortc peer calling a v2v server."""
 
-    def __init__(self, url: str, *, request_data: Any = None, trickle: bool = False) -> None:
+    def __init__(self, url: str, *, request_data: Any = None, trickle: bool = False, token: str | None = None) -> None:
         self.url = offer_url(url)
+        self.token = token  # sent as Authorization: Bearer to a server with --auth-secret
         self.request_data = request_data
         self.trickle = trickle
         self.pc: RTCPeerConnection | None = None
@@ -216,7 +217,8 @@ class Caller:
     @property
     def http(self) -> ClientSession:
         if self._http is None:
-            self._http = ClientSession(timeout=ClientTimeout(total=30))
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+            self._http = ClientSession(timeout=ClientTimeout(total=30), headers=headers)
         return self._http
 
     def _split_candidates(self, sdp: str) -> tuple[str, list[dict[str, Any]]]:
@@ -405,6 +407,8 @@ async def run_call(
     seconds: float | None = None,
     request_data: Any = None,
     trickle: bool = False,
+    *,
+    token: str | None = None,
 ) -> dict[str, Any]:
     """Call ``url``, play the WAV, record the reply, hang up; return the summary."""
     from v2v.worker.wavcall import read_wav, write_wav
@@ -412,7 +416,7 @@ async def run_call(
     pcm, rate = read_wav(play)
     if rate != RATE:
         pcm = ExactResampler(rate, RATE).process(pcm)
-    caller = Caller(url, request_data=request_data, trickle=trickle)
+    caller = Caller(url, request_data=request_data, trickle=trickle, token=token)
     try:
         await caller.connect()
         try:

@@ -98,11 +98,19 @@ class ServerConfig:
     # network
     host: str = setting("127.0.0.1", group="network", help="address to listen on")
     port: int = setting(8080, group="network", parse=port_number, help="HTTP port (0 picks a free one)")
-    max_body: int = setting(256 * 1024, group="network",
+    max_body: int = setting(64 * 1024, group="network",
                             help="largest HTTP request body in bytes (413 above)")
     ice_servers: list[IceServer] = setting(
         group="network", factory=list, flag="--ice-server", parse=comma_list, convert=_ice_servers,
         help="ICE servers, comma separated: stun:host:port, turn:user:pass@host:port (none: host candidates only)")
+    # access control (shared/DESIGN.md section 7)
+    auth_secret: str = setting(
+        "", group="access", commands=SERVE, metavar="SECRET",
+        help="require a token signed with this secret (JWT HS256, see `v2v token`) on /api/* and /sip")
+    cors_origin: list[str] = setting(
+        group="access", commands=SERVE, factory=list, parse=comma_list, metavar="ORIGIN,...",
+        help="browser origins besides this server's own that may use the API (* = any; default: same "
+        "origin only)")
     # model
     model: str = setting("local", group="model", choices=MODELS, help="model behind the assistant")
     openai_model: str = setting("gpt-realtime", group="model", help="OpenAI Realtime model")
@@ -130,7 +138,11 @@ class ServerConfig:
     media_timeout: float = setting(30.0, group="calls", parse=positive_float,
                                    help="seconds without inbound media before a call is ended")
     ice_timeout: float = setting(15.0, group="calls", parse=positive_float,
-                                 help="seconds for a peer connection to connect before the call is ended")
+                                 help="seconds for a restarted peer connection to connect before the call is "
+                                 "ended")
+    connect_timeout: float = setting(
+        5.0, group="calls", parse=positive_float,
+        help="seconds for a new WebRTC call to connect (ICE + DTLS) before it is ended and its place freed")
     # logs
     log_format: str = setting("text", group="logs", choices=LOG_FORMATS, help="log line format")
     log_level: str = setting("info", group="logs", choices=LOG_LEVELS, help="log level")
@@ -180,8 +192,10 @@ class ServerConfig:
             raise ValueError(f"--port out of range: {self.port}")
         if self.max_calls < 0:
             raise ValueError("--max-calls must be >= 0")
-        if self.media_timeout <= 0 or self.ice_timeout <= 0:
+        if self.media_timeout <= 0 or self.ice_timeout <= 0 or self.connect_timeout <= 0:
             raise ValueError("timeouts must be > 0")
+        if self.auth_secret and len(self.auth_secret.encode()) < 32:
+            raise ValueError("--auth-secret must be at least 32 bytes (e.g. `openssl rand -hex 32`)")
         if self.max_body < 1024:
             raise ValueError("--max-body must be at least 1024 bytes")
         if self.sip_port is not None and not 0 <= self.sip_port <= 65535:

@@ -24,6 +24,8 @@ from typing import Any, Protocol
 
 __all__ = [
     "BadRequest",
+    "CallKey",
+    "Forbidden",
     "Listeners",
     "CallEnded",
     "CallEvent",
@@ -48,9 +50,26 @@ log = logging.getLogger("v2v.dispatch")
 # -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CallKey:
+    """What an HTTP caller presents, besides the call's ``pc_id``, to act on a WebRTC call.
+
+    The ``pc_id`` is unguessable and only its creator gets it; ``owner`` is the
+    subject of the caller's access token ("" without ``--auth-secret``) and must
+    be the creator's. Internal callers (SIP dialogs, shutdown) pass no key.
+    """
+
+    owner: str = ""
+
+
 @dataclass
 class OfferRequest:
-    """A WebRTC offer of ``POST /api/offer`` (Pipecat SmallWebRTC's body)."""
+    """A WebRTC offer of ``POST /api/offer`` (Pipecat SmallWebRTC's body).
+
+    ``owner`` is the subject of the caller's token: a re-offer must come from the
+    call's creator, a new call keeps it. ``profile`` is pinned by the caller's
+    token (else ``requestData.profile`` chooses).
+    """
 
     sdp: str
     type: str = "offer"
@@ -58,6 +77,12 @@ class OfferRequest:
     restart_pc: bool = False
     request_data: Any = None
     peer: str = ""  # "host:port" of the HTTP client, for logs
+    owner: str = ""
+    profile: str | None = None
+
+    @property
+    def key(self) -> CallKey:
+        return CallKey(self.owner)
 
 
 @dataclass
@@ -160,6 +185,12 @@ class BadRequest(DispatchError):
     status = 400
 
 
+class Forbidden(DispatchError):
+    """The call exists but the caller's :class:`CallKey` is not its creator's."""
+
+    status = 403
+
+
 class UnknownCall(DispatchError):
     status = 404
 
@@ -170,7 +201,7 @@ class Overloaded(DispatchError):
 
 def error_from_status(status: int, message: str, retry_after: int | None = None) -> DispatchError:
     """Rebuild the error a remote worker reported by its status."""
-    cls = {400: BadRequest, 404: UnknownCall, 503: Overloaded}.get(status, DispatchError)
+    cls = {400: BadRequest, 403: Forbidden, 404: UnknownCall, 503: Overloaded}.get(status, DispatchError)
     err = cls(message, retry_after=retry_after)
     if cls is DispatchError:
         err.status = status
@@ -186,8 +217,10 @@ class Dispatcher(Protocol):
     """What signaling needs from the holder of the calls (in-process or remote).
 
     WebRTC calls are named by ``pc_id``, SIP calls by the ``call_id`` of their
-    :class:`MediaRequest`; :meth:`hangup` takes either. Errors are
-    :class:`DispatchError` subclasses.
+    :class:`MediaRequest`; :meth:`hangup` takes either. A ``key`` (HTTP callers)
+    must be the WebRTC call's :class:`CallKey` (else :class:`Forbidden`; a call that
+    is not an HTTP WebRTC call is unknown to a key); ``None`` (SIP, internal)
+    skips the check. Errors are :class:`DispatchError` subclasses.
     """
 
     async def start(self) -> None: ...
@@ -197,9 +230,11 @@ class Dispatcher(Protocol):
     # WebRTC (POST/PATCH/DELETE /api/offer)
     async def offer(self, req: OfferRequest) -> OfferAnswer: ...
 
-    async def add_candidates(self, pc_id: str, candidates: list[IceCandidateInit]) -> None: ...
+    async def add_candidates(
+        self, pc_id: str, candidates: list[IceCandidateInit], key: CallKey | None = None
+    ) -> None: ...
 
-    async def hangup(self, call_id: str, reason: str = "hangup") -> None: ...
+    async def hangup(self, call_id: str, reason: str = "hangup", key: CallKey | None = None) -> None: ...
 
     # SIP media (the dialog stays with signaling)
     async def open_media(self, req: MediaRequest) -> MediaAnswer: ...

@@ -21,6 +21,7 @@ from .calls import Call, CallManager
 from .config import ServerConfig
 from .dispatch import (
     CallEnded,
+    CallKey,
     DispatchError,
     EventListener,
     IceCandidateInit,
@@ -122,10 +123,12 @@ class CallHost:
             self._check_open("webrtc")
         return await self.webrtc.offer(req, req.peer)
 
-    async def add_candidates(self, pc_id: str, candidates: list[IceCandidateInit]) -> None:
-        await self.webrtc.add_candidates(pc_id, candidates)
+    async def add_candidates(self, pc_id: str, candidates: list[IceCandidateInit], key: CallKey | None = None) -> None:
+        await self.webrtc.add_candidates(pc_id, candidates, key)
 
-    async def hangup(self, call_id: str, reason: str = "hangup") -> None:
+    async def hangup(self, call_id: str, reason: str = "hangup", key: CallKey | None = None) -> None:
+        if key is not None:
+            self.webrtc.owned(call_id, key)  # an HTTP hang-up: only the call's creator
         await self.manager.hangup(call_id, reason)
 
     # -- SIP media ---------------------------------------------------------

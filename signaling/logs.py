@@ -18,6 +18,8 @@ from typing import Any
 
 from v2v.worker import events as ev
 
+from .auth import redact
+
 LOGGER = "v2v"
 log = logging.getLogger(LOGGER)
 
@@ -59,7 +61,13 @@ class TextFormatter(logging.Formatter):
 
 
 class _V2VHandler(logging.StreamHandler):
-    """The handler setup_logging installs (a second call replaces it, not adds one)."""
+    """The handler setup_logging installs (a second call replaces it, not adds one).
+
+    A full WebRTC ``pc_id`` is its caller's credential: lines show its first 8 hex digits.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def setup_logging(fmt: str = "text", level: str = "info", stream: Any = None) -> None:

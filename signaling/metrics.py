@@ -61,6 +61,9 @@ class ServerMetrics:
         )
         self.dtmf_digits = Counter("v2v_dtmf_digits_total", "DTMF digits received", registry=r)
         self.model_errors = Counter("v2v_model_errors_total", "Errors reported by model sessions", registry=r)
+        self.http_errors = Counter(
+            "v2v_http_errors_total", "HTTP requests refused with a 4xx status (malformed, unauthorized, "
+            "foreign origin, unknown call)", ["status"], registry=r)
         self.turn_latency = Histogram(
             "v2v_turn_latency_seconds",
             "Caller end of speech -> first reply sample handed to the transport",

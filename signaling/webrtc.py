@@ -7,16 +7,24 @@ reading the call's :class:`media.playout.PlayoutBuffer` is added before the
 answer, and the data channel is wired to the RTVI handler. A known ``pc_id``
 renegotiates; ``restart_pc`` replaces the peer connection under the same
 ``pc_id`` and call. The call ends on DTLS/data-channel close, connection
-failure, ICE not connecting within ``--ice-timeout``, no inbound media for
-``--media-timeout``, DELETE, ``disconnect-bot`` or shutdown.
+failure, a new call not connecting within ``--connect-timeout`` (a restarted
+peer connection: ``--ice-timeout``), no inbound media for ``--media-timeout``,
+DELETE, ``disconnect-bot``, a drain's end or shutdown; the caller is told why
+(RTVI ``server-message`` ``{type: "call-ended", reason}``) unless it left.
+
+A call belongs to its creator: its ``pc_id`` is 128 random bits given only to
+the creator (logs show 8 hex digits of it), and with tokens re-offers,
+``restart_pc``, PATCH and DELETE must come with the creator's subject
+(:class:`~v2v.signaling.dispatch.CallKey`), else 403. An offer is bounded before aiortc
+sees it: at most :data:`MAX_SDP_BYTES` and :data:`MAX_MLINES` media sections.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
-import uuid
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
@@ -31,8 +39,9 @@ from v2v.worker.rtvi import RTVIHandler
 from v2v.worker.transport import QueueAudioInput
 
 from .aiortc_tuning import patch_receiver
+from .auth import new_pc_id
 from .calls import Call, CallManager
-from .dispatch import BadRequest, IceCandidateInit, OfferAnswer, OfferRequest, UnknownCall
+from .dispatch import BadRequest, CallKey, Forbidden, IceCandidateInit, OfferAnswer, OfferRequest, UnknownCall
 from .ice import RemoteCandidates, parse_candidate, split_offer
 
 log = logging.getLogger("v2v.webrtc")
@@ -40,6 +49,12 @@ log = logging.getLogger("v2v.webrtc")
 INPUT_RATE = 48000  # what the caller's audio is handed to the worker at
 WATCHDOG_S = 0.25
 MAX_OUTBOX = 256  # data-channel messages kept while the channel is not open
+# offers are bounded before aiortc parses them (an offer of 1000 m-lines blocked the loop 1.2-1.6 s):
+# a browser or Pipecat offer is 3-10 KB with audio, video and a data channel (3 m-lines)
+MAX_SDP_BYTES = 32 * 1024
+MAX_MLINES = 16
+MAX_CANDIDATES = 64  # per PATCH
+SILENT_ENDS = ("peer-closed", "hangup")  # the caller ended it: no call-ended message
 
 # -----------------------------------------------------------------------------
 # One call's WebRTC side
@@ -51,8 +66,13 @@ def _parse_offer(sdp: Any, type_: Any) -> RTCSessionDescription:
         raise BadRequest("'sdp' must be a non-empty string")
     if type_ != "offer":
         raise BadRequest("'type' must be \"offer\"")
+    if len(sdp) > MAX_SDP_BYTES:
+        raise BadRequest(f"SDP too large (max {MAX_SDP_BYTES} bytes)")
     if not sdp.lstrip().startswith("v=0"):
         raise BadRequest("invalid SDP: must start with v=0")
+    mlines = sdp.count("\nm=") + sdp.startswith("m=")
+    if mlines > MAX_MLINES:
+        raise BadRequest(f"too many media sections ({mlines}, max {MAX_MLINES})")
     if "m=audio" not in sdp:
         raise BadRequest("invalid SDP: the offer has no audio section")
     return RTCSessionDescription(sdp=sdp, type="offer")
@@ -61,9 +81,10 @@ def _parse_offer(sdp: Any, type_: Any) -> RTCSessionDescription:
 class WebRTCCall:
     """The peer connection(s), tracks and data channel of one call."""
 
-    def __init__(self, transport: WebRTCTransport, pc_id: str) -> None:
+    def __init__(self, transport: WebRTCTransport, pc_id: str, key: CallKey | None = None) -> None:
         self.transport = transport
         self.pc_id = pc_id
+        self.key = key or CallKey()
         self.call: Call | None = None
         self.audio_in = QueueAudioInput(INPUT_RATE)
         self.playout = PlayoutBuffer()
@@ -81,6 +102,7 @@ class WebRTCCall:
         self._last_media: float | None = None
         self.packets_in = 0
         self.connected_at: float | None = None
+        self.ever_connected = False  # a new call gets --connect-timeout, a restarted pc --ice-timeout
 
     # -- peer connection setup ------------------------------------------------
     def _new_pc(self) -> RTCPeerConnection:
@@ -221,6 +243,7 @@ class WebRTCCall:
             now = time.monotonic()
             if self.connected_at is None:
                 self.connected_at = now
+                self.ever_connected = True
                 if self.call is not None:
                     self.call.log.event("connected", setup_ms=round((now - self._since) * 1000))
             if self._last_media is None:
@@ -239,7 +262,8 @@ class WebRTCCall:
                 continue
             now = time.monotonic()
             if pc.connectionState != "connected":
-                if now - self._since > cfg.ice_timeout:
+                limit = cfg.ice_timeout if self.ever_connected else min(cfg.connect_timeout, cfg.ice_timeout)
+                if now - self._since > limit:
                     self._ice_failed("ice-timeout")
                     return
             elif self._last_media is not None and now - self._last_media > cfg.media_timeout:
@@ -366,6 +390,8 @@ class WebRTCCall:
     async def _on_call_end(self, reason: str) -> None:
         if self.rtvi is not None:
             try:
+                if reason not in SILENT_ENDS:
+                    self.rtvi.send_server_message({"type": "call-ended", "reason": reason})
                 if reason != "peer-closed":
                     self.rtvi.peer_left()
                 await self.rtvi.close()
@@ -437,17 +463,32 @@ class WebRTCTransport:
         if self._calls.get(wc.pc_id) is wc:
             del self._calls[wc.pc_id]
 
+    def owned(self, pc_id: str, key: CallKey | None) -> WebRTCCall:
+        """The live call ``pc_id`` if ``key`` is its creator's (None: an internal caller, no check).
+
+        :class:`UnknownCall` when there is no such HTTP WebRTC call, :class:`Forbidden`
+        when the key is not the creator's.
+        """
+        wc = self._calls.get(pc_id)
+        if wc is None or wc.call is None or wc.call.ending:
+            raise UnknownCall(f"unknown pc_id {pc_id!r}")
+        if key is not None:
+            if not hmac.compare_digest(wc.key.owner.encode(), key.owner.encode()):
+                wc.call.log.event("call-key-refused", logging.WARNING)
+                raise Forbidden("this call belongs to another caller")
+        return wc
+
     async def offer(self, req: OfferRequest, peer: str) -> OfferAnswer:
         offer = _parse_offer(req.sdp, req.type)
-        existing = self._calls.get(req.pc_id) if req.pc_id else None
-        if existing is not None and existing.call is not None and not existing.call.ending:
+        if req.pc_id is not None and self.has_call(req.pc_id):
+            existing = self.owned(req.pc_id, req.key)
             sdp = await existing.renegotiate(offer, bool(req.restart_pc))
             return OfferAnswer(sdp, "answer", existing.pc_id)
         # unknown pc_id (e.g. the server restarted): a new call, as Pipecat does
-        profile = None
-        if isinstance(req.request_data, dict) and isinstance(req.request_data.get("profile"), str):
+        profile = req.profile
+        if profile is None and isinstance(req.request_data, dict) and isinstance(req.request_data.get("profile"), str):
             profile = req.request_data["profile"]
-        wc, sdp = await self.answer(offer, peer, profile=profile, register=True)
+        wc, sdp = await self.answer(offer, peer, profile=profile, register=True, key=req.key)
         return OfferAnswer(sdp, "answer", wc.pc_id)
 
     async def answer(
@@ -461,6 +502,7 @@ class WebRTCTransport:
         register: bool = False,
         rtvi: bool = True,
         start: bool = True,
+        key: CallKey | None = None,
     ) -> tuple[WebRTCCall, str]:
         """A new call answering a WebRTC offer (SDP text or description).
 
@@ -471,7 +513,7 @@ class WebRTCTransport:
         """
         if isinstance(offer, str):
             offer = _parse_offer(offer, "offer")
-        wc = WebRTCCall(self, call_id or f"pc-{uuid.uuid4().hex}")
+        wc = WebRTCCall(self, call_id or new_pc_id(), key)
         if register:
             self._calls[wc.pc_id] = wc
         try:
@@ -481,11 +523,10 @@ class WebRTCTransport:
             raise
         return wc, sdp
 
-    async def add_candidates(self, pc_id: str, candidates: list[IceCandidateInit]) -> None:
-        wc = self._calls.get(pc_id)
-        if wc is None or wc.call is None or wc.call.ending:
-            raise UnknownCall(f"unknown pc_id {pc_id!r}")
-        await wc.add_candidates(candidates)
+    async def add_candidates(self, pc_id: str, candidates: list[IceCandidateInit], key: CallKey | None = None) -> None:
+        if len(candidates) > MAX_CANDIDATES:
+            raise BadRequest(f"too many candidates in one request (max {MAX_CANDIDATES})")
+        await self.owned(pc_id, key).add_candidates(candidates)
 
     async def close(self) -> None:
         for wc in list(self._calls.values()):

@@ -105,6 +105,12 @@ def _build(cls: Any, data: Any) -> Any:
         raise d.BadRequest(f"bad {cls.__name__}: {e}") from None
 
 
+def _key(body: dict[str, Any]) -> d.CallKey | None:
+    """The caller's :class:`CallKey` of an RPC body (None: an internal request)."""
+    raw = body.get("key")
+    return None if raw is None else _build(d.CallKey, raw)
+
+
 def _str(body: dict[str, Any], key: str) -> str:
     v = body.get(key)
     if not isinstance(v, str):
@@ -186,11 +192,11 @@ class WorkerService:
         raw = body.get("candidates")
         if not isinstance(raw, list):
             raise d.BadRequest("'candidates' must be a list")
-        await self.host.add_candidates(_str(body, "pc_id"), [_build(IceCandidateInit, c) for c in raw])
+        await self.host.add_candidates(_str(body, "pc_id"), [_build(IceCandidateInit, c) for c in raw], _key(body))
         return {}
 
     async def _hangup(self, body: dict[str, Any]) -> dict[str, Any]:
-        await self.host.hangup(_str(body, "call_id"), str(body.get("reason") or "hangup"))
+        await self.host.hangup(_str(body, "call_id"), str(body.get("reason") or "hangup"), _key(body))
         return {}
 
     async def _open_media(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -439,11 +445,15 @@ class RemoteWorker:
         self.calls.add(answer.pc_id)
         return answer
 
-    async def add_candidates(self, pc_id: str, candidates: list[IceCandidateInit]) -> None:
-        await self.rpc("add_candidates", {"pc_id": pc_id, "candidates": [asdict(c) for c in candidates]})
+    async def add_candidates(
+        self, pc_id: str, candidates: list[IceCandidateInit], key: d.CallKey | None = None
+    ) -> None:
+        payload = {"pc_id": pc_id, "candidates": [asdict(c) for c in candidates]}
+        await self.rpc("add_candidates", {**payload, "key": asdict(key)} if key is not None else payload)
 
-    async def hangup(self, call_id: str, reason: str = "hangup") -> None:
-        await self.rpc("hangup", {"call_id": call_id, "reason": reason})
+    async def hangup(self, call_id: str, reason: str = "hangup", key: d.CallKey | None = None) -> None:
+        payload = {"call_id": call_id, "reason": reason}
+        await self.rpc("hangup", {**payload, "key": asdict(key)} if key is not None else payload)
 
     async def open_media(self, req: MediaRequest) -> MediaAnswer:
         answer: MediaAnswer = _build(MediaAnswer, await self.rpc("open_media", asdict(req)))

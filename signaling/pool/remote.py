@@ -33,6 +33,7 @@ from prometheus_client import Counter
 from ..dispatch import (
     CallEnded,
     CallEvent,
+    CallKey,
     DispatchError,
     EventListener,
     IceCandidateInit,
@@ -297,11 +298,11 @@ class PoolDispatcher:
         self._placed(result.pc_id, w, "webrtc", req.peer)
         return result
 
-    async def add_candidates(self, pc_id: str, candidates: list[IceCandidateInit]) -> None:
-        await (await self._route(pc_id)).add_candidates(pc_id, candidates)
+    async def add_candidates(self, pc_id: str, candidates: list[IceCandidateInit], key: CallKey | None = None) -> None:
+        await (await self._route(pc_id)).add_candidates(pc_id, candidates, key)
 
-    async def hangup(self, call_id: str, reason: str = "hangup") -> None:
-        await (await self._route(call_id)).hangup(call_id, reason)
+    async def hangup(self, call_id: str, reason: str = "hangup", key: CallKey | None = None) -> None:
+        await (await self._route(call_id)).hangup(call_id, reason, key)
 
     # -- SIP media -----------------------------------------------------------------
     async def open_media(self, req: MediaRequest) -> MediaAnswer:
