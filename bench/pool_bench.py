@@ -3,7 +3,8 @@
 Three figures (shared/DESIGN.md section 5, last row; issue 10):
 
 1. **offer -> answer latency** (``POST /api/offer`` round trip at the client, p50/p95 over
-   ``--offers`` sequential offers, each DELETEd after its answer) of plain ``v2v serve``
+   ``--offers`` sequential offers per setup, each DELETEd after its answer; the setups run side by
+   side and take their offers in turn, so the shared machine's noise hits them alike) of plain ``v2v serve``
    (in-process worker), ``v2v serve --redis`` + one ``v2v worker --redis`` (the RPC and the
    Redis round trips), and ``v2v serve --workers 1`` (the local transport, a unix socket).
    The offers are real aiortc offers made before the clock starts; the servers (and
@@ -238,72 +239,96 @@ async def make_offers(k: int) -> list[str]:
     return out
 
 
-async def offer_round(setup: Setup, offers: list[str], n: int, warmup: int) -> dict[str, Any]:
+class OfferClient:
+    """POSTs an offer to one setup and DELETEs the call; the round trip of the POST in ms."""
+
+    def __init__(self, setup: Setup, http: Any, offers: list[str]) -> None:
+        self.setup = setup
+        self.http = http
+        self.offers = offers
+        self.url = setup.url + "/api/offer"
+        self.lat: list[float] = []
+
+    async def one(self, i: int) -> float:
+        t0 = time.perf_counter()
+        async with self.http.post(self.url, json={"sdp": self.offers[i % len(self.offers)], "type": "offer"}) as r:
+            body = await r.json()
+            t1 = time.perf_counter()
+            if r.status != 200:
+                raise RuntimeError(f"{self.setup.kind}: offer {r.status}: {body}")
+        async with self.http.delete(f"{self.url}/{body['pc_id']}") as r:
+            await r.read()
+        return (t1 - t0) * 1000.0
+
+
+async def idle_rates(setups: list[Setup], seconds: float = 3.0) -> dict[str, tuple[float, float]]:
+    """Per setup: CPU ms/s and Redis commands/s with no call (heartbeats, tickers), taken off the per-call figures."""
+    a = {s.kind: (cpu_s(s.pids()), await s.redis_calls() or 0) for s in setups}
+    t0 = time.monotonic()
+    await asyncio.sleep(seconds)
+    dt = time.monotonic() - t0
+    b = {s.kind: (cpu_s(s.pids()), await s.redis_calls() or 0) for s in setups}
+    return {k: (1000.0 * (b[k][0] - a[k][0]) / dt, (b[k][1] - a[k][1]) / dt) for k in a}
+
+
+async def offer_rounds(setups: list[Setup], offers: list[str], n: int, warmup: int) -> dict[str, Any]:
+    """``n`` offers per setup, interleaved (one to each in turn) so background noise hits all alike."""
     import aiohttp
 
-    lat: list[float] = []
-    url = setup.url + "/api/offer"
     async with aiohttp.ClientSession() as http:
-        async def one(i: int) -> float:
-            t0 = time.perf_counter()
-            async with http.post(url, json={"sdp": offers[i % len(offers)], "type": "offer"}) as r:
-                body = await r.json()
-                t1 = time.perf_counter()
-                if r.status != 200:
-                    raise RuntimeError(f"{setup.kind}: offer {r.status}: {body}")
-            async with http.delete(f"{url}/{body['pc_id']}") as r:
-                await r.read()
-            return (t1 - t0) * 1000.0
-
+        clients = [OfferClient(s, http, offers) for s in setups]
         for i in range(warmup):
-            await one(i)
-        await asyncio.sleep(0.5)  # let the warm-up calls' teardown settle before the CPU sample
-        pids = setup.pids()
-        # the workers' heartbeats run in the background: their rate is taken off the per-call count
-        i0, ti = await setup.redis_calls(), time.monotonic()
-        await asyncio.sleep(2.0)
-        i1, idle_s = await setup.redis_calls(), time.monotonic() - ti
-        c0, r0, t0 = cpu_s(pids), await setup.redis_calls(), time.monotonic()
+            for c in clients:
+                await c.one(i)
+        await asyncio.sleep(0.5)  # the warm-up calls' teardown settles before the samples
+        idle = await idle_rates(setups)
+        pids = {s.kind: s.pids() for s in setups}
+        c0 = {s.kind: (cpu_s(pids[s.kind]), await s.redis_calls() or 0) for s in setups}
+        t0 = time.monotonic()
         for i in range(n):
-            lat.append(await one(i))
+            for c in clients:
+                c.lat.append(await c.one(i))
+        await asyncio.sleep(0.5)  # the teardown of the last calls belongs to them
         wall = time.monotonic() - t0
-        await asyncio.sleep(0.5)  # teardown of the last calls belongs to them
-        c1, r1 = cpu_s(pids), await setup.redis_calls()
-    out: dict[str, Any] = {
-        "offers": n,
-        "p50_ms": round(percentile(lat, 50) or 0, 2),
-        "p95_ms": round(percentile(lat, 95) or 0, 2),
-        "mean_ms": round(sum(lat) / len(lat), 2),
-        "cpu_ms_per_call": round(1000.0 * (c1 - c0) / n, 2),
-        "wall_s": round(wall, 2),
-        "processes": len(pids),
-    }
-    if r0 is not None and r1 is not None and i0 is not None and i1 is not None:
-        idle_rate = (i1 - i0) / idle_s
-        out["redis_commands_per_call"] = round((r1 - r0 - idle_rate * (wall + 0.5)) / n, 2)
-        out["redis_idle_commands_per_s"] = round(idle_rate, 1)
+        c1 = {s.kind: (cpu_s(pids[s.kind]), await s.redis_calls() or 0) for s in setups}
+    out: dict[str, Any] = {}
+    for c in clients:
+        k = c.setup.kind
+        cpu_ms = 1000.0 * (c1[k][0] - c0[k][0]) - idle[k][0] * wall
+        r: dict[str, Any] = {
+            "offers": n,
+            "p50_ms": round(percentile(c.lat, 50) or 0, 2),
+            "p95_ms": round(percentile(c.lat, 95) or 0, 2),
+            "mean_ms": round(sum(c.lat) / len(c.lat), 2),
+            "cpu_ms_per_call": round(cpu_ms / n, 2),
+            "idle_cpu_ms_per_s": round(idle[k][0], 1),
+            "processes": len(pids[k]),
+        }
+        if c.setup.redis_port:
+            r["redis_commands_per_call"] = round((c1[k][1] - c0[k][1] - idle[k][1] * wall) / n, 2)
+            r["redis_idle_commands_per_s"] = round(idle[k][1], 1)
+        out[k] = r
     return out
 
 
 async def latency_part(args: argparse.Namespace) -> dict[str, Any]:
     offers = await make_offers(8)
-    results: dict[str, Any] = {}
-    for kind in args.latency_setups.split(","):
-        setup = Setup(kind)
-        try:
-            await setup.start()
-            results[kind] = await offer_round(setup, offers, args.offers, args.warmup_offers)
-        finally:
-            await setup.close_client()
-            setup.stop()
-        print(json.dumps({"latency": kind, **results[kind]}), flush=True)
+    setups = [Setup(kind) for kind in args.latency_setups.split(",")]
+    try:
+        for s in setups:
+            await s.start()
+        results = await offer_rounds(setups, offers, args.offers, args.warmup_offers)
+    finally:
+        for s in setups:
+            await s.close_client()
+            s.stop()
     base = results.get("inproc")
-    if base:
-        for kind, r in results.items():
-            if kind != "inproc":
-                r["added_p50_ms"] = round(r["p50_ms"] - base["p50_ms"], 2)
-                r["added_p95_ms"] = round(r["p95_ms"] - base["p95_ms"], 2)
-                r["added_cpu_ms_per_call"] = round(r["cpu_ms_per_call"] - base["cpu_ms_per_call"], 2)
+    for kind, r in results.items():
+        if base and kind != "inproc":
+            r["added_p50_ms"] = round(r["p50_ms"] - base["p50_ms"], 2)
+            r["added_p95_ms"] = round(r["p95_ms"] - base["p95_ms"], 2)
+            r["added_cpu_ms_per_call"] = round(r["cpu_ms_per_call"] - base["cpu_ms_per_call"], 2)
+        print(json.dumps({"latency": kind, **r}), flush=True)
     return results
 
 
@@ -343,6 +368,7 @@ async def held_step(kind: str, pinned: bool, n: int, capacity: int, args: argpar
     finally:
         setup.stop()
     r["n"] = n
+    r["loadavg_1m_after"] = float(Path("/proc/loadavg").read_text().split()[0])  # the shared machine's other work
     r["good"] = good(r, args.late_tolerance)
     r["good_strict"] = good(r)
     return r
@@ -381,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--offers", type=int, default=100)
     ap.add_argument("--warmup-offers", type=int, default=10)
     ap.add_argument("--latency-setups", default="inproc,redis,workers1")
-    ap.add_argument("--held-setups", default="inproc,workers2,workers2:unpinned",
+    ap.add_argument("--held-setups", default="inproc,workers2,inproc:unpinned,workers2:unpinned",
                     help="kind[:unpinned], comma separated (kind: inproc, redis, workersN)")
     ap.add_argument("--ns", default="10,15,20,25,30,35,40", help="N of the calls-held ramp (stops at the first bad N)")
     ap.add_argument("--seconds", type=float, default=8.0)

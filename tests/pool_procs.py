@@ -255,7 +255,7 @@ class Procs:
         if netns is not None:
             cmd = ["ip", "netns", "exec", netns, *cmd]
         log = self.dir / f"{label}.log"
-        fh = open(log, "ab")
+        fh = open(log, "wb")  # one run per file: log_tail() is this run's
         fh.write(f"\n==== {time.strftime('%H:%M:%S')} {' '.join(cmd)}\n".encode())
         fh.flush()
         penv = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -133,7 +133,8 @@ def call_keys(r: redis.Redis) -> list[str]:
 
 
 def worker_of(r: redis.Redis, call_id: str) -> str | None:
-    v = r.get(f"v2v:call:{call_id}")
+    """The worker Redis routes a call to; a client's ``pc_id`` is ``<call id>.<secret>`` (DESIGN section 7)."""
+    v = r.get(f"v2v:call:{call_id.split('.', 1)[0]}")
     return None if v is None else (v.decode() if isinstance(v, bytes) else str(v))
 
 
@@ -196,6 +197,49 @@ def rconn(redis_srv: RedisServer) -> Iterator[redis.Redis]:
 # -----------------------------------------------------------------------------
 
 
+async def trickle_across(a: V2vProc, b: V2vProc) -> Caller:
+    """A call whose offer goes to node ``a`` and every ICE candidate (PATCH) to node ``b``."""
+    cross = Caller(a.url, trickle=True)
+    statuses: list[int] = []
+
+    async def patch_via_b(end: bool = True) -> int:
+        cands = list(cross._pending_candidates)
+        cross._pending_candidates = []
+        if end:
+            cands.append({"candidate": "", "sdp_mid": "0", "sdp_mline_index": 0})
+        status, body = await http_json(offer_url(b.url), "PATCH", {"pc_id": cross.pc_id, "candidates": cands})
+        statuses.append(status)
+        assert status == 200 and body == {"status": "success"}, (status, body)
+        return len(cands)
+
+    cross.send_candidates = patch_via_b  # type: ignore[method-assign]
+    try:
+        await cross.connect(timeout=15)
+    except BaseException:
+        await cross.close()
+        raise
+    assert statuses == [200]
+    return cross
+
+
+async def check_sip_rtp_on_worker(node: V2vProc, others: list[V2vProc], workers: list[V2vProc],
+                                  rconn: redis.Redis) -> None:
+    """A SIP call through ``node``: the answer's RTP port is a worker's socket and the echo flows from it."""
+    async with sip_call(sip_addr(node)) as (_, call, rtp):
+        assert call.answer is not None
+        addr, port = sdp_media(call.answer.body.decode())
+        assert addr == "127.0.0.1"
+        owners = [w.label for w in workers if port in w.udp_ports()]
+        assert len(owners) == 1, (port, owners)
+        assert all(port not in n.udp_ports() for n in [node, *others])
+        assert owners[0] in {worker_of(rconn, k.split(":", 2)[2]) for k in call_keys(rconn)}
+        t = time.monotonic()
+        await wait_until(lambda: rtp.count_since(t) >= 50 and rtp.loud_since(t) >= 10, 20,
+                         "RTP from the worker with the echo in it")
+        assert rtp.sources == {("127.0.0.1", port)}
+        assert (await call.bye()).status == 200
+
+
 async def test_two_nodes_three_workers_spread_cross_node_patch_delete_and_sip_rtp_on_worker(
         redis_srv: RedisServer, rconn: redis.Redis) -> None:
     url = redis_srv.url
@@ -215,25 +259,9 @@ async def test_two_nodes_three_workers_spread_cross_node_patch_delete_and_sip_rt
             for c in callers[:2]:
                 await assert_echo(c, "a call placed through the pool")
 
-            # trickle ICE: the offer goes to A, every candidate PATCH to B
-            cross = Caller(a.url, trickle=True)
-            patch_statuses: list[int] = []
-
-            async def patch_via_b(end: bool = True) -> int:
-                cands = list(cross._pending_candidates)
-                cross._pending_candidates = []
-                if end:
-                    cands.append({"candidate": "", "sdp_mid": "0", "sdp_mline_index": 0})
-                status, body = await http_json(offer_url(b.url), "PATCH", {"pc_id": cross.pc_id, "candidates": cands})
-                patch_statuses.append(status)
-                assert status == 200 and body == {"status": "success"}, (status, body)
-                return len(cands)
-
-            cross.send_candidates = patch_via_b  # type: ignore[method-assign]
-            callers.append(cross)
-            await cross.connect(timeout=15)
-            assert patch_statuses == [200]
-            await assert_echo(cross, "the call whose candidates went through the other node")
+            # trickle ICE: the offer to A, the candidates to B; the call connects and carries audio
+            callers.append(await trickle_across(a, b))
+            await assert_echo(callers[-1], "the call whose candidates went through the other node")
             # the other node does not accept a PATCH for a call nobody holds
             status, _ = await http_json(offer_url(b.url), "PATCH",
                                         {"pc_id": "no-such-call", "candidates": [{"candidate": ""}]})
@@ -241,28 +269,13 @@ async def test_two_nodes_three_workers_spread_cross_node_patch_delete_and_sip_rt
 
             # DELETE through the node that did not take the offer ends the call on its worker
             victim = callers[0]
-            holder = placed[victim.pc_id]
             status, _ = await http_json(f"{offer_url(b.url)}/{victim.pc_id}", "DELETE")
             assert status == 200
             await wait_until(lambda: worker_of(rconn, victim.pc_id) is None, 5, "the call key to go")
             await wait_until(lambda: victim.closed.is_set(), 5, "the caller's connection to close")
             await a.wait_workers(lambda rows: sum(w["active_calls"] for w in rows) == 6, 5, "6 calls left")
-            assert holder is not None
 
-            # a SIP call through node A: its RTP is on a worker's socket, not the signaling node's
-            async with sip_call(sip_addr(a)) as (sip, call, rtp):
-                assert call.answer is not None
-                addr, port = sdp_media(call.answer.body.decode())
-                assert addr == "127.0.0.1"
-                owners = [w.label for w in workers if port in w.udp_ports()]
-                assert len(owners) == 1, (port, owners)
-                assert port not in a.udp_ports() and port not in b.udp_ports()
-                assert owners[0] in {worker_of(rconn, k.split(":", 2)[2]) for k in call_keys(rconn)}
-                t = time.monotonic()
-                await wait_until(lambda: rtp.count_since(t) >= 50 and rtp.loud_since(t) >= 10, 20,
-                                 "RTP from the worker with the echo in it")
-                assert rtp.sources == {("127.0.0.1", port)}
-                assert (await call.bye()).status == 200
+            await check_sip_rtp_on_worker(a, [b], workers, rconn)
             for c in callers:
                 await c.hangup()
             callers = []
