@@ -57,7 +57,7 @@ log = logging.getLogger("v2v.pool.protocol")
 
 PREFIX = "/pool/v1"
 LOAD_INTERVAL_S = 1.0  # load pushed on the events socket at least this often
-WS_HEARTBEAT_S = 1.0  # WebSocket ping; a silent peer is dropped after ~1.5 s
+WS_HEARTBEAT_S = 2.0  # WebSocket ping; a silent peer is dropped after ~3 s (a busy worker's loop may lag 0.5 s)
 RPC_TIMEOUT_S = 30.0
 RECENT_ENDS = 1024
 

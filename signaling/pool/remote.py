@@ -55,7 +55,10 @@ __all__ = ["LOST_AFTER_S", "PoolDispatcher"]
 log = logging.getLogger("v2v.pool")
 
 POLL_S = 0.5  # registry poll period
-LOST_AFTER_S = 2.5  # events socket down this long (or registry record gone): worker lost
+# events socket down this long while the worker is still registered: lost. A killed
+# worker's socket closes at once and its record lapses within the registry TTL (3 s),
+# so it is out within 5 s; a busy one whose socket blinked under load is not.
+LOST_AFTER_S = 4.0
 MISSING_GRACE_S = 3.0  # a connected worker missing from the registry (Redis restarted) this long: lost
 RETRY_AFTER_S = 2
 START_WAIT_S = 2.0  # at start, wait this long for the registered workers' events sockets

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..cli import bound_port
 from ..config import ServerConfig
 from ..metrics import ServerMetrics
 from .registry import LocalRegistry, RedisRegistry, Registry, RegistryUnavailable
@@ -52,11 +53,16 @@ async def serve_pool(config: ServerConfig, ready: Callable[[str], None] | None =
     metrics = ServerMetrics()
     dispatcher = PoolDispatcher(registry, metrics)
     supervisor = Supervisor(config, dispatcher, local, config.workers) if config.workers > 0 else None
-    stop = asyncio.Event()
+    stop, drain = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+
+    def on_sigterm() -> None:  # first: drain; a second one: stop now
+        (stop if drain.is_set() else drain).set()
+
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     runner: web.AppRunner | None = None
+    draining: asyncio.Task[None] | None = None
     try:
         if supervisor is not None:
             try:
@@ -73,27 +79,42 @@ async def serve_pool(config: ServerConfig, ready: Callable[[str], None] | None =
         except OSError as e:
             print(f"v2v: cannot listen on {config.host}:{config.port}: {e}", file=sys.stderr, flush=True)
             return 1
-        server = getattr(site, "_server", None)
-        port = server.sockets[0].getsockname()[1] if server is not None and server.sockets else config.port
-        url = _url(config.host, port)
+        url = _url(config.host, bound_port(runner, config.port))
         pool = f"{config.workers} local workers" if supervisor else f"workers from {config.redis}"
         print(f"v2v serving on {url}  (model: {config.model}; {pool}) - open it in a browser and talk", flush=True)
         if ready is not None:
             ready(url)
-        await stop.wait()
+        await _first(stop, drain)
+        if drain.is_set() and not stop.is_set() and supervisor is not None:
+            # the local workers finish their calls (SIP in-dialog requests still come through here)
+            print(f"v2v: draining the local workers (at most {config.drain_timeout:g} s; SIGTERM again: "
+                  "end the calls now)", file=sys.stderr, flush=True)
+            draining = asyncio.create_task(supervisor.stop(drain=True))
+            await _first(stop, draining)
         print("v2v: shutting down", file=sys.stderr, flush=True)
         return 0
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
+        if supervisor is not None:
+            await supervisor.stop()  # SIGINT to what is still running: ends its calls now
+            if draining is not None:
+                await draining
         if runner is not None:
             await runner.cleanup()
         else:
             await dispatcher.close()
-        if supervisor is not None:
-            await supervisor.stop()
         await registry.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # last: a signal during the shutdown is no traceback
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+
+async def _first(*waitables: asyncio.Event | asyncio.Task[None]) -> None:
+    """Wait until the first event is set or task done."""
+    tasks = [w if isinstance(w, asyncio.Task) else asyncio.create_task(w.wait()) for w in waitables]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for w, t in zip(waitables, tasks, strict=True):
+        if t is not w:
+            t.cancel()
 
 
 def _run(coro: Any) -> Any:

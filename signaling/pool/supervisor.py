@@ -104,6 +104,7 @@ class Supervisor:
         env[SOCKET_ENV] = self.socket_path(name)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "v2v.signaling.pool.worker_main", env=env, preexec_fn=_die_with_parent(),
+            start_new_session=True,  # a terminal's Ctrl-C reaches serve only; serve stops its children
         )
         self.procs[name] = proc
         address = await self._wait_healthy(name, proc)
@@ -148,8 +149,9 @@ class Supervisor:
                 log.error("local worker %s did not restart: %s", name, e)
                 fails += 1
 
-    async def stop(self) -> None:
-        """SIGINT every child (ends its calls), SIGKILL what is left after a while."""
+    async def stop(self, drain: bool = False) -> None:
+        """SIGINT every child (ends its calls), or SIGTERM (``drain``: each finishes its calls
+        within ``--drain-timeout``); SIGKILL what is left after that."""
         self._stopping = True
         for task in self._watchers.values():
             task.cancel()
@@ -159,10 +161,11 @@ class Supervisor:
         for proc in self.procs.values():
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGINT)
+                    proc.send_signal(signal.SIGTERM if drain else signal.SIGINT)
+        wait = STOP_TIMEOUT_S + (self.config.drain_timeout if drain else 0.0)
         for name, proc in self.procs.items():
             try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+                await asyncio.wait_for(proc.wait(), wait)
             except TimeoutError:
                 log.warning("local worker %s did not stop; killing it", name)
                 with contextlib.suppress(ProcessLookupError):
