@@ -1,4 +1,13 @@
-"""Stateful mono int16 resampling on PyAV's ``AudioResampler`` (libswresample).
+"""Stateful mono int16 resampling on libswresample, through PyAV, without threads.
+
+PyAV's ``AudioResampler`` builds an FFmpeg filter graph that starts a thread
+pool of one thread per CPU (2 x CPUs per SIP call, 64 on a 32-core host);
+:class:`_SwrGraph` is the same graph (``abuffer`` -> ``aformat`` ->
+``abuffersink``, so the same libswresample conversion, sample for sample) with
+``threads = 1``, which starts none. soxr was measured as the alternative
+(``python3 bench/resample_bench.py``): equal quality and cheaper, but its
+streaming mode releases output in bursts (nothing for 2-4 frames of 20 ms,
+then 60-100 ms at once), which would add that much latency to every stream.
 
 ``Resampler`` keeps the filter state across calls, so a stream cut into frames
 of any size resamples exactly like the whole: N seconds in give N seconds out,
@@ -9,7 +18,10 @@ delay once, as leading zeros), which a paced sender needs.
 
 from __future__ import annotations
 
+import errno
+
 import av
+import av.filter
 import numpy as np
 
 from .audio import mono_to_frame
@@ -17,12 +29,47 @@ from .audio import mono_to_frame
 _EMPTY = np.zeros(0, dtype=np.int16)
 
 
+class _SwrGraph:
+    """s16 mono ``in_rate`` -> s16 mono ``out_rate`` in a single-threaded FFmpeg filter graph."""
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        self.graph = av.filter.Graph()
+        self.graph.threads = 1  # before any filter is added: FFmpeg starts no thread pool
+        src = self.graph.add("abuffer", sample_rate=str(in_rate), sample_fmt="s16", channel_layout="mono")
+        fmt = self.graph.add("aformat", sample_rates=str(out_rate), sample_fmts="s16", channel_layouts="mono")
+        sink = self.graph.add("abuffersink")
+        src.link_to(fmt)
+        fmt.link_to(sink)
+        self.graph.configure()
+        self._flushed = False
+
+    def resample(self, frame: av.AudioFrame | None) -> list[av.AudioFrame]:
+        if frame is None:
+            if self._flushed:
+                return []
+            self._flushed = True
+        self.graph.push(frame)
+        out: list[av.AudioFrame] = []
+        while True:
+            try:
+                got = self.graph.pull()
+            except EOFError:
+                break
+            except av.FFmpegError as e:
+                if e.errno != errno.EAGAIN:
+                    raise
+                break
+            if isinstance(got, av.AudioFrame):  # an audio graph: always
+                out.append(got)
+        return out
+
+
 class Resampler:
     def __init__(self, in_rate: int, out_rate: int) -> None:
         self.in_rate = in_rate
         self.out_rate = out_rate
         self._passthrough = in_rate == out_rate
-        self._rs = None if self._passthrough else av.AudioResampler(format="s16", layout="mono", rate=out_rate)
+        self._rs = None if self._passthrough else _SwrGraph(in_rate, out_rate)
 
     def process(self, pcm: np.ndarray) -> np.ndarray:
         if self._rs is None or len(pcm) == 0:

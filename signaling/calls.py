@@ -24,7 +24,7 @@ from v2v.worker import events as ev
 from v2v.worker.models.base import ModelFactory, SessionConfig
 from v2v.worker.transport import AudioInput
 
-from .config import ServerConfig
+from .config import ServerConfig, call_aec
 from .dispatch import DispatchError, Overloaded, UnknownCall
 from .logs import CallLog
 from .metrics import ServerMetrics
@@ -352,7 +352,7 @@ class CallManager:
         model = self.model_for_profile(profile)
         factory = self.factory(model)
         call_id = call_id or f"{transport}-{uuid.uuid4().hex[:12]}"
-        session = self._make_session(call_id, factory, playout, session_config)
+        session = self._make_session(call_id, factory, playout, session_config, transport)
         call = Call(self, call_id, transport, peer, profile, model, session, playout, audio_in)
         session.add_listener(call._on_event)
         self._calls[call_id] = call
@@ -368,7 +368,8 @@ class CallManager:
             call._runner = asyncio.get_running_loop().create_task(call._run(), name=f"call-{call.call_id}")
 
     def _make_session(
-        self, call_id: str, factory: ModelFactory, playout: Any, session_config: SessionConfig | None
+        self, call_id: str, factory: ModelFactory, playout: Any, session_config: SessionConfig | None,
+        transport: str = "webrtc",
     ) -> Any:
         from v2v.worker.call import CallConfig, CallSession
 
@@ -382,7 +383,7 @@ class CallManager:
         turn: Literal["local", "server"] = (
             "server" if self.config.turn_detection == "server" and getattr(caps, "server_vad", False) else "local"
         )
-        cc = CallConfig(turn_detection=turn, greeting=self.config.greeting)
+        cc = CallConfig(turn_detection=turn, greeting=self.config.greeting, aec=call_aec(self.config.aec, transport))
         tools = _tools_for(factory)
         if self._app_tools is not None:
             from v2v.worker.tools import ToolRegistry

@@ -178,7 +178,8 @@ class ServerConfig:
     advertise: str = setting("", group="pool", commands=WORKER, metavar="ADDR",
                              help="the address the worker's media uses in SDP when it differs from --host")
     drain_timeout: float = setting(60.0, group="pool", parse=positive_float, metavar="S",
-                                   help="seconds a draining worker (SIGTERM) waits for its calls to end")
+                                   help="seconds a draining server or worker (SIGTERM) waits for its calls to end "
+                                   "(a second SIGTERM ends them at once)")
 
     def validate(self) -> None:
         """Raise ValueError with a clear message on an impossible setting."""
