@@ -230,8 +230,27 @@ def bound_port(runner: Any, default: int) -> int:
     return default
 
 
+async def _drain(app: Any, timeout: float, stop: asyncio.Event) -> None:
+    """SIGTERM: no new calls, ``/readyz`` 503, the calls in progress finish (at most ``timeout``
+    seconds, or until ``stop``: a second SIGTERM or SIGINT); what is left ends with reason
+    ``drain-timeout`` (or ``shutdown``), which its caller is told."""
+    from .app import HOST
+
+    host = app[HOST]
+    print(f"v2v: draining: no new calls; {host.active_calls()} call(s) in progress may take up to "
+          f"{timeout:g} s (SIGTERM again: end them now)", file=sys.stderr, flush=True)
+    drained = asyncio.ensure_future(host.drain(timeout))
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({drained, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (drained, stopped):
+        task.cancel()
+    await asyncio.gather(drained, stopped, return_exceptions=True)
+    if host.active_calls():
+        await host.close("shutdown" if stop.is_set() else "drain-timeout")
+
+
 async def serve(cfg: ServerConfig, ready: Callable[[str], None] | None = None) -> None:
-    """Run the server until SIGINT/SIGTERM, then end every call gracefully."""
+    """Run the server until SIGINT (end every call now) or SIGTERM (drain first: :func:`_drain`)."""
     from aiohttp import web
 
     from . import aiortc_tuning
@@ -241,11 +260,15 @@ async def serve(cfg: ServerConfig, ready: Callable[[str], None] | None = None) -
     app = create_app(cfg)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    stop = asyncio.Event()
+    stop, draining = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+
+    def on_sigterm() -> None:
+        (stop if draining.is_set() else draining).set()
+
+    for sig, handler in ((signal.SIGINT, stop.set), (signal.SIGTERM, on_sigterm)):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError):
             pass
     try:
@@ -255,7 +278,12 @@ async def serve(cfg: ServerConfig, ready: Callable[[str], None] | None = None) -
         print(f"v2v serving on {url}  (model: {cfg.model}) - open it in a browser and talk", flush=True)
         if ready is not None:
             ready(url)
-        await stop.wait()
+        stopped, drain = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(draining.wait())
+        await asyncio.wait({stopped, drain}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        drain.cancel()
+        if draining.is_set() and not stop.is_set():
+            await _drain(app, cfg.drain_timeout, stop)
         print("v2v: shutting down, ending all calls", file=sys.stderr, flush=True)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

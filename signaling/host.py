@@ -10,6 +10,8 @@ driven only through the :class:`~v2v.signaling.dispatch.Dispatcher` methods.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -21,6 +23,7 @@ from .calls import Call, CallManager
 from .config import ServerConfig
 from .dispatch import (
     CallEnded,
+    CallEvent,
     CallKey,
     DispatchError,
     EventListener,
@@ -107,6 +110,25 @@ class CallHost:
 
     def add_listener(self, listener: EventListener) -> None:
         self._listeners.add(listener)
+
+    async def drain(self, timeout: float) -> int:
+        """Take no new call (offers 503, ``/readyz`` 503) and wait until the last call ends or
+        ``timeout`` seconds pass; returns the calls left (the caller ends them with its reason)."""
+        self.draining = True
+        ended = asyncio.Event()
+
+        def check(_: CallEvent | None = None) -> None:
+            if self.active_calls() == 0:
+                ended.set()
+
+        self._listeners.add(check)
+        try:
+            check()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), max(0.0, timeout))
+        finally:
+            self._listeners.listeners.remove(check)
+        return self.active_calls()
 
     def _on_call_end(self, call: Call, reason: str) -> None:
         self._media.pop(call.call_id, None)

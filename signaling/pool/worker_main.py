@@ -224,19 +224,7 @@ class Worker:
         self.service.push_load()
         await self.beat()
         log.info("worker %s draining: %d call(s) left", self.name, self.host.active_calls())
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.drain_timeout
-        ended = asyncio.Event()
-
-        def check(_: CallEvent | None = None) -> None:
-            if self.host.active_calls() == 0:
-                ended.set()
-
-        self.host.add_listener(check)
-        check()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ended.wait(), max(0.0, deadline - loop.time()))
-        if self.host.active_calls():
+        if await self.host.drain(self.config.drain_timeout):
             log.warning("drain timeout: ending %d call(s)", self.host.active_calls())
 
     async def shutdown(self) -> None:
