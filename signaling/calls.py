@@ -40,6 +40,7 @@ MODEL_FACTORIES = {
     "local": ("v2v.worker.models.local", "LocalModelFactory"),
     "openai": ("v2v.worker.models.openai_realtime", "OpenAIRealtimeFactory"),
     "gpt-live": ("v2v.worker.models.gpt_live", "GptLiveFactory"),
+    "gemini": ("v2v.worker.models.gemini_live", "GeminiLiveFactory"),
 }
 
 
@@ -59,6 +60,9 @@ def load_model_factory(name: str, config: ServerConfig) -> ModelFactory:
                      else None) or config.openai_base_url,
         "model": config.openai_model,
         "live_model": config.live_model,
+        "gemini_api_key": os.environ.get("GEMINI_API_KEY"),
+        "gemini_base_url": os.environ.get("GEMINI_BASE_URL"),
+        "gemini_model": config.gemini_model,
         "turn_detection": config.turn_detection,
         "voice": config.voice or None,
         "instructions": config.instructions or None,

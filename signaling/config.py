@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-MODELS = ("local", "echo", "openai", "gpt-live")
+MODELS = ("local", "echo", "openai", "gpt-live", "gemini")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TURN_DETECTION = ("server", "local")
@@ -116,6 +116,8 @@ class ServerConfig:
     openai_model: str = setting("gpt-realtime", group="model", help="OpenAI Realtime model")
     live_model: str = setting("gpt-live-1", group="model",
                               help="OpenAI GPT-Live model (--model gpt-live; same key and base URL)")
+    gemini_model: str = setting("gemini-live-2.5-flash-native-audio", group="model",
+                                help="Gemini Live model (--model gemini; key GEMINI_API_KEY, host GEMINI_BASE_URL)")
     openai_base_url: str = setting(
         "https://api.openai.com/v1", group="model",
         help="OpenAI API base URL (also OPENAI_BASE_URL); the realtime WebSocket URL is derived from it")

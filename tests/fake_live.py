@@ -264,7 +264,7 @@ class FakeLiveConnection:
                 part = " ".join(words[i * per:(i + 1) * per])
                 if part:
                     await self.send(OutputTranscriptDeltaEvent, type="session.output_transcript.delta",
-                                    delta=(part + " ") if i + 1 < chunks else part,
+                                    delta=(part + " ") if (i + 1) * per < len(words) else part,
                                     start_ms=t_ms, end_ms=t_ms + srv.delta_ms)
                 chunk = pcm[i * step:(i + 1) * step]
                 await self.send(OutputAudioDeltaEvent, type="session.output_audio.delta",

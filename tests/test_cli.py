@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 V2V = [sys.executable, "-m", "v2v.signaling.cli"]
 
 SERVE_FLAGS = [
-    "--host", "--port", "--model", "--openai-model", "--live-model", "--openai-base-url", "--turn-detection",
+    "--host", "--port", "--model", "--openai-model", "--live-model", "--gemini-model", "--openai-base-url", "--turn-detection",
     "--aec", "--instructions", "--voice", "--greeting", "--app", "--max-calls", "--media-timeout", "--ice-timeout",
     "--ice-server", "--max-body", "--log-format", "--log-level", "--sip-port", "--sip-ring-ms",
     "--sip-user", "--sip-public-address", "--rtp-ports", "--sip-realm", "--sip-allow", "--sip-rate", "--profiles",

@@ -26,6 +26,8 @@ class LiveLink(RealtimeLink):
     lost and a reconnection is about to start.
     """
 
+    api_name = "the GPT-Live API"
+
     def __init__(
         self,
         settings: RealtimeSettings,

@@ -59,12 +59,12 @@ def register_secret(secret: str) -> None:
             _filter_installed = True
 
 
-def ws_url(base_url: str, path: str, query: str = "") -> str:
+def ws_url(base_url: str, path: str, query: str = "", *, what: str = "OPENAI_BASE_URL") -> str:
     """``https://host/v1`` + ``/path`` -> ``wss://host/v1/path[?query]`` (``http`` -> ``ws``)."""
     parts = urlsplit(base_url.strip() or DEFAULT_BASE_URL)
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
     if scheme is None or not parts.netloc:
-        raise ValueError(f"OPENAI_BASE_URL must be an http(s) URL, got {scrub(base_url)!r}")
+        raise ValueError(f"{what} must be an http(s) URL, got {scrub(base_url)!r}")
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + path, query, ""))
 
 

@@ -36,10 +36,16 @@ class _Retryable(Exception):
 class RealtimeLink:
     """One session's socket, kept up across drops.
 
+    (Subclasses for other APIs set the names used in error texts.)
+
     ``on_event`` gets every server event (a dict) once the handshake is under
     way; ``emit`` the connection events; ``session_body`` builds the
     ``session.update`` body sent on every (re)connection.
     """
+
+    api_name = "the realtime API"
+    key_name = "OPENAI_API_KEY"
+    url_name = "OPENAI_BASE_URL"
 
     def __init__(
         self,
@@ -144,17 +150,20 @@ class RealtimeLink:
                 except TimeoutError:
                     pass
                 delay = min(delay * 2, self._s.backoff_max)
-        self._fail(f"could not connect to the realtime API after {attempts} attempts: {last}", "connect_failed")
+        self._fail(f"could not connect to {self.api_name} after {attempts} attempts: {last}", "connect_failed")
         return False
+
+    def _headers(self) -> dict[str, str]:
+        """The handshake's headers: the key goes only here."""
+        # GA protocol: no "OpenAI-Beta: realtime=v1" header (that would select the beta one).
+        return {"Authorization": f"Bearer {self._key}"}
 
     async def _handshake(self) -> aiohttp.ClientWebSocketResponse:
         assert self._http is not None
-        # GA protocol: no "OpenAI-Beta: realtime=v1" header (that would select the beta one).
-        headers = {"Authorization": f"Bearer {self._key}"}
         try:
             return await self._http.ws_connect(
                 self._s.url,
-                headers=headers,
+                headers=self._headers(),
                 heartbeat=self._s.heartbeat,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
                 max_msg_size=64 * 1024 * 1024,
@@ -163,13 +172,13 @@ class RealtimeLink:
             status = e.status
             if status in (401, 403):
                 raise _Fatal(
-                    f"authentication failed ({status}): the realtime API rejected OPENAI_API_KEY",
+                    f"authentication failed ({status}): {self.api_name} rejected {self.key_name}",
                     "auth_failed",
                 ) from None
             if 400 <= status < 500 and status not in (408, 429):
                 raise _Fatal(
-                    f"the realtime API refused the connection ({status} {e.message}); "
-                    f"check OPENAI_BASE_URL and the model name {self._s.model!r}",
+                    f"{self.api_name} refused the connection ({status} {e.message}); "
+                    f"check {self.url_name} and the model name {self._s.model!r}",
                     "connect_refused",
                 ) from None
             raise _Retryable(f"handshake failed ({status} {e.message})") from None
@@ -203,7 +212,7 @@ class RealtimeLink:
         while True:
             left = deadline - loop.time()
             if left <= 0:
-                raise _Retryable(f"no {etype} from the realtime API within {timeout:g} s")
+                raise _Retryable(f"no {etype} from {self.api_name} within {timeout:g} s")
             msg = await ws.receive(timeout=left)
             if msg.type != aiohttp.WSMsgType.TEXT:
                 raise _Retryable(f"socket closed while waiting for {etype}")
@@ -219,7 +228,7 @@ class RealtimeLink:
             if t == "error":
                 err = ev.get("error") or {}
                 raise _Fatal(
-                    f"the realtime API rejected the session: {err.get('message', '')}",
+                    f"{self.api_name} rejected the session: {err.get('message', '')}",
                     str(err.get("code") or "session_rejected"),
                 )
             self._deliver(ev)
