@@ -110,10 +110,15 @@ class PlayoutBuffer:
         self._audible_item: str | None = None
         self._flush_head: _Item | None = None
         self.samples_read = 0  # every sample handed out, silence included
+        self._taps: list[Callable[[np.ndarray], None]] = []
 
     # -- listeners --------------------------------------------------------
     def add_listener(self, cb: Callable[[PlayoutEvent], None]) -> None:
         self._listeners.append(cb)
+
+    def add_tap(self, cb: Callable[[np.ndarray], None]) -> None:
+        """``cb(samples)`` with every block :meth:`read` hands out (an echo canceller's reference)."""
+        self._taps.append(cb)
 
     def _emit(self, ev: PlayoutEvent) -> None:
         for cb in self._listeners:
@@ -236,6 +241,12 @@ class PlayoutBuffer:
     # -- reader side (the transport's paced sender) -------------------------
     def read(self, n: int) -> np.ndarray:
         """Return exactly ``n`` samples to send now; silence when idle."""
+        out = self._read(n)
+        for tap in self._taps:
+            tap(out)
+        return out
+
+    def _read(self, n: int) -> np.ndarray:
         out = np.zeros(n, dtype=np.int16)
         self.samples_read += n
         if self._fade_out_pending:

@@ -94,6 +94,12 @@ class VoiceActivityDetector:
         self._floor_power = (32768.0 * 10 ** (energy_floor_dbfs / 20)) ** 2  # mean square, int16 units
         self.reset()
 
+    def set_energy_floor(self, dbfs: float) -> None:
+        """Change the energy floor from the next frame on (e.g. above an echo canceller's residual)."""
+        if dbfs != self.energy_floor_dbfs:
+            self.energy_floor_dbfs = dbfs
+            self._floor_power = (32768.0 * 10 ** (dbfs / 20)) ** 2
+
     def reset(self) -> None:
         """Forget all state (a fresh webrtcvad instance; positions restart at 0)."""
         self._vad = webrtcvad.Vad(self.aggressiveness)

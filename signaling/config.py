@@ -13,12 +13,14 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 MODELS = ("local", "echo", "openai", "gpt-live", "gemini")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TURN_DETECTION = ("server", "local")
+AEC_MODES = ("auto", "on", "off")
+RTP_TRANSPORTS = ("sip_udp", "sip_tcp")  # media over plain RTP: phones and trunks, no echo canceller we know of
 
 SERVE = ("serve",)
 BOTH = ("serve", "worker")
@@ -135,6 +137,11 @@ class ServerConfig:
         group="model", factory=dict, parse=parse_profiles, metavar="NAME=MODEL,...",
         help="agent profiles: a SIP request-URI user or requestData.profile naming one gets its model "
         "(echo is built in)")
+    aec: str = setting(
+        "auto", group="model", choices=AEC_MODES,
+        help="cancel the assistant's echo in the caller's audio before VAD and the model (auto: on for SIP "
+        "phones over RTP; for WebRTC callers on, and bypassed once 8 s of assistant audio showed no echo, "
+        "because the client's own canceller removed it)")
     # calls
     max_calls: int = setting(100, group="calls", help="concurrent calls; past it offers get 503 + Retry-After")
     media_timeout: float = setting(30.0, group="calls", parse=positive_float,
@@ -191,6 +198,8 @@ class ServerConfig:
             raise ValueError(f"--log-format must be text or json, not {self.log_format!r}")
         if self.turn_detection not in TURN_DETECTION:
             raise ValueError(f"--turn-detection must be server or local, not {self.turn_detection!r}")
+        if self.aec not in AEC_MODES:
+            raise ValueError(f"--aec must be auto, on or off, not {self.aec!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port out of range: {self.port}")
         if self.max_calls < 0:
@@ -216,6 +225,15 @@ class ServerConfig:
         lo, _, hi = self.rtp_ports.partition("-")
         if not (lo.isdigit() and hi.isdigit() and 0 < int(lo) <= int(hi) <= 65535):
             raise ValueError(f"--rtp-ports must look like 20000-20999, not {self.rtp_ports!r}")
+
+
+def call_aec(mode: str, transport: str) -> Literal["auto", "on", "off"]:
+    """The echo-cancellation mode of one call: --aec auto means on for RTP transports, measured otherwise."""
+    if mode == "off":
+        return "off"
+    if mode == "on" or transport in RTP_TRANSPORTS:
+        return "on"
+    return "auto"
 
 
 def parse_ice_servers(spec: str | list[str] | None) -> list[IceServer]:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from v2v.media.aec import EchoCanceller
 from v2v.media.chunker import Chunker
 from v2v.media.playout import ItemPlayed, PlayoutBuffer, PlayoutEvent, PlayoutStarted, PlayoutStopped
 from v2v.media.resample import Resampler
@@ -48,6 +49,8 @@ log = logging.getLogger("v2v.call")
 
 VAD_RATES = (8000, 16000, 32000, 48000)
 CHUNK_MS = 100  # caller audio goes to the model in chunks of this length
+AEC_PROBE_MS = 8000  # aec=auto: after this much assistant audio, an echo canceller that found echo
+AEC_PROBE_SHARE = 0.1  # in less than this share of it is bypassed (the client's own canceller did the work)
 
 
 @dataclass
@@ -64,6 +67,10 @@ class CallConfig:
     client_tool_timeout_s: float = 10.0
     text_only_retries: int = 1
     response_wait_s: float = 10.0  # wait for the model to finish a response before asking for another
+    # echo cancellation of the caller's input against the playout: "on"; "auto" = on, then bypassed
+    # once AEC_PROBE_MS of assistant audio showed no echo to remove (the client cancels it); "off"
+    aec: Literal["auto", "on", "off"] = "off"
+    aec_margin_db: float = 20.0  # while assistant audio may echo, VAD ignores input this far below it
 
 
 class CallSession:
@@ -106,6 +113,8 @@ class CallSession:
         self._vad_resampler: Resampler | None = None
         self._vad_rate = 0
         self._model_resampler: Resampler | None = None
+        self._aec: EchoCanceller | None = None
+        self._vad_floor = -55.0
         caps = self.model.capabilities
         self._chunker = Chunker(caps.input_rate * CHUNK_MS // 1000)
         self.reply_audio = ReplyAudio(playout, caps.output_rate)
@@ -117,6 +126,7 @@ class CallSession:
         self.tool_runner = ToolRunner(call_id, self.tools, config, self.model, self.responses, self.publish,
                                       self._spawn, self._create_response)
         playout.add_listener(self._on_playout)
+        playout.add_tap(self._on_played)
 
     # ------------------------------------------------------------------ API
     def add_listener(self, cb: Callable[[ev.CallEvent], None]) -> None:
@@ -164,6 +174,8 @@ class CallSession:
             self.caller_joined()
         assert self._vad is not None
         self.position += len(pcm)
+        if self._aec is not None:
+            pcm = self._cancel_echo(self._aec, pcm)
         # VAD branch
         vad_pcm = self._vad_resampler.process(pcm) if self._vad_resampler else pcm
         for vev in self._vad.process(vad_pcm):
@@ -243,8 +255,34 @@ class CallSession:
             vad_rate, aggressiveness=c.vad_aggressiveness, frame_ms=c.vad_frame_ms,
             start_ms=c.vad_start_ms, end_ms=c.vad_end_ms,
         )
+        self._vad_floor = self._vad.energy_floor_dbfs
+        if c.aec != "off":
+            try:
+                self._aec = EchoCanceller(rate, self.playout.rate)
+            except (ImportError, ValueError) as exc:
+                log.warning("call %s: no echo cancellation: %s", self.call_id, exc)
         model_rate = self.model.capabilities.input_rate
         self._model_resampler = Resampler(rate, model_rate) if rate != model_rate else None
+
+    def _on_played(self, pcm: np.ndarray) -> None:
+        """The transport took these playout samples: the echo canceller's reference."""
+        if self._aec is not None:
+            self._aec.far(pcm)
+
+    def _cancel_echo(self, aec: EchoCanceller, pcm: np.ndarray) -> np.ndarray:
+        """Remove the assistant's echo; keep the VAD above what is left of it."""
+        out = aec.process(pcm)
+        assert self._vad is not None
+        floor = self._vad_floor
+        if aec.far_active:
+            floor = max(floor, aec.far_level_dbfs() - self.config.aec_margin_db)
+        self._vad.set_energy_floor(floor)
+        if self.config.aec == "auto" and aec.active_ms >= AEC_PROBE_MS and aec.echo_share < AEC_PROBE_SHARE:
+            log.info("call %s: no echo to cancel (%.0f %% of frames): echo canceller bypassed",
+                     self.call_id, 100 * aec.echo_share)
+            self._aec = None
+            self._vad.set_energy_floor(self._vad_floor)
+        return out
 
     def _input_samples(self, vad_samples: int) -> int:
         """A VAD sample position as an input sample position."""
