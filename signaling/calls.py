@@ -18,16 +18,19 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from v2v.worker import events as ev
 from v2v.worker.models.base import ModelFactory, SessionConfig
+from v2v.worker.recording import CallRecorder, RecordingConfig, RecordingWriter
 from v2v.worker.transport import AudioInput
 
 from .config import ServerConfig, call_aec
 from .dispatch import DispatchError, Overloaded, UnknownCall
 from .logs import CallLog
 from .metrics import ServerMetrics
+from .webhooks import WebhookConfig, Webhooks, public_call_id
 
 log = logging.getLogger("v2v.calls")
 
@@ -248,6 +251,12 @@ class CallManager:
         self._warmup: asyncio.Task | None = None
         self._app_tools = load_app(config.app) if config.app else None
         self._end_listeners: list[Callable[[Call, str], None]] = []
+        # recordings (--record-dir) and webhooks (--webhook): shared/DESIGN.md section 7
+        self.recordings = RecordingWriter(RecordingConfig(Path(config.record_dir), config.record_max_mb,
+                                                          config.record_keep_days)) if config.record_dir else None
+        self.webhooks = Webhooks(WebhookConfig(config.webhook, config.webhook_secret,
+                                               config.webhook_turns)) if config.webhook else None
+        self._recorders: dict[str, CallRecorder] = {}
 
     # -- models ------------------------------------------------------------
     def model_for_profile(self, profile: str | None) -> str:
@@ -359,6 +368,7 @@ class CallManager:
         session = self._make_session(call_id, factory, playout, session_config, transport)
         call = Call(self, call_id, transport, peer, profile, model, session, playout, audio_in)
         session.add_listener(call._on_event)
+        self._observe(call)
         self._calls[call_id] = call
         self._live.add(call_id)
         self.metrics.call_started(transport)
@@ -396,6 +406,17 @@ class CallManager:
             self._app_tools(tools)
         return CallSession(call_id, factory, cc, playout, tools, sc)
 
+    def _observe(self, call: Call) -> None:
+        """Start the call's recording and its webhooks (when configured)."""
+        if self.recordings is not None:
+            rec = self.recordings.open(public_call_id(call.call_id), call.playout.rate, {
+                "transport": call.transport, "peer": call.peer, "profile": call.profile or "",
+                "model": call.model_name})
+            rec.attach(call.session)
+            self._recorders[call.call_id] = rec
+        if self.webhooks is not None:
+            self.webhooks.call_started(call)
+
     def add_end_listener(self, cb: Callable[[Call, str], None]) -> None:
         """``cb(call, reason)`` when a call starts ending (it has left the active count)."""
         self._end_listeners.append(cb)
@@ -404,6 +425,8 @@ class CallManager:
         if call.call_id in self._live:
             self._live.discard(call.call_id)
             self.metrics.call_ended(call.transport, call.end_reason or "other")
+            if self.webhooks is not None:
+                self.webhooks.call_ended(call, call.end_reason or "other")
             for cb in list(self._end_listeners):
                 try:
                     cb(call, call.end_reason or "other")
@@ -411,6 +434,9 @@ class CallManager:
                     log.exception("call end listener failed", extra={"call": call.call_id})
 
     def _call_gone(self, call: Call) -> None:
+        rec = self._recorders.pop(call.call_id, None)
+        if rec is not None:
+            rec.close(call.end_reason or "other")
         self._calls.pop(call.call_id, None)
         self._live.discard(call.call_id)
 
@@ -430,6 +456,10 @@ class CallManager:
         calls = list(self._calls.values())
         if calls:
             await asyncio.gather(*(c.end(reason) for c in calls), return_exceptions=True)
+        if self.webhooks is not None:
+            await self.webhooks.close()
+        if self.recordings is not None:
+            await asyncio.to_thread(self.recordings.close)
 
 
 def load_app(spec: str) -> Callable[[Any], None] | None:

@@ -190,6 +190,24 @@ class ServerConfig:
                                    help="seconds a draining server or worker (SIGTERM) waits for its calls to end "
                                    "(a second SIGTERM ends them at once)")
 
+    # recordings and webhooks (worker/recording.py, signaling/webhooks.py)
+    record_dir: str = setting("", group="recording", metavar="DIR",
+                              help="record every call here: a stereo WAV (caller left, assistant right, as heard) "
+                              "and a JSONL of its events (default: no recording)")
+    record_max_mb: float = setting(0.0, group="recording", metavar="MB",
+                                   help="total size of --record-dir's recordings; the oldest are deleted past it "
+                                   "(0: no limit)")
+    record_keep_days: float = setting(0.0, group="recording", metavar="DAYS",
+                                      help="delete recordings older than this (0: keep them)")
+    webhook: str = setting("", group="recording", metavar="URL",
+                           help="POST call.started and call.ended (reason, duration, outcome) here as JSON, "
+                           "retried with back-off")
+    webhook_secret: str = setting("", group="recording", metavar="SECRET",
+                                  help="sign webhook bodies: X-V2V-Signature: sha256=HMAC-SHA256(secret, "
+                                  "'<X-V2V-Timestamp>.<body>')")
+    webhook_turns: bool = setting(False, group="recording", help="also POST call.turn for each user and "
+                                  "assistant turn (text as heard)")
+
     def validate(self) -> None:
         """Raise ValueError with a clear message on an impossible setting."""
         if self.model not in MODELS:
@@ -222,6 +240,10 @@ class ServerConfig:
                 ipaddress.ip_network(net, strict=False)
             except ValueError:
                 raise ValueError(f"--sip-allow: {net!r} is not an address or CIDR network") from None
+        if self.record_max_mb < 0 or self.record_keep_days < 0:
+            raise ValueError("--record-max-mb and --record-keep-days must be >= 0")
+        if self.webhook and not self.webhook.startswith(("http://", "https://")):
+            raise ValueError(f"--webhook must be an http:// or https:// URL, not {self.webhook!r}")
         lo, _, hi = self.rtp_ports.partition("-")
         if not (lo.isdigit() and hi.isdigit() and 0 < int(lo) <= int(hi) <= 65535):
             raise ValueError(f"--rtp-ports must look like 20000-20999, not {self.rtp_ports!r}")

@@ -99,6 +99,7 @@ class CallSession:
         self.ended = asyncio.Event()
         self.end_reason = ""
         self._listeners: list[Callable[[ev.CallEvent], None]] = []
+        self.input_taps: list[Callable[[np.ndarray], None]] = []  # see every caller frame fed (recordings)
         self._tasks = TaskSet(f"call {call_id}")
         self._model_task: asyncio.Task | None = None
         self._connected = False
@@ -174,6 +175,8 @@ class CallSession:
             self.caller_joined()
         assert self._vad is not None
         self.position += len(pcm)
+        for tap in self.input_taps:
+            tap(pcm)
         if self._aec is not None:
             pcm = self._cancel_echo(self._aec, pcm)
         # VAD branch
