@@ -26,7 +26,7 @@
     latServer: $("lat-server"), latHeard: $("lat-heard"), turns: $("turns"),
     transcript: $("transcript"), empty: $("empty"), clear: $("clear"),
     form: $("text-form"), text: $("text"), send: $("send"),
-    audio: $("remote-audio"),
+    audio: $("remote-audio"), announcer: $("announcer"),
   };
 
   // ---------------------------------------------------------------- state
@@ -42,6 +42,9 @@
     inAnalyser: null,
     outAnalyser: null,
     levelTimer: null,
+    statsLevels: { in: null, out: null, source: "" }, // WebRTC stats audio levels (no running AudioContext)
+    statsBusy: false,
+    levelTicks: 0,
     pingTimer: null,
     msgId: 0,
     gen: 0, // connect attempts
@@ -54,6 +57,7 @@
     turns: [], // {n, ttfbMs, heardMs}
     bargeIns: [], // barge-in cut times (ms) reported by the server
     errors: [],
+    announced: [], // what the screen-reader live region was given, in order
     userSpeaking: false,
     botSpeaking: false,
     userStoppedAt: null, // performance.now() of the last user-stopped-speaking
@@ -75,7 +79,27 @@
     return "c" + Date.now().toString(36) + "-" + S.msgId;
   }
 
+  /* Focus follows the call control that replaces the one that had it (Connect <-> Hang up):
+   * a hidden or disabled button would drop focus to <body>. */
+  let callFocusPending = false;
+  function callControlFocused() {
+    const a = document.activeElement;
+    return a === ui.connect || a === ui.hangup || a === ui.mute;
+  }
+  function restoreCallFocus() {
+    const a = document.activeElement;
+    if (!callFocusPending || (a && a !== document.body && !callControlFocused())) {
+      callFocusPending = false; // the user moved on: leave focus where it is
+      return;
+    }
+    const target = ui.connect.hidden ? ui.hangup : ui.connect;
+    if (target.hidden || target.disabled) return; // keep pending until one is usable
+    if (a !== target && !(a === ui.mute && !ui.mute.hidden && !ui.mute.disabled)) target.focus();
+    callFocusPending = false;
+  }
+
   function setConnection(c, text) {
+    if (callControlFocused()) callFocusPending = true;
     S.connection = c;
     ui.conn.dataset.conn = c;
     ui.connText.textContent = text;
@@ -87,6 +111,7 @@
     ui.text.disabled = c !== "connected";
     ui.send.disabled = c !== "connected";
     ui.connect.disabled = c === "closing";
+    restoreCallFocus();
   }
 
   const STATE_TEXT = {
@@ -202,10 +227,41 @@
     return Math.round(20 * Math.log10(level)) + " dB";
   }
 
+  /* Where the browser keeps the AudioContext suspended (no output device, autoplay rules) the
+   * analysers read silence: the levels then come from the WebRTC stats (media-source and
+   * inbound-rtp audioLevel, 0..1 linear like an RMS), polled every 100 ms. */
+  function audioCtxRunning() {
+    return !!S.audioCtx && S.audioCtx.state === "running";
+  }
+
+  async function pollStatsLevels() {
+    const pc = S.pc;
+    if (!pc || S.statsBusy) return;
+    S.statsBusy = true;
+    try {
+      const report = await pc.getStats();
+      let li = null;
+      let lo = null;
+      report.forEach((r) => {
+        if (r.kind !== "audio" || typeof r.audioLevel !== "number") return;
+        if (r.type === "media-source") li = r.audioLevel;
+        else if (r.type === "inbound-rtp") lo = r.audioLevel;
+      });
+      if (S.pc === pc) S.statsLevels = { in: li, out: lo, source: "webrtc-stats" };
+    } catch (_) {
+      /* closed meanwhile */
+    } finally {
+      S.statsBusy = false;
+    }
+  }
+
   function tickLevels() {
     const st = S.stats;
-    const li = S.muted ? 0 : rms(S.inAnalyser);
-    const lo = rms(S.outAnalyser);
+    const fromStats = !audioCtxRunning();
+    if (fromStats && S.levelTicks++ % 2 === 0) pollStatsLevels();
+    const li = S.muted ? 0 : (fromStats ? (S.statsLevels.in || 0) : rms(S.inAnalyser));
+    const lo = fromStats ? (S.statsLevels.out || 0) : rms(S.outAnalyser);
+    st.levelSource = fromStats ? "webrtc-stats" : "webaudio";
     st.inputLevel = li;
     st.outputLevel = lo;
     if (li > st.inputLevelMax) st.inputLevelMax = li;
@@ -445,6 +501,7 @@
     if (!userBubble) return;
     userBubble.entry.final = true;
     renderBubble(userBubble);
+    announce(userBubble.entry);
     userBubble = null;
   }
 
@@ -452,7 +509,21 @@
     if (!botBubble) return;
     botBubble.entry.final = true;
     renderBubble(botBubble);
+    announce(botBubble.entry);
     botBubble = null;
+  }
+
+  /* each finished turn is read out once (the transcript region is not a live region) */
+  const ANNOUNCED_KEPT = 4;
+  function announce(entry) {
+    if (entry.announced || !entry.text) return;
+    entry.announced = true;
+    const who = entry.role === "user" ? "You said" : entry.interrupted ? "Assistant, interrupted" : "Assistant";
+    const p = document.createElement("p");
+    p.textContent = who + ": " + entry.text;
+    ui.announcer.appendChild(p);
+    S.announced.push(p.textContent);
+    while (ui.announcer.childElementCount > ANNOUNCED_KEPT) ui.announcer.firstElementChild.remove();
   }
 
   function joinText(a, b) {
@@ -840,6 +911,9 @@
     }
     S.inAnalyser = null;
     S.outAnalyser = null;
+    S.statsLevels = { in: null, out: null, source: "" };
+    S.muted = false;
+    ui.mute.setAttribute("aria-pressed", "false");
     clearInterval(S.levelTimer);
     clearInterval(S.pingTimer);
     S.levelTimer = S.pingTimer = null;
@@ -880,8 +954,8 @@
     if (!S.mic) return;
     S.muted = !S.muted;
     S.mic.getAudioTracks().forEach((t) => { t.enabled = !S.muted; });
+    // one announcement: the pressed state changes, the label stays "Mute"
     ui.mute.setAttribute("aria-pressed", String(S.muted));
-    ui.mute.querySelector("span").textContent = S.muted ? "Unmute" : "Mute";
     send({ type: "signalling", message: { type: "trackStatus", receiver_index: 0, enabled: !S.muted } });
   }
 
@@ -945,6 +1019,7 @@
     get turns() { return S.turns.map((t) => ({ n: t.n, ttfbMs: t.ttfbMs, heardMs: t.heardMs })); },
     get errors() { return S.errors.slice(); },
     get bargeIns() { return S.bargeIns.slice(); },
+    get announced() { return S.announced.slice(); },
     get lastInterruption() { return S.lastInterruption || null; },
     stats() {
       return Object.assign({}, S.stats, {
