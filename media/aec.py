@@ -41,6 +41,7 @@ ECHO_FRAME_DB = 12.0  # a microphone frame this much quieter after cancellation 
 LOUD_DBFS = -55.0  # microphone frames at least this loud during assistant audio judge the canceller
 RESET_FRAMES = 40  # of the last this many such frames (0.4 s) ...
 RESET_SHARE = 0.3  # ... fewer than this share cancelled: the canceller lost the echo path; start afresh
+CONVERGED_FRAMES = 200  # loud frames cancelled before the canceller counts as converged
 RESET_GAP_S = 1.0  # at most once per this many seconds of microphone audio
 
 
@@ -76,6 +77,7 @@ class EchoCanceller:
         self.active_ms = 0  # microphone time processed while the reference was active
         self.echo_ms = 0  # of which frames where cancellation removed >= ECHO_FRAME_DB
         self._recent: deque[bool] = deque(maxlen=RESET_FRAMES)  # loud frames: cancelled or not
+        self._cancelled_since_reset = 0
         self._last_reset = 0
         self.resets = 0
 
@@ -129,7 +131,9 @@ class EchoCanceller:
             self.active_ms += n * 10
             cancelled = lin - lout >= ECHO_FRAME_DB
             self.echo_ms += int(np.count_nonzero(cancelled)) * 10
-            self._recent.extend(cancelled[lin >= LOUD_DBFS].tolist())
+            loud = cancelled[lin >= LOUD_DBFS]
+            self._recent.extend(loud.tolist())
+            self._cancelled_since_reset += int(np.count_nonzero(loud))
             self._check_lost()
         self.mic_samples += n * self.frame
         return out
@@ -146,8 +150,14 @@ class EchoCanceller:
         if sum(recent) < RESET_SHARE * len(recent):
             self._apm = self._new_apm()
             self._recent.clear()
+            self._cancelled_since_reset = 0
             self._last_reset = self.mic_samples
             self.resets += 1
+
+    @property
+    def converged(self) -> bool:
+        """It has cancelled echo (CONVERGED_FRAMES loud frames) since it started or last restarted."""
+        return self._cancelled_since_reset >= CONVERGED_FRAMES
 
     @property
     def removed_db(self) -> float:

@@ -71,6 +71,7 @@ class CallConfig:
     # once AEC_PROBE_MS of assistant audio showed no echo to remove (the client cancels it); "off"
     aec: Literal["auto", "on", "off"] = "off"
     aec_margin_db: float = 20.0  # while assistant audio may echo, VAD ignores input this far below it
+    # (half of it until the canceller has converged)
 
 
 class CallSession:
@@ -278,7 +279,8 @@ class CallSession:
         assert self._vad is not None
         floor = self._vad_floor
         if aec.far_active:
-            floor = max(floor, aec.far_level_dbfs() - self.config.aec_margin_db)
+            margin = self.config.aec_margin_db if aec.converged else self.config.aec_margin_db / 2
+            floor = max(floor, aec.far_level_dbfs() - margin)
         self._vad.set_energy_floor(floor)
         if self.config.aec == "auto" and aec.active_ms >= AEC_PROBE_MS and aec.echo_share < AEC_PROBE_SHARE:
             log.info("call %s: no echo to cancel (%.0f %% of frames): echo canceller bypassed",
