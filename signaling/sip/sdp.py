@@ -61,9 +61,10 @@ def parse_sdp(text: str) -> tuple[str | None, list[MediaLine], list[str]]:
         key, val = line[0], line[2:]
         if key == "m":
             parts = val.split()
-            if len(parts) < 4 or not parts[1].split("/")[0].isdigit():
-                raise SdpError(f"bad m= line {val!r}")
-            media.append(MediaLine(parts[0], int(parts[1].split("/")[0]), parts[2], parts[3:]))
+            port = _number(parts[1].split("/")[0]) if len(parts) >= 4 else None
+            if port is None or port > 65535:
+                raise SdpError(f"bad m= line {val[:40]!r}")
+            media.append(MediaLine(parts[0], port, parts[2], parts[3:]))
         elif key == "c":
             parts = val.split()
             if len(parts) != 3:
@@ -76,6 +77,11 @@ def parse_sdp(text: str) -> tuple[str | None, list[MediaLine], list[str]]:
         elif key == "a":
             (media[-1].attrs if media else session_attrs).append(val)
     return session_c, media, session_attrs
+
+
+def _number(text: str) -> int | None:
+    """An unsigned decimal of ASCII digits (``str.isdigit`` also takes '²', which int() refuses)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else None
 
 
 def parse_offer(text: str) -> AudioOffer:
@@ -91,10 +97,12 @@ def parse_offer(text: str) -> AudioOffer:
                 try:
                     pt_s, enc = a[7:].split(None, 1)
                     enc_name, rate_s = enc.split("/")[:2]
-                    rtpmap[int(pt_s)] = (enc_name.upper(), int(rate_s))
+                    pt_n, rate_n = _number(pt_s), _number(rate_s)
+                    if pt_n is not None and rate_n is not None:
+                        rtpmap[pt_n] = (enc_name.upper(), rate_n)
                 except ValueError:  # a malformed rtpmap: that payload type stays unknown
                     continue
-            elif a.startswith("ptime:") and a[6:].strip().isdigit():
+            elif a.startswith("ptime:") and _number(a[6:].strip()) is not None:
                 ptime = int(a[6:].strip())
             elif a in DIRECTIONS:
                 direction = a
@@ -102,9 +110,10 @@ def parse_offer(text: str) -> AudioOffer:
         pt: int | None = None
         dtmf_pt: int | None = None
         for f in m.fmts:
-            if not f.isdigit():
+            p_n = _number(f)
+            if p_n is None or p_n > 127:
                 continue
-            p = int(f)
+            p = p_n
             name, rate = rtpmap.get(p, (STATIC_PT.get(p, ""), 8000))
             if codec is None and name in ("PCMU", "PCMA") and rate == 8000:
                 codec, pt = name, p
