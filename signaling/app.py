@@ -118,9 +118,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except web.HTTPRequestEntityTooLarge:
         resp = _error(413, f"request body too large (max {request.app[CONFIG].max_body} bytes)")
     except web.RequestPayloadError:  # e.g. Content-Encoding: gzip on a body that is not gzip
-        request.content.feed_eof()  # nothing more of it can be read: no lingering read of the rest
         resp = _error(400, "the request body cannot be read (bad Content-Encoding or truncated)")
-        resp.force_close()  # and no keep-alive on a connection left mid-body
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -131,6 +129,8 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except Exception:
         log.exception("unexpected error", extra={"path": request.path, "method": request.method})
         resp = _error(500, "internal error")
+    if resp.status >= 400:
+        await _settle_body(request, resp)
     if 400 <= resp.status < 500:
         request.app[METRICS].http_errors.labels(status=str(resp.status)).inc()
         if guarded and resp.status != 404 and isinstance(resp, web.Response):
@@ -140,6 +140,21 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         resp.headers["Access-Control-Allow-Origin"] = allow
         resp.headers["Vary"] = "Origin"
     return resp
+
+
+async def _settle_body(request: web.Request, resp: web.StreamResponse) -> None:
+    """The body a refused request left unread: read it (at most --max-body) so that aiohttp's own
+    lingering read cannot fail after the response; a body that cannot be decoded (a gzip that is not
+    gzip) is dropped and the connection closed after the response."""
+    if not request.body_exists or request.content.is_eof():
+        return
+    try:
+        await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return  # aiohttp reads and drops the rest, as for any 413
+    except web.RequestPayloadError:
+        request.content.feed_eof()  # the parser has stopped: nothing more of it can be read
+        resp.force_close()
 
 
 def _message(resp: web.Response) -> str:
