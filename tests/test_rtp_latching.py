@@ -7,6 +7,7 @@ under its rule, and c= host names or unreachable address families are refused wi
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import time
 from itertools import pairwise
@@ -214,4 +215,29 @@ async def test_host_name_or_unreachable_family_in_c_line_is_refused_with_488() -
             assert srv.active() == 1 and (await call.bye()).status == 200
         finally:
             await rtp.close()
+            await sip.close()
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+async def test_sip_calls_start_no_threads() -> None:
+    """Probe item 4/8: PyAV's resampler started a thread pool per resampler (2 x CPUs per call)."""
+    async with running_server() as srv:
+        sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
+        peers = [await RtpPeer.open(TONE) for _ in range(6)]
+        try:
+            uri = f"sip:echo@127.0.0.1:{srv.sip_port}"
+            first = await Call.dial(sip, peers[0], uri)  # process-wide pools (if any) start with the first call
+            await wait_for(lambda: len(peers[0].received) > 20, 3.0, "the first call's audio")
+            base = _threads()
+            calls = [await Call.dial(sip, p, uri) for p in peers[1:]]
+            await wait_for(lambda: all(len(p.received) > 20 for p in peers), 5.0, "every call's audio")
+            assert _threads() == base, (base, _threads())
+            for c in [first, *calls]:
+                assert (await c.bye()).status == 200
+        finally:
+            for p in peers:
+                await p.close()
             await sip.close()

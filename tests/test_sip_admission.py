@@ -14,6 +14,7 @@ import pytest
 from tests.sip.harness import running_server, wait_for
 from tests.sip.uac import Call, RtpPeer, SipClient, offer_sdp
 from v2v.signaling.config import ServerConfig
+from v2v.signaling.sip import core as sip_core
 from v2v.signaling.sip.admission import Admission, RateLimiter, exposure_warning, parse_networks
 from v2v.signaling.sip.digest import compute_response, parse_auth_header
 
@@ -209,3 +210,19 @@ def test_policy_units() -> None:
     now[0] += 0.5  # one token back
     assert rl.allow("a", "INVITE") and not rl.allow("a", "INVITE")
     assert RateLimiter(0, 0).allow("a", "INVITE")  # 0: no limit
+
+
+async def test_a_floods_transactions_are_purged_on_time_without_further_traffic(monkeypatch) -> None:
+    monkeypatch.setattr(sip_core, "TX_LINGER", 0.4)
+    async with running_server(sip_rate=1.0) as srv:
+        flood = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
+        try:
+            for i in range(10):  # refused (503) or answered OPTIONS: each leaves a server transaction
+                flood.send(flood.request("OPTIONS" if i % 2 else "REGISTER", "sip:127.0.0.1", f"p-{i}", from_tag="p"))
+            for _ in range(10):
+                await flood.recv()
+            core = srv.sip.core
+            assert core._txs
+            await wait_for(lambda: not core._txs and not core._invite_txs, 2.0, "the purge, with no traffic")
+        finally:
+            await flood.close()

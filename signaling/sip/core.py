@@ -93,6 +93,7 @@ class SipCore:
         self._client_txs: dict[str, asyncio.Future[SipResponse]] = {}
         self._tasks = TaskSet("sip")
         self._closing = False
+        self._purger: asyncio.TimerHandle | None = None
         self.stats = {"bad": 0, "dropped": 0}
 
     # ------------------------------------------------------------ plumbing
@@ -121,10 +122,17 @@ class SipCore:
         return resp
 
     def _purge(self) -> None:
+        """Drop transactions older than TX_LINGER; re-armed on a timer while any are left (not only on traffic)."""
         now = time.monotonic()
         for table in (self._txs, self._invite_txs):
             for k in [k for k, tx in table.items() if now - tx.created > TX_LINGER]:
                 del table[k]
+        if self._purger is None and not self._closing and (self._txs or self._invite_txs):
+            self._purger = asyncio.get_running_loop().call_later(TX_LINGER / 4, self._purge_tick)
+
+    def _purge_tick(self) -> None:
+        self._purger = None
+        self._purge()
 
     def contact(self, conn: Conn) -> str:
         if conn.transport in ("WS", "WSS"):
@@ -167,6 +175,8 @@ class SipCore:
             log.exception("sip: failed to handle %s", getattr(msg, "method", "a response"))
             if isinstance(msg, SipRequest) and msg.method != "ACK":
                 self._respond(msg, conn, 500, cache=False)
+        if self._purger is None:
+            self._purge()  # arms the purge timer for the transactions this message left
 
     def _fix_via(self, req: SipRequest, conn: Conn) -> None:
         """RFC 3261 18.2.1 received + RFC 3581 rport on the top Via."""
@@ -572,6 +582,8 @@ class SipCore:
 
     async def close(self) -> None:
         self._closing = True
+        if self._purger is not None:
+            self._purger.cancel()
         await asyncio.gather(*(self.end_dialog(d, "shutdown", send_bye=True) for d in list(self.dialogs.values())),
                              return_exceptions=True)
         await self._tasks.cancel_all()
