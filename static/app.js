@@ -9,6 +9,12 @@
   const RTVI_LABEL = "rtvi-ai";
   const RTVI_VERSION = "2.1.0";
   const OFFER_URL = "/api/offer";
+  // Access tokens (--auth-secret): asked for when the server answers 401, kept for this tab only.
+  const TOKEN_KEY = "v2v.token";
+  function authHeaders(extra) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    return Object.assign(token ? { Authorization: "Bearer " + token } : {}, extra || {});
+  }
   const ICE_GATHER_TIMEOUT_MS = 3000;
   const LEVEL_INTERVAL_MS = 50;
   const UNSPOKEN_PREVIEW = 160; // characters of an interrupted answer's unspoken part shown collapsed
@@ -780,12 +786,12 @@
     });
   }
 
-  async function postOffer(body) {
+  async function postOffer(body, asked) {
     let res;
     try {
       res = await fetch(OFFER_URL, {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers: authHeaders({ "Content-Type": "application/json" }),
         body: JSON.stringify(body),
       });
     } catch (err) {
@@ -793,6 +799,14 @@
     }
     let json = null;
     try { json = await res.json(); } catch (_) { /* not JSON */ }
+    if (res.status === 401 && !asked) { // the server requires an access token: ask for one, once
+      const token = window.prompt("This server requires an access token (see `v2v token`). Paste it here:");
+      if (token && token.trim()) {
+        sessionStorage.setItem(TOKEN_KEY, token.trim());
+        return postOffer(body, true);
+      }
+    }
+    if (res.status === 401) sessionStorage.removeItem(TOKEN_KEY);
     if (!res.ok) {
       const why = (json && json.error) || res.statusText || "request failed";
       if (res.status === 503) throw new Error("The server is busy (" + why + "). Try again shortly.");
@@ -943,7 +957,7 @@
     setConnection("closing", "Hanging up…");
     if (pcId && !serverEnded) {
       try {
-        await fetch(OFFER_URL + "/" + encodeURIComponent(pcId), { method: "DELETE", keepalive: true });
+        await fetch(OFFER_URL + "/" + encodeURIComponent(pcId), { method: "DELETE", keepalive: true, headers: authHeaders() });
       } catch (_) { /* the peer connection close below ends the call too */ }
     }
     teardown("idle", "Not connected");
@@ -994,7 +1008,7 @@
   });
   window.addEventListener("pagehide", () => {
     if (S.pcId) {
-      try { fetch(OFFER_URL + "/" + encodeURIComponent(S.pcId), { method: "DELETE", keepalive: true }); } catch (_) {}
+      try { fetch(OFFER_URL + "/" + encodeURIComponent(S.pcId), { method: "DELETE", keepalive: true, headers: authHeaders() }); } catch (_) {}
     }
   });
 
