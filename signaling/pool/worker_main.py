@@ -255,8 +255,12 @@ async def serve_worker(config: ServerConfig, unix_path: str | None = None) -> in
     worker = Worker(config, unix_path=unix_path)
     loop = asyncio.get_running_loop()
     draining = asyncio.Event()
+
+    def on_sigterm() -> None:  # first: drain; a second one: end the calls now
+        (worker.stop if draining.is_set() else draining).set()
+
     loop.add_signal_handler(signal.SIGINT, worker.stop.set)
-    loop.add_signal_handler(signal.SIGTERM, draining.set)
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
         try:
             await worker.start()
@@ -277,9 +281,9 @@ async def serve_worker(config: ServerConfig, unix_path: str | None = None) -> in
         drain_wait.cancel()
         return 0
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
         await worker.shutdown()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # last: a signal during the shutdown is no traceback
+            loop.remove_signal_handler(sig)
 
 
 def _run(coro: Any) -> Any:
