@@ -457,6 +457,10 @@ async def test_serve_workers_2_both_take_calls_and_a_killed_one_restarts() -> No
 # -----------------------------------------------------------------------------
 
 
+def keys_left(r: redis.Redis) -> str:
+    return ", ".join(f"{k} -> {r.get(k)} (ttl {r.ttl(k)} s)" for k in call_keys(r))
+
+
 async def test_churn_200_calls_leaves_nothing_behind(redis_srv: RedisServer, rconn: redis.Redis) -> None:
     url = redis_srv.url
     async with procs_of("churn") as procs:
@@ -491,7 +495,10 @@ async def test_churn_200_calls_leaves_nothing_behind(redis_srv: RedisServer, rco
             await batch(start, 5)
         for node in (a, b):
             await node.wait_workers(lambda rows: sum(w["active_calls"] for w in rows) == 0, 10, "all calls over")
-        await wait_until(lambda: not call_keys(rconn), 5, "no call keys in Redis")
+        try:
+            await wait_until(lambda: not call_keys(rconn), 5, "no call keys in Redis")
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {keys_left(rconn)}") from None
         totals = []
         for w in workers:
             text = await w.metrics()
