@@ -402,6 +402,7 @@
         m.textContent = "(speech, no transcript)";
         body.appendChild(m);
       }
+      if (e.final) announce(e);
       return;
     }
     // assistant: spoken part, then the struck-out unspoken part after an interruption
@@ -448,6 +449,7 @@
       }
     }
     e.text = spoken;
+    if (e.final) announce(e); // text that arrives after the turn ended is read out then
   }
 
   function dots() {
@@ -519,17 +521,23 @@
     botBubble = null;
   }
 
-  /* each finished turn is read out once (the transcript region is not a live region) */
+  /* each finished turn is read out once (the transcript region is not a live region), once its
+   * text has settled: an answer's words keep arriving, paced to its audio, after its turn ends */
   const ANNOUNCED_KEPT = 4;
+  const ANNOUNCE_SETTLE_MS = 1500;
   function announce(entry) {
-    if (entry.announced || !entry.text) return;
-    entry.announced = true;
-    const who = entry.role === "user" ? "You said" : entry.interrupted ? "Assistant, interrupted" : "Assistant";
-    const p = document.createElement("p");
-    p.textContent = who + ": " + entry.text;
-    ui.announcer.appendChild(p);
-    S.announced.push(p.textContent);
-    while (ui.announcer.childElementCount > ANNOUNCED_KEPT) ui.announcer.firstElementChild.remove();
+    if (entry.announced || entry.typed) return;
+    clearTimeout(entry.announceTimer);
+    entry.announceTimer = setTimeout(() => {
+      if (entry.announced || !entry.text) return;
+      entry.announced = true;
+      const who = entry.role === "user" ? "You said" : entry.interrupted ? "Assistant, interrupted" : "Assistant";
+      const p = document.createElement("p");
+      p.textContent = who + ": " + entry.text;
+      ui.announcer.appendChild(p);
+      S.announced.push(p.textContent);
+      while (ui.announcer.childElementCount > ANNOUNCED_KEPT) ui.announcer.firstElementChild.remove();
+    }, ANNOUNCE_SETTLE_MS);
   }
 
   function joinText(a, b) {

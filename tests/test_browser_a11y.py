@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
 from tests.browser_util import (
     CHROMIUM,
@@ -38,6 +38,7 @@ VIEWPORTS: dict[str, dict[str, Any]] = {
     "desktop": {"viewport": {"width": 1280, "height": 800}},
 }
 MIN_TARGET = 44
+AUDIBLE = 0.02  # RMS-like level, full scale 1
 
 # The boxes the layout assertions are about, read in one go.
 LAYOUT_JS = """() => {
@@ -79,13 +80,18 @@ def echo_server(tmp_module: Path) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_module: Path) -> Iterator[Browser]:
-    # one utterance, then a long silence: the typed turns are not talked over
-    wav = compose_wav(tmp_module / "speech_once.wav", [speech_wav(tmp_module), 90.0])
+def pw() -> Iterator[Playwright]:
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=fake_audio_args(wav))
-        yield b
-        b.close()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(pw: Playwright, tmp_module: Path) -> Iterator[Browser]:
+    # a silent microphone: the conversations here are typed (the voice path is test_browser.py's)
+    wav = compose_wav(tmp_module / "silence.wav", [120.0])
+    b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=fake_audio_args(wav))
+    yield b
+    b.close()
 
 
 def new_page(browser: Browser, url: str, device: str, color_scheme: str = "light") -> tuple[Page, list[str]]:
@@ -264,3 +270,39 @@ def test_axe_reports_nothing_serious(browser: Browser, echo_server: Server, sche
         page.click("#hangup")
     finally:
         page.context.close()
+
+
+# Headless chromium runs every AudioContext whatever its autoplay flags; a browser without an
+# output device (or under autoplay rules) keeps it suspended. This makes the page's context such
+# a one: it is suspended at once and resume() does nothing. The rest (WebRTC, stats) is real.
+SUSPENDED_AUDIO_CONTEXT = """
+(() => {
+  const Real = window.AudioContext;
+  window.AudioContext = class extends Real {
+    constructor(opts) { super(opts); super.suspend(); }
+    resume() { return Promise.resolve(); }
+  };
+})();
+"""
+
+
+def test_meters_fall_back_to_webrtc_stats_without_an_audio_context(
+        pw: Playwright, echo_server: Server, tmp_module: Path) -> None:
+    wav = compose_wav(tmp_module / "speech_then_silence.wav", [speech_wav(tmp_module), 90.0])
+    b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=fake_audio_args(wav))
+    try:
+        ctx = b.new_context(**VIEWPORTS["desktop"])
+        ctx.add_init_script(SUSPENDED_AUDIO_CONTEXT)
+        page = ctx.new_page()
+        page.goto(echo_server.url + "/")
+        page.click("#connect")
+        js(page, "v2v.connection === 'connected'", 20, "connected")
+        js(page, "v2v.stats().levelSource === 'webrtc-stats'", 2, "levels from the WebRTC stats")
+        js(page, f"v2v.stats().inputLevelMax > {AUDIBLE}", 15, "the microphone level from the stats")
+        js(page, f"v2v.stats().outputLevelMax > {AUDIBLE}", 20, "the reply's level from the stats")
+        js(page, "v2v.turns.some(t => t.heardMs !== null)", 10, "the heard latency")
+        assert page.evaluate("v2v.stats().levelSource") == "webrtc-stats"
+        screenshot(page, "a11y_meters_from_stats.png")
+        page.click("#hangup")
+    finally:
+        b.close()
