@@ -52,7 +52,7 @@ MAX_OUTBOX = 256  # data-channel messages kept while the channel is not open
 # offers are bounded before aiortc parses them (an offer of 1000 m-lines blocked the loop 1.2-1.6 s):
 # a browser or Pipecat offer is 3-10 KB with audio, video and a data channel (3 m-lines)
 MAX_SDP_BYTES = 32 * 1024
-MAX_MLINES = 16
+MAX_MLINES = 8  # audio, video, screen, data and spares; 16 cost aiortc 51-145 ms of loop time here, 8: 11-24 ms
 MAX_CANDIDATES = 64  # per PATCH
 SILENT_ENDS = ("peer-closed", "hangup")  # the caller ended it: no call-ended message
 
