@@ -13,7 +13,9 @@ rate:
 
 Both are cut into the 10 ms frames AEC3 works on; :meth:`process` returns
 whole frames only (a piece that does not fill a frame waits for the next
-call, so with 10/20 ms packets nothing waits). The delay between a reference
+call, so with 10/20 ms packets nothing waits). While no assistant audio went
+out for :data:`IDLE_MS` both streams bypass AEC3 (a caller listening to
+silence costs nothing). The delay between a reference
 sample and its echo (network, the caller's jitter buffer, the room) is found
 by AEC3 itself (it tracks 0 to ~500 ms and re-converges when it changes).
 
@@ -41,6 +43,7 @@ ECHO_FRAME_DB = 12.0  # a microphone frame this much quieter after cancellation 
 LOUD_DBFS = -55.0  # microphone frames at least this loud during assistant audio judge the canceller
 RESET_FRAMES = 40  # of the last this many such frames (0.4 s) ...
 RESET_SHARE = 0.3  # ... fewer than this share cancelled: the canceller lost the echo path; start afresh
+IDLE_MS = 1000  # reference silent this long (more than the longest delay + reverb tail): canceller idle
 CONVERGED_FRAMES = 200  # loud frames cancelled before the canceller counts as converged
 RESET_GAP_S = 1.0  # at most once per this many seconds of microphone audio
 
@@ -73,6 +76,7 @@ class EchoCanceller:
         self._in_energy = 0.0  # microphone energy while the reference was active
         self._out_energy = 0.0  # the same after cancellation
         self.far_samples = 0
+        self._far_quiet = IDLE_MS // 10  # reference frames since the last loud one (idle at the start)
         self.mic_samples = 0
         self.active_ms = 0  # microphone time processed while the reference was active
         self.echo_ms = 0  # of which frames where cancellation removed >= ECHO_FRAME_DB
@@ -91,12 +95,20 @@ class EchoCanceller:
         if n == 0:
             return
         frames = buf[: n * self.frame].reshape(n, self.frame)
-        for lv in level_dbfs(frames).tolist():
-            self._far_levels.append(lv)
+        levels = level_dbfs(frames)
+        self._far_levels.extend(levels.tolist())
         self._far_active = sum(1 for lv in self._far_levels if lv >= FAR_ACTIVE_DBFS)
-        for row in frames:
-            self._apm.process_reverse_stream(self._audio_frame(row))
+        loud = np.nonzero(levels >= FAR_ACTIVE_DBFS)[0]
+        self._far_quiet = n - 1 - int(loud[-1]) if len(loud) else self._far_quiet + n
+        if not self.idle:
+            for row in frames:
+                self._apm.process_reverse_stream(self._audio_frame(row))
         self.far_samples += n * self.frame
+
+    @property
+    def idle(self) -> bool:
+        """No assistant audio for IDLE_MS: both streams skip the canceller (no echo can be left)."""
+        return self._far_quiet * 10 >= IDLE_MS
 
     def far_level_dbfs(self) -> float:
         """The loudest reference frame of the recent window (dBFS)."""
@@ -116,6 +128,9 @@ class EchoCanceller:
         self._mic_pending = buf[n * self.frame:].copy()
         if n == 0:
             return np.zeros(0, dtype=np.int16)
+        self.mic_samples += n * self.frame
+        if self.idle:
+            return buf[: n * self.frame].copy()
         out = np.empty(n * self.frame, dtype=np.int16)
         for i in range(n):
             frame = self._audio_frame(buf[i * self.frame:(i + 1) * self.frame])
@@ -135,7 +150,6 @@ class EchoCanceller:
             self._recent.extend(loud.tolist())
             self._cancelled_since_reset += int(np.count_nonzero(loud))
             self._check_lost()
-        self.mic_samples += n * self.frame
         return out
 
     def _new_apm(self) -> Any:

@@ -93,3 +93,14 @@ def test_canceller_frames_and_rates() -> None:
     out = aec.process(np.ones(70, np.int16))
     assert len(out) == 160 and aec.mic_samples == 320
     assert not aec.far_active
+
+
+def test_idle_canceller_passes_the_caller_through_untouched() -> None:
+    """No assistant audio for a second: nothing to cancel, the microphone goes through as it is."""
+    aec = EchoCanceller(48000, 24000)
+    mic = (np.random.default_rng(3).standard_normal(960) * 3000).astype(np.int16)
+    aec.far(np.zeros(480, np.int16))
+    assert aec.idle
+    assert np.array_equal(aec.process(mic), mic)
+    aec.far((np.ones(480) * 8000).astype(np.int16))  # the assistant speaks: the canceller is at work
+    assert not aec.idle and aec.far_active
