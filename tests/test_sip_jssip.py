@@ -54,7 +54,8 @@ async def test_jssip_register_call_dtmf_hangup() -> None:
     build_page()
     page_runner, page_port = await serve_page()
     try:
-        async with running_server(sip_users=["tester:s3cret"]) as srv:
+        # the page comes from another port: a foreign Origin, admitted only when listed (DESIGN section 7)
+        async with running_server(sip_users=["tester:s3cret"], cors_origin=[f"http://127.0.0.1:{page_port}"]) as srv:
             events = record_call_events(srv)
             async with async_playwright() as pw:
                 browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
