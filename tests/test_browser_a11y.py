@@ -266,6 +266,7 @@ def test_axe_reports_nothing_serious(browser: Browser, echo_server: Server, sche
         inject_interrupted_answer(page)
         assert page.get_attribute("#mute", "aria-pressed") == "true"  # checked pressed: its own colours
         during = axe_serious(page)
+        screenshot(page, f"a11y_phone_call_{scheme}.png")
         assert during == [], during
         page.click("#hangup")
     finally:
