@@ -85,10 +85,11 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-def v2v_serve(model: str, tmp_dir: Path) -> Any:
+def v2v_serve(model: str, tmp_dir: Path, page_url: str) -> Any:
     """The real CLI, ``v2v serve --model <model>``, with the application hooks of
-    tests/pipecat_client/app_hooks.py as its --app."""
-    return run_server(model, tmp_dir, "--log-level", "info", "--app", str(HOOKS))
+    tests/pipecat_client/app_hooks.py as its --app; the client's page is served from
+    another origin, which the server must list (--cors-origin)."""
+    return run_server(model, tmp_dir, "--log-level", "info", "--app", str(HOOKS), "--cors-origin", page_url.rstrip("/"))
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +189,8 @@ def mute_between_turns(c: Client) -> None:
 
 
 @pytest.fixture(scope="module")
-def echo_server(tmp_module: Path) -> Iterator[Server]:
-    with v2v_serve("echo", tmp_module) as server:
+def echo_server(tmp_module: Path, page_url: str) -> Iterator[Server]:
+    with v2v_serve("echo", tmp_module, page_url) as server:
         yield server
 
 
@@ -293,8 +294,8 @@ def test_server_hangup_reaches_the_client(browser: Browser, page_url: str, echo_
 
 
 @pytest.fixture(scope="module")
-def local_server(tmp_module: Path) -> Iterator[Server]:
-    with v2v_serve("local", tmp_module) as server:
+def local_server(tmp_module: Path, page_url: str) -> Iterator[Server]:
+    with v2v_serve("local", tmp_module, page_url) as server:
         yield server
 
 
