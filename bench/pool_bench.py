@@ -402,6 +402,35 @@ async def held_part(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def markdown(doc: dict[str, Any]) -> str:
+    """The tables of BENCHMARKS.md's pool section, from a pool.json document."""
+    names = {"inproc": "`v2v serve` (in-process worker)", "redis": "`serve --redis` + 1 `worker --redis`",
+             "workers1": "`serve --workers 1` (unix socket)"}
+    out = [f"Run {doc.get('when')} on {doc.get('machine', {}).get('cpus')} CPUs, load average when written "
+           f"{doc.get('machine', {}).get('loadavg', ['?'])[0]:.1f}.", ""]
+    lat = doc.get("offer_answer") or {}
+    if lat:
+        out += ["| setup | offer->answer p50 | p95 | added p50 / p95 | CPU ms per call (all processes) | "
+                "added CPU ms | Redis commands per call |", "|---|---|---|---|---|---|---|"]
+        for k, r in lat.items():
+            added = f"{r['added_p50_ms']:+.1f} / {r['added_p95_ms']:+.1f} ms" if "added_p50_ms" in r else "-"
+            out.append(f"| {names.get(k, k)} | {r['p50_ms']:.1f} ms | {r['p95_ms']:.1f} ms | {added} | "
+                       f"{r['cpu_ms_per_call']:.1f} | {r.get('added_cpu_ms_per_call', 0):+.1f} | "
+                       f"{r.get('redis_commands_per_call', '-')} |")
+        out.append("")
+    held = doc.get("calls_held") or {}
+    if held:
+        out += ["| setup (server side / load generator) | last good N | steps (N: p99 ms, late frames, CPU ms per "
+                "call-second, load average) |", "|---|---|---|"]
+        for spec, h in held.items():
+            kind, _, pin = spec.partition(":")
+            where = "both unpinned" if pin == "unpinned" else "CPU 0 / CPU 1"
+            steps = "; ".join(f"{r['n']}: {r.get('interval_p99_ms') or 0:.1f}, {r.get('late_frames')}, "
+                              f"{r.get('server_cpu_ms_per_call_s')}, {r.get('loadavg_1m_after', '?')}" for r in h["runs"])
+            out.append(f"| {kind} ({where}) | {h['last_good_n'] if h['last_good_n'] is not None else '< ' + str(h['runs'][0]['n'])} | {steps} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--offers", type=int, default=100)
@@ -418,7 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-held", action="store_true")
     ap.add_argument("--held-only", action="store_true")
     ap.add_argument("--name", default="pool")
+    ap.add_argument("--markdown", action="store_true", help="print the tables of bench/results/<name>.json and exit")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads((RESULTS / f"{args.name}.json").read_text())))
+        return 0
     if (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {CLIENT_CPU})
 
