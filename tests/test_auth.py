@@ -16,6 +16,7 @@ import jwt
 import pytest
 from aiohttp import ClientSession, WSServerHandshakeError, web
 
+from tests import pool_util
 from tests.conftest import load_wav
 from tests.signaling_util import metric_value, running_server, wait_until
 from v2v.signaling import cli
@@ -24,6 +25,7 @@ from v2v.signaling.auth import AuthError, OriginPolicy, mint_token, redact, veri
 from v2v.signaling.client import Caller
 from v2v.signaling.config import ServerConfig
 from v2v.signaling.logs import setup_logging
+from v2v.signaling.pool.registry import RedisRegistry
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -294,3 +296,34 @@ async def test_sip_websocket_refuses_foreign_origins_and_needs_a_token() -> None
                                    headers={"Origin": f"http://{hostport}"})
         assert ws.protocol == "sip"
         await ws.close()
+
+
+# -- through a worker pool ---------------------------------------------------------------
+
+redis_server = pool_util.redis_server  # the fixture
+
+
+async def test_ownership_holds_through_a_pool_node(redis_server: pool_util.RedisServer) -> None:
+    async with (
+        pool_util.running_worker(redis_server.url, name="wa") as worker,
+        pool_util.running_node(RedisRegistry(redis_server.url), auth_secret=SECRET) as node,
+        ClientSession() as http,
+    ):
+        alice, mallory = mint_token(SECRET, 60, subject="alice"), mint_token(SECRET, 60, subject="mallory")
+        async with http.post(node.offer_url, json=await real_offer()) as r:
+            await error_of(r, 401)
+        caller = Caller(node.url, token=alice)
+        try:
+            await caller.connect()
+            pc_id = caller.pc_id
+            assert worker.host.active_calls() == 1
+            async with http.delete(f"{node.offer_url}/{pc_id}", headers=bearer(mallory)) as r:
+                await error_of(r, 403)  # the worker's refusal, relayed with its status
+            async with http.post(node.offer_url, json={**await real_offer(), "pc_id": pc_id, "restart_pc": True},
+                                 headers=bearer(mallory)) as r:
+                await error_of(r, 403)
+            assert worker.host.active_calls() == 1
+            assert await caller.hangup() == 200
+            await wait_until(lambda: worker.host.active_calls() == 0, 5, "the call's end")
+        finally:
+            await caller.close()
