@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, ProcSample, Server, free_port, percentile, taskset_prefix, write_result
 from load import good, run_loadgen
 
-SERVER_CPU = 0
-CLIENT_CPU = 1
+SERVER_CPU = "0"  # taskset -c list of the server side (--server-cpus)
+CLIENT_CPU = "1"  # of the client / load generator (--load-cpus)
 
 
 # -----------------------------------------------------------------------------
@@ -84,7 +84,7 @@ def cpu_s(pids: list[int]) -> float:
 class Proc:
     """A helper process of a setup (redis-server, a worker), pinned like the server."""
 
-    def __init__(self, label: str, cmd: list[str], cpu: int | None) -> None:
+    def __init__(self, label: str, cmd: list[str], cpu: str | None) -> None:
         self.label = label
         self.log_path = RESULTS / "tmp" / f"pool-{label}-{os.getpid()}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +128,7 @@ async def wait_http(url: str, timeout: float = 60.0, ok: Any = None) -> None:
 class Setup:
     """One way of serving: the signaling server plus whatever it needs; ``url`` takes offers."""
 
-    def __init__(self, kind: str, cpu: int | None = SERVER_CPU, capacity: int = 200) -> None:
+    def __init__(self, kind: str, cpu: str | None = SERVER_CPU, capacity: int = 200) -> None:
         self.kind = kind
         self.cpu = cpu
         self.capacity = capacity
@@ -313,7 +313,7 @@ async def offer_rounds(setups: list[Setup], offers: list[str], n: int, warmup: i
 
 async def latency_part(args: argparse.Namespace) -> dict[str, Any]:
     offers = await make_offers(8)
-    setups = [Setup(kind) for kind in args.latency_setups.split(",")]
+    setups = [Setup(kind, cpu=args.server_cpus) for kind in args.latency_setups.split(",")]
     try:
         for s in setups:
             await s.start()
@@ -359,10 +359,10 @@ class TreeServer:
 
 async def held_step(kind: str, pinned: bool, n: int, capacity: int, args: argparse.Namespace) -> dict[str, Any]:
     """One load step on a fresh setup: bench/loadgen.py with ``n`` callers, judged by ``load.good``."""
-    setup = Setup(kind, cpu=SERVER_CPU if pinned else None, capacity=capacity)
+    setup = Setup(kind, cpu=args.server_cpus if pinned else None, capacity=capacity)
     try:
         await setup.start()
-        la = argparse.Namespace(load_cpu=CLIENT_CPU if pinned else None, seconds=args.seconds,
+        la = argparse.Namespace(load_cpu=args.load_cpus if pinned else None, seconds=args.seconds,
                                 warmup=args.warmup, rate=args.rate, late_ms=40.0, wav=None, loadgen_uvloop=True)
         r = await run_loadgen(TreeServer(setup), n, la)  # type: ignore[arg-type]
     finally:
@@ -444,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--late-tolerance", type=float, default=0.0)
     ap.add_argument("--retry", type=int, default=1, help="run a bad ramp step again up to this many times")
+    ap.add_argument("--server-cpus", default=SERVER_CPU,
+                    help="taskset -c list for the server side of pinned setups (e.g. 0,1 on a >= 3-core machine)")
+    ap.add_argument("--load-cpus", default=CLIENT_CPU, help="comma-separated CPUs of the client / load generator")
     ap.add_argument("--skip-held", action="store_true")
     ap.add_argument("--held-only", action="store_true")
     ap.add_argument("--name", default="pool")
@@ -453,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(json.loads((RESULTS / f"{args.name}.json").read_text())))
         return 0
     if (os.cpu_count() or 1) >= 2:
-        os.sched_setaffinity(0, {CLIENT_CPU})
+        os.sched_setaffinity(0, {int(c) for c in args.load_cpus.split(",")})
 
     async def run() -> dict[str, Any]:
         data: dict[str, Any] = {"params": vars(args)}
