@@ -35,62 +35,80 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
+async def _open_registry(config: ServerConfig) -> tuple[Registry, LocalRegistry | None]:
+    """Redis when ``--redis`` (RegistryUnavailable if down), else the supervisor's own."""
+    if config.redis:
+        registry = RedisRegistry(config.redis)
+        await registry.connect()
+        return registry, None
+    local = LocalRegistry()
+    return local, local
+
+
+class _Signals:
+    """SIGINT: stop now. SIGTERM: drain first; a second SIGTERM: stop now."""
+
+    def __init__(self) -> None:
+        self.stop, self.drain = asyncio.Event(), asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        self._loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self) -> None:
+        (self.stop if self.drain.is_set() else self.drain).set()
+
+    def remove(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self._loop.remove_signal_handler(sig)
+
+
+async def _listen(config: ServerConfig, app: web.Application) -> tuple[web.AppRunner, str]:
+    """Serve ``app`` on --host/--port (OSError if it cannot bind); the runner and the URL."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.host, config.port).start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner, _url(config.host, bound_port(runner, config.port))
+
+
 async def serve_pool(config: ServerConfig, ready: Callable[[str], None] | None = None) -> int:
     """Run the signaling node until SIGINT/SIGTERM; the exit status."""
     from ..app import create_app
 
-    registry: Registry
-    local: LocalRegistry | None = None
-    if config.redis:
-        registry = RedisRegistry(config.redis)
-        try:
-            await registry.connect()
-        except RegistryUnavailable as e:
-            print(f"v2v serve: error: {e}", file=sys.stderr, flush=True)
-            return 1
-    else:
-        registry = local = LocalRegistry()
+    try:
+        registry, local = await _open_registry(config)
+    except RegistryUnavailable as e:
+        print(f"v2v serve: error: {e}", file=sys.stderr, flush=True)
+        return 1
     metrics = ServerMetrics()
     dispatcher = PoolDispatcher(registry, metrics)
     supervisor = Supervisor(config, dispatcher, local, config.workers) if config.workers > 0 else None
-    stop, drain = asyncio.Event(), asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_sigterm() -> None:  # first: drain; a second one: stop now
-        (stop if drain.is_set() else drain).set()
-
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    signals = _Signals()
     runner: web.AppRunner | None = None
     draining: asyncio.Task[None] | None = None
     try:
-        if supervisor is not None:
-            try:
-                await supervisor.start()
-            except RuntimeError as e:
-                print(f"v2v serve: error: {e}", file=sys.stderr, flush=True)
-                return 1
-        app = create_app(config, dispatcher, metrics=metrics)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, config.host, config.port)
         try:
-            await site.start()
-        except OSError as e:
-            print(f"v2v: cannot listen on {config.host}:{config.port}: {e}", file=sys.stderr, flush=True)
+            if supervisor is not None:
+                await supervisor.start()
+            runner, url = await _listen(config, create_app(config, dispatcher, metrics=metrics))
+        except (RuntimeError, OSError) as e:
+            print(f"v2v serve: error: {e}", file=sys.stderr, flush=True)
             return 1
-        url = _url(config.host, bound_port(runner, config.port))
         pool = f"{config.workers} local workers" if supervisor else f"workers from {config.redis}"
         print(f"v2v serving on {url}  (model: {config.model}; {pool}) - open it in a browser and talk", flush=True)
         if ready is not None:
             ready(url)
-        await _first(stop, drain)
-        if drain.is_set() and not stop.is_set() and supervisor is not None:
+        await _first(signals.stop, signals.drain)
+        if signals.drain.is_set() and not signals.stop.is_set() and supervisor is not None:
             # the local workers finish their calls (SIP in-dialog requests still come through here)
             print(f"v2v: draining the local workers (at most {config.drain_timeout:g} s; SIGTERM again: "
                   "end the calls now)", file=sys.stderr, flush=True)
             draining = asyncio.create_task(supervisor.stop(drain=True))
-            await _first(stop, draining)
+            await _first(signals.stop, draining)
         print("v2v: shutting down", file=sys.stderr, flush=True)
         return 0
     finally:
@@ -98,14 +116,9 @@ async def serve_pool(config: ServerConfig, ready: Callable[[str], None] | None =
             await supervisor.stop()  # SIGINT to what is still running: ends its calls now
             if draining is not None:
                 await draining
-        if runner is not None:
-            await runner.cleanup()
-        else:
-            await dispatcher.close()
+        await (runner.cleanup() if runner is not None else dispatcher.close())
         await registry.close()
-        for sig in (signal.SIGINT, signal.SIGTERM):  # last: a signal during the shutdown is no traceback
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
+        signals.remove()  # last: a signal during the shutdown is no traceback
 
 
 async def _first(*waitables: asyncio.Event | asyncio.Task[None]) -> None:
