@@ -276,6 +276,9 @@ async def serve(cfg: ServerConfig, ready: Callable[[str], None] | None = None) -
         await site.start()
         url = page_url(cfg.host, bound_port(runner, cfg.port))
         print(f"v2v serving on {url}  (model: {cfg.model}) - open it in a browser and talk", flush=True)
+        if not cfg.auth_secret and cfg.host not in ("127.0.0.1", "::1", "localhost"):
+            print(f"v2v: warning: listening on {cfg.host} without --auth-secret: whoever reaches it can start "
+                  "calls (see README, Running it in production)", file=sys.stderr, flush=True)
         if ready is not None:
             ready(url)
         stopped, drain = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(draining.wait())

@@ -114,3 +114,12 @@ async def test_a_second_sigterm_ends_at_once() -> None:
             assert time.monotonic() - t0 < 8
         finally:
             await caller.close()
+
+
+async def test_a_server_beyond_loopback_without_tokens_warns() -> None:
+    async with serve_process("--host", "0.0.0.0") as (proc, _url):
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+        assert "without --auth-secret" in line
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
