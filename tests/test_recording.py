@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.audio_fixtures import resample_oneshot
 from tests.conftest import load_wav, manifest
 from tests.scripted import Script, ScriptedFactory
 from tests.signaling_util import running_server, wait_until
@@ -145,9 +146,14 @@ async def test_webrtc_call_recorded_as_the_caller_heard_it(tmp_path: Path, monke
     def z(s: float) -> np.ndarray:
         return np.zeros(int(s * CALLER_RATE), np.int16)
 
-    # the phrase, then the same phrase again while its echo is playing: a barge-in
-    wav = np.concatenate([z(0.3), phrase, z(1.2), phrase, z(1.0)])
-    async with running_server(record_dir=str(tmp_path)) as server:
+    # a turn (the phrase twice), then other words while its echo (3 s) is playing: a barge-in (other
+    # words: the phrase itself would be the echo model's reply, which echo cancellation removes)
+    (w0, w1), = manifest()["speech_en_gb_weather.wav"]["speech"]
+    other = resample_oneshot(load_wav("speech_en_gb_weather.wav")[0][w0:w1], 16000, CALLER_RATE)
+    wav = np.concatenate([z(0.3), phrase, z(0.1), phrase, z(1.2), other, z(1.0)])
+    # --aec off: what is tested here is the recording; with the canceller on, the barge-in itself is
+    # sometimes suppressed while the reply plays (seen at 13:30, reported)
+    async with running_server(record_dir=str(tmp_path), aec="off") as server:
         caller = Caller(server.url)
         seen: list[np.ndarray] = []
         events: list[object] = []
@@ -175,10 +181,12 @@ async def test_webrtc_call_recorded_as_the_caller_heard_it(tmp_path: Path, monke
     # truncated: the first reply stops where the caller cut in (the BotInterrupted's played part, and
     # the fade), then silence until the answer to the barge-in
     cut = [e for e in events if isinstance(e, ev.BotInterrupted)]
-    assert cut and not cut[0].deleted
-    quiet = np.flatnonzero(envelope(right[k:], 24000) == 0)
-    gap = int(quiet[quiet > 0][0]) * 480 if len(quiet) else len(right) - k
-    assert cut[0].played_ms * 24 - 2400 <= gap <= cut[0].played_ms * 24 + 480
+    assert cut and not cut[0].deleted, "; ".join(f"{type(e).__name__}{getattr(e, 'state', '')}" for e in events)
+    silent = (envelope(right[k:], 24000) == 0).astype(int)
+    quiet = np.flatnonzero(np.convolve(silent, np.ones(15, int), "valid") == 15)  # 300 ms of silence
+    gap = int(quiet[0]) * 480 if len(quiet) else len(right) - k
+    # (k is rounded down to a 20 ms frame, and the frame of the fade-out is not silent)
+    assert cut[0].played_ms * 24 - 2400 <= gap <= cut[0].played_ms * 24 + 2 * 480 + 24
     # and the caller heard the same thing (Opus-decoded, at 48 kHz): envelopes match
     rx = caller.received.pcm()
     a = envelope(right[k : k + 24000 * 2], 24000)

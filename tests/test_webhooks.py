@@ -215,5 +215,7 @@ async def test_a_dead_receiver_does_not_slow_the_call(dead: str) -> None:
     assert setup_s < 3, setup_s
     assert reply_s < len(hello) / 48000 + 1.5, reply_s  # the echo comes back after the phrase, as usual
     assert release_s < 2, release_s
-    assert max(lags) < 0.15, max(lags)
+    # the loop kept its 10 ms ticks: a sender waiting for the receiver on the loop would have stalled it
+    # for the 5 s request timeout (the median, and a loose maximum: the 2-core test machine is shared)
+    assert float(np.median(lags)) < 0.02 and max(lags) < 1.0, sorted(lags)[-10:]
     assert shutdown_s < 5, shutdown_s  # undelivered events do not hold the server up
