@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import queue
 import re
 import threading
@@ -333,27 +334,41 @@ class RecordingWriter:
         track.finish(summary)
 
     def _sweep(self) -> None:
-        """Apply the retention limits (never to a recording still being written)."""
+        """Apply the retention limits (never to a recording this process is writing).
+
+        Several processes (pool workers) may share the directory: a file another
+        one deleted meanwhile is skipped, and a failed sweep never costs a recording.
+        """
         cfg = self.config
         if not (cfg.max_mb > 0 or cfg.keep_days > 0):
             return
+        try:
+            self._delete_old(cfg)
+        except OSError as e:
+            log.warning("recording retention sweep failed: %s", e)
+
+    def _delete_old(self, cfg: RecordingConfig) -> None:
         open_bases = {t.base for t in self._tracks.values()}
-        groups: dict[Path, list[Path]] = {}
+        stats: dict[Path, list[tuple[Path, os.stat_result]]] = {}
+        total = 0
         for p in cfg.directory.glob("*"):
-            if p.suffix in (".wav", ".jsonl") and p.with_suffix("") not in open_bases:
-                groups.setdefault(p.with_suffix(""), []).append(p)
-        stats = {b: [f.stat() for f in files] for b, files in groups.items()}
-        oldest_first = sorted(groups, key=lambda b: min(s.st_mtime for s in stats[b]))
-        total = sum(s.st_size for st in stats.values() for s in st)
-        total += sum(t.base.with_suffix(".wav").stat().st_size for t in self._tracks.values()
-                     if t.base.with_suffix(".wav").exists())
+            if p.suffix not in (".wav", ".jsonl"):
+                continue
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            total += st.st_size
+            if p.with_suffix("") not in open_bases:
+                stats.setdefault(p.with_suffix(""), []).append((p, st))
+        oldest_first = sorted(stats, key=lambda b: min(st.st_mtime for _, st in stats[b]))
         cutoff = time.time() - cfg.keep_days * 86400
         for base in oldest_first:
-            too_old = cfg.keep_days > 0 and max(s.st_mtime for s in stats[base]) < cutoff
+            too_old = cfg.keep_days > 0 and max(st.st_mtime for _, st in stats[base]) < cutoff
             too_big = cfg.max_mb > 0 and total > cfg.max_mb * 1024 * 1024
             if not (too_old or too_big):
                 continue
-            for f, s in zip(groups[base], stats[base], strict=True):
+            for f, st in stats[base]:
                 f.unlink(missing_ok=True)
-                total -= s.st_size
+                total -= st.st_size
             log.info("recording %s deleted (%s)", base.name, "retention" if too_old else "size limit")
