@@ -286,3 +286,41 @@ def test_a_slow_disk_never_blocks_the_caller_side(tmp_path: Path) -> None:
     assert spent < 1.0, spent
     assert len(right) >= 2500 * 480 and np.count_nonzero(right) == 2500 * 480
     writer.close()
+
+
+async def test_sip_call_recorded_with_its_dtmf(tmp_path: Path) -> None:
+    """A SIP/UDP call (G.711 at 8 kHz) through the same CallManager path: both channels and the DTMF."""
+    from tests.sip.harness import running_server as sip_server
+    from tests.sip.harness import wait_for
+    from tests.sip.uac import Call, RtpPeer, SipClient, offer_sdp
+
+    speech, rate = load_wav("speech_8k.wav")
+    (p0, p1), = manifest()["speech_8k.wav"]["speech"]
+    audio = np.concatenate([speech, np.zeros(4 * rate, np.int16)])
+    async with sip_server(record_dir=str(tmp_path), aec="off") as srv:
+        sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
+        rtp = await RtpPeer.open(audio)
+        try:
+            call = Call(sip, rtp, f"sip:echo@127.0.0.1:{srv.sip_port}")
+            assert (await call.invite(offer_sdp(rtp.port))).status == 200
+            # the echo of the caller's speech comes back
+            await wait_for(lambda: np.abs(rtp.received_audio()).max(initial=0) > 2000, 10, "the echo")
+            r = await call.in_dialog("INFO", "Signal=4\r\nDuration=160\r\n", ctype="application/dtmf-relay")
+            assert r.status == 200
+            live = next(iter(srv.manager.calls.values()))
+            await wait_for(lambda: live.session.idle and len(rtp.received_audio()) > len(audio), 10, "the reply")
+            assert (await call.bye()).status == 200
+            await wait_for(lambda: not srv.manager.calls, 5, "the call released")
+        finally:
+            await rtp.close()
+            await sip.close()
+        assert await asyncio.to_thread(srv.manager.recordings.wait_idle, 10)
+    left, right, wav_rate = read_stereo(only(tmp_path, ".wav"))
+    lines = read_jsonl(only(tmp_path, ".jsonl"))
+    assert wav_rate == 24000
+    assert lines[0]["transport"] == "sip_udp" and lines[-1]["reason"] == "hangup"
+    assert [r["digit"] for r in lines if r["type"] == "dtmf-received"] == ["4"]
+    # the caller's channel holds the caller's speech; the assistant's what the caller received
+    assert best_corr(envelope(speech[p0:p1], rate), envelope(left, 24000)) > 0.9
+    reply = right[int(np.flatnonzero(right)[0]):][: (p1 - p0) * 3]
+    assert best_corr(envelope(reply, 24000), envelope(rtp.received_audio(), rate)) > 0.9
