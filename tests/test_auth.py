@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -181,6 +182,8 @@ async def test_a_call_belongs_to_its_token_subject() -> None:
 
 async def test_pc_id_is_unguessable_and_never_logged_in_full() -> None:
     stream = io.StringIO()
+    saved = {n: (lg.handlers[:], lg.propagate, lg.level) for n in ("v2v", "aiohttp.server", "aiohttp.web")
+             for lg in [logging.getLogger(n)]}
     setup_logging("text", "debug", stream)
     try:
         async with running_server() as server:
@@ -194,7 +197,10 @@ async def test_pc_id_is_unguessable_and_never_logged_in_full() -> None:
             finally:
                 await caller.close()
     finally:
-        setup_logging("text", "info")
+        for name, (handlers, propagate, level) in saved.items():  # as before: other tests' caplog
+            lg = logging.getLogger(name)
+            lg.handlers[:], lg.propagate = handlers, propagate
+            lg.setLevel(level)
     text = stream.getvalue()
     assert pc_id[:11] in text and pc_id not in text
     assert redact(f"x {pc_id} y") == f"x {pc_id[:11]}... y"

@@ -123,6 +123,13 @@ async def still_answers(caller: Caller) -> None:
     await asyncio.wait_for(caller.received.first_loud.wait(), 8)
 
 
+@pytest.fixture(autouse=True)
+def _logs_reach_caplog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other tests may have run setup_logging (which stops propagation): caplog must see these loggers."""
+    for name in ("v2v", "aiohttp.server", "aiohttp.web"):
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
+
+
 def _no_errors(caplog: pytest.LogCaptureFixture) -> None:
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith(("v2v", "aiohttp"))]
     assert not errors, [r.getMessage() for r in errors]
