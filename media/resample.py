@@ -44,6 +44,9 @@ class _SwrGraph:
         self._flushed = False
 
     def resample(self, frame: av.AudioFrame | None) -> list[av.AudioFrame]:
+        """One frame in, what is ready out. ``aresample`` emits at most one frame per input frame, so
+        one pull suffices (a second would only raise EAGAIN, which costs as much as the pull);
+        ``None`` flushes: pull until the end."""
         if frame is None:
             if self._flushed:
                 return []
@@ -61,6 +64,8 @@ class _SwrGraph:
                 break
             if isinstance(got, av.AudioFrame):  # an audio graph: always
                 out.append(got)
+            if frame is not None:
+                break
         return out
 
 
