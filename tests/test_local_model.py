@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from v2v.media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from v2v.media.resample import Resampler
 from v2v.worker import events as ev
 from v2v.worker.models import base as mb
 from v2v.worker.models import local_brain as brain
 from v2v.worker.models.local import LocalModelFactory, LocalSession, system_utterance, trim_quiet
-from v2v.worker.models.local_stt import shared_recognizer
+from v2v.worker.models.local_stt import is_narrowband, shared_recognizer
 from v2v.worker.models.local_tts import shared_tts, split_sentences
 from v2v.worker.wavcall import read_wav
 
@@ -445,3 +446,68 @@ async def test_voice_selection_and_unknown_voice_fallback() -> None:
     assert col.of(mb.OutputTranscriptDone)[0].text == text
     await s.close()
     await asyncio.wait_for(col.task, 5)
+
+
+# -- phone callers: 8 kHz G.711 ------------------------------------------------------------
+
+
+WHAT_TIME = Path(__file__).parent / "fixtures" / "what_time_is_it.wav"  # tests/fixtures/make_fixtures.py
+
+
+def telephone(path: Path, law: str = "ulaw") -> np.ndarray:
+    """A fixture as a phone caller's audio: 8 kHz, through a real G.711 encode/decode."""
+    pcm, rate = read_wav(path)
+    rs = Resampler(rate, 8000)
+    x8 = np.concatenate([rs.process(pcm), rs.flush()])
+    return ulaw_decode(ulaw_encode(x8)) if law == "ulaw" else alaw_decode(alaw_encode(x8))
+
+
+def intent(text: str) -> str:
+    d = brain.decide(text)
+    return d.name if isinstance(d, brain.ToolCall) else d.text
+
+
+@pytest.mark.parametrize("law", ["ulaw", "alaw"])
+async def test_phone_caller_what_time_is_it_is_understood(law: str) -> None:
+    rec = shared_recognizer()
+    phone = await rec.transcribe(telephone(WHAT_TIME, law), 8000)
+    assert phone.narrowband
+    assert intent(phone.text) == "get_time", phone.text
+    wide = await rec.transcribe(*read_wav(WHAT_TIME))
+    assert not wide.narrowband and wide.text == "what time is it"
+
+
+async def test_phone_caller_local_fixtures() -> None:
+    """The local fixtures over G.711: 4 of 5 intents right in both laws (16 kHz: 5 of 5). The
+    en-us "what time is it" of tests/fixtures/local is still misheard ("what bye the")."""
+    rec = shared_recognizer()
+    for law in ("ulaw", "alaw"):
+        right = []
+        for name, text in {"what_time_is_it": "what time is it", "tell_me_a_story": "tell me a story",
+                           "what_can_you_do": "what can you do", "hello_there": "hello there",
+                           "please_open_the_door": "please open the door"}.items():
+            phone = await rec.transcribe(telephone(LOCAL / f"{name}.wav", law), 8000)
+            right.append(intent(phone.text) == intent(text))
+        assert sum(right) >= 4, (law, right)
+
+
+async def test_phone_caller_asking_the_time_gets_the_time(session) -> None:
+    """"what time is it" over G.711, handed to the model at its own rate as the worker does."""
+    col: Collector = session.collector
+    rs = Resampler(8000, RATE)
+    pcm = np.concatenate([rs.process(telephone(WHAT_TIME)), rs.flush()])
+    for i in range(0, len(pcm), 2400):
+        await session.push_audio(pcm[i : i + 2400])
+    await session.commit_input()
+    await session.create_response()
+    await col.wait_done()
+    assert [c.name for c in col.of(mb.FunctionCall)] == ["get_time"]
+
+
+def test_narrowband_detection() -> None:
+    wide, rate = read_wav(WHAT_TIME)
+    assert not is_narrowband(wide, rate)
+    rs = Resampler(8000, 24000)
+    assert is_narrowband(np.concatenate([rs.process(telephone(WHAT_TIME)), rs.flush()]), 24000)
+    assert is_narrowband(telephone(LOCAL / "hello_there.wav"), 8000)
+    assert not is_narrowband(np.zeros(1600, np.int16), 16000)
