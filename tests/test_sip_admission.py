@@ -8,6 +8,7 @@ import asyncio
 import logging
 import secrets
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -17,6 +18,7 @@ from v2v.signaling.config import ServerConfig
 from v2v.signaling.sip import core as sip_core
 from v2v.signaling.sip.admission import Admission, RateLimiter, exposure_warning, parse_networks
 from v2v.signaling.sip.digest import compute_response, parse_auth_header
+from v2v.signaling.sip.message import SipResponse, parse
 
 TONE = (6000 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)).astype(np.int16)
 
@@ -226,3 +228,25 @@ async def test_a_floods_transactions_are_purged_on_time_without_further_traffic(
             await wait_for(lambda: not core._txs and not core._invite_txs, 2.0, "the purge, with no traffic")
         finally:
             await flood.close()
+
+
+async def test_websocket_rate_limit_is_per_connection() -> None:
+    """Behind a TLS proxy every /sip client has the proxy's address: the budget is each connection's."""
+    async with running_server(sip_rate=1.0) as srv, aiohttp.ClientSession() as http:
+        url = f"ws://127.0.0.1:{srv.http_port}/sip"
+        origin = {"Origin": f"http://127.0.0.1:{srv.http_port}"}
+
+        async def register(ws: aiohttp.ClientWebSocketResponse, i: int) -> int:
+            await ws.send_str(
+                f"REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WSS x.invalid;branch=z9hG4bKw{i}\r\n"
+                f"From: <sip:a@127.0.0.1>;tag=a\r\nTo: <sip:a@127.0.0.1>\r\nCall-ID: ws-reg-{i}\r\n"
+                f"CSeq: 1 REGISTER\r\nContact: <sip:a@x.invalid;transport=ws>\r\nContent-Length: 0\r\n\r\n")
+            msg = await asyncio.wait_for(ws.receive(), 3.0)
+            r = parse(msg.data.encode())
+            assert isinstance(r, SipResponse)
+            return r.status
+
+        async with http.ws_connect(url, protocols=("sip",), headers=origin) as a, \
+                http.ws_connect(url, protocols=("sip",), headers=origin) as b:
+            assert [await register(a, i) for i in range(5)] == [200, 200, 200, 503, 503]
+            assert await register(b, 99) == 200

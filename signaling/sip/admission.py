@@ -10,8 +10,9 @@
 
 Over WebSocket the allowlist does not apply (the HTTP upgrade carries its own
 credentials); digest does. Before any of that, a token bucket per source
-address and method (new INVITEs, REGISTERs) refuses a flood with 503 and
-Retry-After; in-dialog requests (ACK, BYE, re-INVITE, INFO, ...) are never
+address and method (new INVITEs, REGISTERs; over WebSocket per connection, as
+behind a TLS proxy every client has the proxy's address) refuses a flood with
+503 and Retry-After; in-dialog requests (ACK, BYE, re-INVITE, INFO, ...) are never
 limited, so calls in progress keep going. Every refusal is counted by reason
 (``v2v_sip_refusals_total``) and logged once per source and reason a minute.
 """

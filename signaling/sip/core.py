@@ -245,7 +245,8 @@ class SipCore:
         adm = self.admission
         src = conn.remote[0]
         ws = conn.transport in ("WS", "WSS")
-        if adm is not None and not adm.rate_ok(src, req.method):
+        # per source address; over WebSocket per connection (behind a TLS proxy all share one address)
+        if adm is not None and not adm.rate_ok(f"{src}:{conn.remote[1]}" if ws else src, req.method):
             adm.refused(src, "rate-limit", req.method)
             self._respond(req, conn, 503, "Service Unavailable (rate limit)", to_tag=new_tag(),
                           extra=[("Retry-After", str(adm.limiter.retry_after()))])
