@@ -44,6 +44,7 @@ LOUD_DBFS = -55.0  # microphone frames at least this loud during assistant audio
 RESET_FRAMES = 40  # of the last this many such frames (0.4 s) ...
 RESET_SHARE = 0.3  # ... fewer than this share cancelled: the canceller lost the echo path; start afresh
 IDLE_MS = 1000  # reference silent this long (more than the longest delay + reverb tail): canceller idle
+ECHO_SEEN_FRAMES = 20  # loud frames cancelled before the caller's line counts as echoing
 CONVERGED_FRAMES = 200  # loud frames cancelled before the canceller counts as converged
 RESET_GAP_S = 1.0  # at most once per this many seconds of microphone audio
 
@@ -82,6 +83,7 @@ class EchoCanceller:
         self.echo_ms = 0  # of which frames where cancellation removed >= ECHO_FRAME_DB
         self._recent: deque[bool] = deque(maxlen=RESET_FRAMES)  # loud frames: cancelled or not
         self._cancelled_since_reset = 0
+        self.cancelled_frames = 0  # loud microphone frames with echo removed, since the start
         self._last_reset = 0
         self.resets = 0
 
@@ -149,6 +151,7 @@ class EchoCanceller:
             loud = cancelled[lin >= LOUD_DBFS]
             self._recent.extend(loud.tolist())
             self._cancelled_since_reset += int(np.count_nonzero(loud))
+            self.cancelled_frames += int(np.count_nonzero(loud))
             self._check_lost()
         return out
 
@@ -167,6 +170,11 @@ class EchoCanceller:
             self._cancelled_since_reset = 0
             self._last_reset = self.mic_samples
             self.resets += 1
+
+    @property
+    def echo_seen(self) -> bool:
+        """The microphone has carried echo of the reference (ECHO_SEEN_FRAMES loud frames cancelled)."""
+        return self.cancelled_frames >= ECHO_SEEN_FRAMES
 
     @property
     def converged(self) -> bool:

@@ -139,9 +139,9 @@ class ServerConfig:
         "(echo is built in)")
     aec: str = setting(
         "auto", group="model", choices=AEC_MODES,
-        help="cancel the assistant's echo in the caller's audio before VAD and the model (auto: on for SIP "
-        "phones over RTP; for WebRTC callers on, and bypassed once 8 s of assistant audio showed no echo, "
-        "because the client's own canceller removed it)")
+        help="cancel the assistant's echo in the caller's audio before VAD and the model (auto: for SIP "
+        "phones over RTP, bypassed once 8 s of assistant audio showed no echo; off for WebRTC and SIP over "
+        "WebSocket, whose browsers and apps cancel echo themselves; on: every call)")
     # calls
     max_calls: int = setting(100, group="calls", help="concurrent calls; past it offers get 503 + Retry-After")
     media_timeout: float = setting(30.0, group="calls", parse=positive_float,
@@ -250,12 +250,19 @@ class ServerConfig:
 
 
 def call_aec(mode: str, transport: str) -> Literal["auto", "on", "off"]:
-    """The echo-cancellation mode of one call: --aec auto means on for RTP transports, measured otherwise."""
-    if mode == "off":
-        return "off"
-    if mode == "on" or transport in RTP_TRANSPORTS:
+    """The echo-cancellation mode of one call.
+
+    ``--aec auto``: SIP over RTP (phones, trunks) gets the call's "auto" (cancelling, and bypassed
+    once 8 s of assistant audio showed no echo); WebRTC and SIP-over-WebSocket callers are browsers
+    and apps whose capture cancels echo (getUserMedia's echoCancellation, on by default and asked for
+    by the demo page): off, because AEC3 suppresses near-end speech during its first seconds even on a
+    line without echo, which slows barge-in. ``--aec on``: cancelling on every call.
+    """
+    if mode == "on":
         return "on"
-    return "auto"
+    if mode == "auto" and transport in RTP_TRANSPORTS:
+        return "auto"
+    return "off"
 
 
 def parse_ice_servers(spec: str | list[str] | None) -> list[IceServer]:

@@ -70,8 +70,8 @@ class CallConfig:
     # echo cancellation of the caller's input against the playout: "on"; "auto" = on, then bypassed
     # once AEC_PROBE_MS of assistant audio showed no echo to remove (the client cancels it); "off"
     aec: Literal["auto", "on", "off"] = "off"
-    aec_margin_db: float = 20.0  # while assistant audio may echo, VAD ignores input this far below it
-    # (half of it until the canceller has converged)
+    aec_margin_db: float = 20.0  # on a line that echoes, while assistant audio may echo back, VAD
+    # ignores input this far below its level (half of it until the canceller has converged)
 
 
 class CallSession:
@@ -278,7 +278,7 @@ class CallSession:
         out = aec.process(pcm)
         assert self._vad is not None
         floor = self._vad_floor
-        if aec.far_active:
+        if aec.far_active and aec.echo_seen:
             margin = self.config.aec_margin_db if aec.converged else self.config.aec_margin_db / 2
             floor = max(floor, aec.far_level_dbfs() - margin)
         self._vad.set_energy_floor(floor)
