@@ -511,3 +511,36 @@ def test_narrowband_detection() -> None:
     assert is_narrowband(np.concatenate([rs.process(telephone(WHAT_TIME)), rs.flush()]), 24000)
     assert is_narrowband(telephone(LOCAL / "hello_there.wav"), 8000)
     assert not is_narrowband(np.zeros(1600, np.int16), 16000)
+
+
+@pytest.mark.timeout(60)
+async def test_sip_phone_call_asking_the_time_gets_the_time() -> None:
+    """A real SIP/UDP call (PCMU at 8 kHz over RTP) to the default local model: "what time is it"
+    is understood, get_time runs, and the time is spoken back down the line."""
+    from tests.sip.harness import record_call_events, wait_for
+    from tests.sip.harness import running_server as sip_server
+    from tests.sip.uac import Call, RtpPeer, SipClient, offer_sdp
+
+    pcm, rate = read_wav(WHAT_TIME)
+    rs = Resampler(rate, 8000)
+    speech8 = np.concatenate([rs.process(pcm), rs.flush()])
+    audio = np.concatenate([speech8, np.zeros(8 * 8000, np.int16)])
+    async with sip_server(model="local") as srv:
+        events = record_call_events(srv)
+        sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
+        rtp = await RtpPeer.open(audio)
+        try:
+            call = Call(sip, rtp, f"sip:assistant@127.0.0.1:{srv.sip_port}")
+            assert (await call.invite(offer_sdp(rtp.port, "0 101"))).status == 200
+            await wait_for(lambda: any(isinstance(e, ev.FunctionCallStopped) for e in events), 20, "get_time")
+            await wait_for(lambda: any(isinstance(e, ev.BotOutput) and e.final for e in events), 20, "the answer")
+            assert (await call.bye()).status == 200
+        finally:
+            await rtp.close()
+            await sip.close()
+    heard = [e.text for e in events if isinstance(e, ev.UserTranscript) and e.final]
+    assert intent(heard[0]) == "get_time", heard
+    assert [e.name for e in events if isinstance(e, ev.FunctionCallStarted)] == ["get_time"]
+    said = " ".join(e.text for e in events if isinstance(e, ev.BotTranscript))
+    assert said.startswith("It is "), said
+    assert np.abs(rtp.received_audio()).max(initial=0) > 2000  # the answer came back as audio
