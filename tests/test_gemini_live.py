@@ -279,3 +279,34 @@ async def test_v2v_serve_model_gemini_over_webrtc(fake: FakeGeminiServer) -> Non
     assert fake.key_headers == [KEY]
     assert KEY not in logs and KEY not in json.dumps(summary)
     assert fake.violations == []
+
+
+@pytest.mark.timeout(60)
+async def test_sip_call_against_the_fake(fake: FakeGeminiServer, monkeypatch) -> None:
+    """A real SIP/UDP call (PCMU at 8 kHz) held by --model gemini: the caller's turn reaches the model
+    at 16 kHz, its 24 kHz answer comes back down the line."""
+    from tests.sip.harness import record_call_events, wait_for
+    from tests.sip.harness import running_server as sip_server
+    from tests.sip.uac import Call, RtpPeer, SipClient, offer_sdp
+
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    monkeypatch.setenv("GEMINI_BASE_URL", fake.base_url)
+    speech, rate = load_wav("speech_8k.wav")
+    audio = np.concatenate([speech, np.zeros(6 * rate, np.int16)])
+    async with sip_server(model="gemini") as srv:
+        events = record_call_events(srv)
+        sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
+        rtp = await RtpPeer.open(audio)
+        try:
+            call = Call(sip, rtp, f"sip:assistant@127.0.0.1:{srv.sip_port}")
+            assert (await call.invite(offer_sdp(rtp.port, "0 101"))).status == 200
+            await wait_for(lambda: any(isinstance(e, cev.BotOutput) and e.final for e in events), 20, "the answer")
+            await wait_for(lambda: np.abs(rtp.received_audio()).max(initial=0) > 2000, 5, "the answer's audio")
+            assert (await call.bye()).status == 200
+        finally:
+            await rtp.close()
+            await sip.close()
+        await fake.wait_for(lambda: fake.connections[0].closed.is_set(), 5)
+    assert [e.text for e in events if isinstance(e, cev.UserTranscript) and e.final] == ["caller turn 1"]
+    assert fake.replies == ["This is Gemini reply number 1."]
+    assert fake.audio_in > 0 and fake.violations == []
