@@ -225,6 +225,11 @@ class FakeLiveConnection:
         for i, delta in enumerate((text[:half], text[half:])):
             await self.send(InputTranscriptDeltaEvent, type="session.input_transcript.delta", delta=delta,
                             start_ms=start + i * (end - start) // 2, end_ms=start + (i + 1) * (end - start) // 2)
+        if self.server.end_reason:
+            await self.send(SessionClosedEvent, type="session.closed", reason=self.server.end_reason,
+                            session=self.resource(), usage={"seconds": self.now_ms() / 1000})
+            await self.ws.close()
+            return
         if self.server.errors:
             code, message = self.server.errors.pop(0)
             await self.send(ErrorEvent, type="error",
@@ -330,6 +335,7 @@ class FakeLiveServer:
         self.errors: list[tuple[str, str]] = []  # (code, message) sent instead of the next replies
         self.drop_connections: set[int] = set()  # connection indexes dropped mid-reply
         self.drop_after_deltas = 3
+        self.end_reason = ""  # e.g. "expired": the next turn ends the session with session.closed
         self.reply_audio: Callable[[int], np.ndarray] | None = None  # reply n -> pcm (default: a tone)
         self.reply_text: Callable[[int], str] = lambda n: f"This is reply number {n} from the fake live model."
         self.transcript_for: Callable[[int], str] = lambda n: f"caller turn {n}"

@@ -327,3 +327,15 @@ async def test_sip_call_against_the_fake(fake: FakeLiveServer, monkeypatch) -> N
     assert [e.text for e in events if isinstance(e, cev.UserTranscript) and e.final] == ["caller turn 1"]
     assert fake.replies == ["This is reply number 1 from the fake live model."]
     assert fake.client_events("session.close") and fake.violations == []
+
+
+async def test_session_closed_by_the_server_is_fatal(fake: FakeLiveServer) -> None:
+    fake.end_reason = "expired"
+    rec = await open_session(fake)
+    await a_turn(rec)
+    err = (await rec.wait_type(ModelError))[0]
+    assert err.fatal and err.code == "session_expired" and "expired" in err.message
+    assert (await rec.wait_type(Disconnected))[0].fatal
+    await rec.close()
+    assert len(fake.connections) == 1  # no reconnection
+    assert fake.violations == []
