@@ -24,7 +24,7 @@ class GeminiLiveFactory(ModelFactory):
 
     def __init__(
         self,
-        gemini_api_key: str,
+        gemini_api_key: str = "",
         gemini_base_url: str | None = None,
         gemini_model: str = DEFAULT_GEMINI_MODEL,
         voice: str = "",

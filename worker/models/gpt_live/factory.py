@@ -20,7 +20,7 @@ class GptLiveFactory(ModelFactory):
 
     def __init__(
         self,
-        api_key: str,
+        api_key: str = "",
         base_url: str | None = None,
         live_model: str = DEFAULT_LIVE_MODEL,
         voice: str = "",
