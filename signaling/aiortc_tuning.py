@@ -17,7 +17,10 @@ Measured: calls per core 16 -> 30 with the same pacing criterion, CPU per
 call-second -14 % from the thread hops alone (``bench/load.py``). It also
 replaces aiortc's per-sample Python RFC 6465 audio level with numpy, and
 :func:`patch_receiver` gives each audio receiver a jitter buffer that hands
-every packet to the decoder at once (aiortc's waits ~80 ms).
+every packet to the decoder at once (aiortc's waits ~80 ms). Each DTLS
+transport also stamps the time of its caller's last authenticated RTP or RTCP
+packet (:func:`last_packet_at`): a caller whose client is gone sends neither,
+a muted one still sends RTCP (and DTX/silence RTP).
 
 This is the only module of v2v that reaches into aiortc's private internals.
 Nothing happens on import: the server calls :func:`install` at start-up
@@ -30,13 +33,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import types
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import av
 import numpy as np
-from aiortc import rtcrtpreceiver, rtcrtpsender
+from aioice import ice as aioice_ice
+from aiortc import rtcdtlstransport, rtcrtpreceiver, rtcrtpsender
 from aiortc import rtp as aiortc_rtp
 from aiortc.codecs import get_decoder, opus
 from aiortc.jitterbuffer import JitterFrame
@@ -48,6 +53,8 @@ OPUS_BITRATE = 32000
 OPUS_COMPLEXITY = 5
 TESTED_AIORTC = ((1, 9), (1, 16))  # oldest and newest minor version the tuning was tested on (setup.cfg bounds)
 JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
+RX_ATTR = "_v2v_rx_at"  # set on an RTCDtlsTransport: time.monotonic() of its last inbound RTP/RTCP packet
+DTLS_HANDLERS = ("_handle_rtp_data", "_handle_rtcp_data")  # called with each unprotected SRTP/SRTCP packet
 _installed = False
 _supported: bool | None = None  # None: not checked yet
 
@@ -186,11 +193,33 @@ def patch_receiver(receiver: Any) -> None:
         setattr(receiver, JITTER_ATTR, ImmediateAudioJitterBuffer())
 
 
+async def _dtls_rtp(self: Any, data: bytes, arrival_time_ms: int) -> None:
+    setattr(self, RX_ATTR, time.monotonic())
+    await _stock_dtls_rtp(self, data, arrival_time_ms)
+
+
+async def _dtls_rtcp(self: Any, data: bytes) -> None:
+    setattr(self, RX_ATTR, time.monotonic())
+    await _stock_dtls_rtcp(self, data)
+
+
+def last_packet_at(dtls_transport: Any) -> float | None:
+    """``time.monotonic()`` of the last RTP or RTCP packet the peer sent on this DTLS transport.
+
+    None before the first one, or when aiortc runs stock (no stamp: the caller
+    decides without it).
+    """
+    at = getattr(dtls_transport, RX_ATTR, None)
+    return at if isinstance(at, float) else None
+
+
 # aiortc's own versions, kept to compare against and to check what install() replaces
 aiortc_audio_level_dbov = aiortc_rtp.compute_audio_level_dbov
 _stock_encoder_init = opus.OpusEncoder.__init__
 _stock_sender_init = rtcrtpsender.RTCRtpSender.__init__
 _stock_receiver_init = rtcrtpreceiver.RTCRtpReceiver.__init__
+_stock_dtls_rtp: Any = getattr(getattr(rtcdtlstransport, "RTCDtlsTransport", None), DTLS_HANDLERS[0], None)
+_stock_dtls_rtcp: Any = getattr(getattr(rtcdtlstransport, "RTCDtlsTransport", None), DTLS_HANDLERS[1], None)
 
 
 def _assigned_in_init(cls: Any, attrs: tuple[str, ...]) -> list[str]:
@@ -212,13 +241,16 @@ def _aiortc_version() -> tuple[int, int] | None:
 
 
 def missing_internals(sender_mod: Any = None, receiver_mod: Any = None,
-                      rtp_mod: Any = None, opus_mod: Any = None) -> list[str]:
+                      rtp_mod: Any = None, opus_mod: Any = None, dtls_mod: Any = None) -> list[str]:
     """What the tuning replaces that this aiortc lacks (empty: all present). Modules injectable for tests."""
+    dtls_mod = dtls_mod or rtcdtlstransport
+    dtls = getattr(dtls_mod, "RTCDtlsTransport", None)
+    missing = [f"rtcdtlstransport.RTCDtlsTransport.{h}" for h in DTLS_HANDLERS
+               if not callable(getattr(dtls, h, None))]
     sender_mod = sender_mod or rtcrtpsender
     receiver_mod = receiver_mod or rtcrtpreceiver
     rtp_mod = rtp_mod or aiortc_rtp
     opus_mod = opus_mod or opus
-    missing: list[str] = []
     sender = getattr(sender_mod, "RTCRtpSender", None)
     receiver = getattr(receiver_mod, "RTCRtpReceiver", None)
     if sender is None:
@@ -283,6 +315,45 @@ def install() -> bool:
     setattr(opus.OpusEncoder, "__init__", _voice_encoder)  # noqa: B010  (mypy forbids assigning a method)
     setattr(rtcrtpsender.RTCRtpSender, "__init__", _sender_init)  # noqa: B010  (as above)
     setattr(rtcrtpreceiver.RTCRtpReceiver, "__init__", _receiver_init)  # noqa: B010  (as above)
+    setattr(rtcdtlstransport.RTCDtlsTransport, DTLS_HANDLERS[0], _dtls_rtp)
+    setattr(rtcdtlstransport.RTCDtlsTransport, DTLS_HANDLERS[1], _dtls_rtcp)
     setattr(rtcrtpreceiver, "threading", types.SimpleNamespace(Thread=_thread, Event=threading.Event))  # noqa: B010  (a module attribute of another type)
     _installed = True
+    return True
+
+
+# -- the local addresses ICE gathers host candidates on (--media-address) --------------------------
+_stock_host_addresses: Any = getattr(aioice_ice, "get_host_addresses", None)
+
+
+def _gathers_through_host_addresses() -> bool:
+    """True when this aioice asks its module's ``get_host_addresses`` for the host candidates' addresses."""
+    gather = getattr(getattr(aioice_ice, "Connection", None), "gather_candidates", None)
+    code = getattr(gather, "__code__", None)
+    return callable(_stock_host_addresses) and code is not None and "get_host_addresses" in code.co_names
+
+
+def restrict_host_addresses(addresses: list[str]) -> bool:
+    """Gather WebRTC host candidates (and bind their sockets) only on ``addresses``; [] restores every interface.
+
+    aioice has no parameter for it: ``Connection.gather_candidates`` lists the
+    machine's interfaces through the module function ``get_host_addresses``,
+    which this replaces (process-wide; aioice's own filters for IPv4/IPv6 still
+    apply). False, with one warning, when this aioice gathers otherwise: then
+    it runs stock and advertises every interface.
+    """
+    if not _gathers_through_host_addresses():
+        if addresses:
+            log.warning("--media-address cannot restrict ICE candidates with this aioice (no get_host_addresses "
+                        "used by Connection.gather_candidates): every interface is advertised")
+        return False
+    if not addresses:
+        setattr(aioice_ice, "get_host_addresses", _stock_host_addresses)  # noqa: B010  (a module function)
+        return True
+    chosen = list(addresses)
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (use_ipv6 if ":" in a else use_ipv4)]
+
+    setattr(aioice_ice, "get_host_addresses", host_addresses)  # noqa: B010  (a module function)
     return True

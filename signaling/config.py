@@ -105,6 +105,11 @@ class ServerConfig:
     ice_servers: list[IceServer] = setting(
         group="network", factory=list, flag="--ice-server", parse=comma_list, convert=_ice_servers,
         help="ICE servers, comma separated: stun:host:port, turn:user:pass@host:port (none: host candidates only)")
+    media_address: list[str] = setting(
+        group="network", factory=list, parse=comma_list, metavar="ADDR[,ADDR]",
+        help="local addresses media uses: WebRTC's ICE host candidates (and their sockets) and SIP's RTP socket "
+        "(the first; also its SDP address unless --sip-public-address/--advertise); default: every interface "
+        "for ICE, --host for RTP")
     # access control (shared/DESIGN.md section 7)
     auth_secret: str = setting(
         "", group="access", commands=SERVE, metavar="SECRET",
@@ -146,6 +151,11 @@ class ServerConfig:
     max_calls: int = setting(100, group="calls", help="concurrent calls; past it offers get 503 + Retry-After")
     media_timeout: float = setting(30.0, group="calls", parse=positive_float,
                                    help="seconds without inbound media before a call is ended")
+    peer_gone_timeout: float = setting(
+        4.0, group="calls", parse=positive_float,
+        help="seconds without any packet (RTP or RTCP) from a connected WebRTC caller that has sent some before "
+        "its call is ended as gone (a muted caller's client still sends them; 4 s: a killed caller's call "
+        "has ended within 5 s)")
     ice_timeout: float = setting(15.0, group="calls", parse=positive_float,
                                  help="seconds for a restarted peer connection to connect before the call is "
                                  "ended")
@@ -222,7 +232,7 @@ class ServerConfig:
             raise ValueError(f"--port out of range: {self.port}")
         if self.max_calls < 0:
             raise ValueError("--max-calls must be >= 0")
-        if self.media_timeout <= 0 or self.ice_timeout <= 0 or self.connect_timeout <= 0:
+        if min(self.media_timeout, self.ice_timeout, self.connect_timeout, self.peer_gone_timeout) <= 0:
             raise ValueError("timeouts must be > 0")
         if self.auth_secret and len(self.auth_secret.encode()) < 32:
             raise ValueError("--auth-secret must be at least 32 bytes (e.g. `openssl rand -hex 32`)")
@@ -233,6 +243,11 @@ class ServerConfig:
         for profile, model in self.profiles.items():
             if model not in MODELS:
                 raise ValueError(f"--profiles {profile}={model}: the model must be one of {', '.join(MODELS)}")
+        for addr in self.media_address:
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                raise ValueError(f"--media-address: {addr!r} is not an IP address") from None
         if self.sip_rate < 0:
             raise ValueError("--sip-rate must be >= 0")
         for net in self.sip_allow:

@@ -24,6 +24,7 @@ OUTCOMES = (
     "ice-failed",
     "ice-timeout",
     "media-timeout",
+    "peer-gone",  # a connected WebRTC caller sent no packet for --peer-gone-timeout
     "ping-timeout",
     "shutdown",
     "error",

@@ -9,7 +9,8 @@ renegotiates; ``restart_pc`` replaces the peer connection under the same
 ``pc_id`` and call. The call ends on DTLS/data-channel close, connection
 failure, a new call not connecting within ``--connect-timeout`` (a restarted
 peer connection: ``--ice-timeout``), no inbound media for ``--media-timeout``,
-DELETE, ``disconnect-bot``, a drain's end or shutdown; the caller is told why
+no packet at all (RTP or RTCP) from a connected caller for ``--peer-gone-timeout``
+(its client was killed or its network cut: ``peer-gone``), DELETE, ``disconnect-bot``, a drain's end or shutdown; the caller is told why
 (RTVI ``server-message`` ``{type: "call-ended", reason}``) unless it left.
 
 A call belongs to its creator: its ``pc_id`` is 128 random bits given only to
@@ -38,7 +39,7 @@ from v2v.media.track import AssistantTrack
 from v2v.worker.rtvi import RTVIHandler
 from v2v.worker.transport import QueueAudioInput
 
-from .aiortc_tuning import patch_receiver
+from .aiortc_tuning import last_packet_at, patch_receiver
 from .auth import new_pc_id
 from .calls import Call, CallManager
 from .dispatch import BadRequest, CallKey, Forbidden, IceCandidateInit, OfferAnswer, OfferRequest, UnknownCall
@@ -266,9 +267,26 @@ class WebRTCCall:
                 if now - self._since > limit:
                     self._ice_failed("ice-timeout")
                     return
+            elif self._peer_gone(pc, now, cfg.peer_gone_timeout):
+                self._end("peer-gone")
+                return
             elif self._last_media is not None and now - self._last_media > cfg.media_timeout:
                 self._end("media-timeout")
                 return
+
+    @staticmethod
+    def _peer_gone(pc: RTCPeerConnection, now: float, timeout: float) -> bool:
+        """Connected, and no RTP or RTCP packet from a caller that has sent some for ``timeout`` seconds.
+
+        A present client sends RTCP every few seconds even when muted (and a
+        browser's Opus DTX keeps some RTP); a killed one or a cut network sends
+        nothing. Without the packet clock (aiortc stock) only --media-timeout applies.
+        """
+        for t in pc.getTransceivers():
+            if t.kind == "audio":
+                last = last_packet_at(t.receiver.transport)
+                return last is not None and now - last > timeout
+        return False
 
     def _ice_failed(self, reason: str) -> None:
         """ICE did not connect: a warning saying what the caller's candidates were, then end."""

@@ -25,7 +25,7 @@ V2V = [sys.executable, "-m", "v2v.signaling.cli"]
 
 SERVE_FLAGS = [
     "--host", "--port", "--model", "--openai-model", "--live-model", "--gemini-model", "--openai-base-url", "--turn-detection",
-    "--aec", "--instructions", "--voice", "--greeting", "--app", "--max-calls", "--media-timeout", "--ice-timeout",
+    "--aec", "--instructions", "--voice", "--greeting", "--app", "--max-calls", "--media-timeout", "--peer-gone-timeout", "--ice-timeout",
     "--ice-server", "--max-body", "--log-format", "--log-level", "--sip-port", "--sip-ring-ms",
     "--sip-user", "--sip-public-address", "--rtp-ports", "--sip-realm", "--sip-allow", "--sip-rate", "--profiles",
     "--redis", "--workers", "--name", "--capacity", "--drain-timeout",
