@@ -257,6 +257,7 @@ async def serve(cfg: ServerConfig, ready: Callable[[str], None] | None = None) -
     from .app import create_app
 
     aiortc_tuning.install()  # before the first peer connection; stock aiortc (one warning) if it cannot
+    aiortc_tuning.restrict_host_addresses(cfg.media_address)
     app = create_app(cfg)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()

@@ -157,7 +157,7 @@ class CallHost:
     def _rtp_config(self) -> RtpMediaConfig:
         if self._rtp is None:
             cfg = self.config
-            host = cfg.host
+            host = cfg.media_address[0] if cfg.media_address else cfg.host
             self._rtp = RtpMediaConfig(
                 rtp_host=host,
                 public_host=public_address(cfg.advertise or cfg.sip_public_address, host),

@@ -29,7 +29,7 @@ SERVE_FLAGS = [
     "--ice-server", "--max-body", "--log-format", "--log-level", "--sip-port", "--sip-ring-ms",
     "--sip-user", "--sip-public-address", "--rtp-ports", "--sip-realm", "--sip-allow", "--sip-rate", "--profiles",
     "--redis", "--workers", "--name", "--capacity", "--drain-timeout",
-    "--connect-timeout", "--auth-secret", "--cors-origin",
+    "--connect-timeout", "--auth-secret", "--cors-origin", "--media-address",
     "--record-dir", "--record-max-mb", "--record-keep-days", "--webhook", "--webhook-secret", "--webhook-turns",
 ]
 SIP_SIGNALING_FLAGS = ["--sip-port", "--sip-ring-ms", "--sip-user", "--sip-realm", "--sip-allow", "--sip-rate"]

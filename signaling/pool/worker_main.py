@@ -252,6 +252,7 @@ async def serve_worker(config: ServerConfig, unix_path: str | None = None) -> in
     from .. import aiortc_tuning
 
     aiortc_tuning.install()  # as `v2v serve` does: before the first peer connection
+    aiortc_tuning.restrict_host_addresses(config.media_address)
     worker = Worker(config, unix_path=unix_path)
     loop = asyncio.get_running_loop()
     draining = asyncio.Event()
