@@ -8,10 +8,13 @@ core three of its defaults cost more than they give:
   paces every call's frames waits behind the codec threads;
 * every receiver decodes in a thread of its own (N calls, N threads taking
   turns on the GIL);
-* the Opus encoder is stereo at 96 kbit/s and complexity 10, for a mono voice.
+* the Opus encoder is stereo at 96 kbit/s and complexity 10, for a mono voice,
+  and re-frames through PyAV's ``AudioResampler``, whose FFmpeg graph starts a
+  thread per CPU for every call.
 
 :func:`install` encodes and decodes audio on the event loop (each is ~0.1 ms
-of C per packet) and encodes mono voice (32 kbit/s, VoIP mode, complexity 5).
+of C per packet) and encodes mono voice (32 kbit/s, VoIP mode, complexity 5)
+re-framed by a :class:`ThreadFreeResampler`.
 The SDP still says ``opus/48000/2``: every Opus decoder takes a mono stream.
 Measured: calls per core 16 -> 30 with the same pacing criterion, CPU per
 call-second -14 % from the thread hops alone (``bench/load.py``). It also
@@ -31,6 +34,7 @@ internal it replaces still exists and that aiortc is a tested version
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -39,6 +43,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import av
+import av.audio.codeccontext
+import av.filter
 import numpy as np
 from aioice import ice as aioice_ice
 from aiortc import rtcdtlstransport, rtcrtpreceiver, rtcrtpsender
@@ -122,6 +128,77 @@ def _thread(*args: Any, **kwargs: Any) -> Any:
     return threading.Thread(*args, **kwargs)
 
 
+class ThreadFreeResampler:
+    """What aiortc's Opus encoder gets instead of PyAV's ``AudioResampler``: the same graph, no threads.
+
+    PyAV's resampler builds an FFmpeg filter graph whose thread pool has one
+    thread per CPU, per call (64 on a 32-core host); this one sets
+    ``threads = 1`` before adding filters, so FFmpeg starts none (as
+    :mod:`v2v.media.resample` does for v2v's own resampling). Same filters
+    (``abuffer`` -> ``aformat`` -> ``abuffersink`` with the encoder's frame size),
+    so the same output.
+    """
+
+    def __init__(self, format: str, layout: str, rate: int, frame_size: int) -> None:
+        self.format, self.layout, self.rate, self.frame_size = format, layout, rate, frame_size
+        self._graph: Any = None
+
+    def _build(self, frame: av.AudioFrame) -> Any:
+        graph = av.filter.Graph()
+        graph.threads = 1  # before any filter is added: FFmpeg starts no thread pool
+        src = graph.add_abuffer(format=frame.format.name, sample_rate=frame.sample_rate,
+                                layout=frame.layout.name, time_base=frame.time_base)
+        fmt = graph.add("aformat", sample_fmts=self.format, channel_layouts=self.layout,
+                        sample_rates=str(self.rate))
+        sink = graph.add("abuffersink")
+        src.link_to(fmt)
+        fmt.link_to(sink)
+        graph.configure()
+        graph.set_audio_frame_size(self.frame_size)
+        return graph
+
+    def resample(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
+        if self._graph is None:
+            self._graph = self._build(frame)
+        self._graph.push(frame)
+        out: list[av.AudioFrame] = []
+        while True:
+            try:
+                out.append(self._graph.pull())
+            except EOFError:
+                break
+            except av.FFmpegError as e:
+                if e.errno != errno.EAGAIN:
+                    raise
+                break
+        return out
+
+
+class _DirectEncode:
+    """The encoder's codec context, fed frames already in its format and frame size.
+
+    PyAV's ``CodecContext.encode`` re-frames every audio frame through an
+    ``AudioResampler`` of its own (threads as above, even when nothing is to be
+    converted); the frames :class:`ThreadFreeResampler` makes need none of it,
+    so they go to the codec directly (``_send_frame_and_recv``, checked by
+    :func:`missing_internals`).
+    """
+
+    def __init__(self, codec: Any) -> None:
+        self._codec = codec
+        codec.open()
+
+    def encode(self, frame: av.AudioFrame) -> list[Any]:
+        tb = self._codec.time_base
+        if frame.pts is not None and frame.time_base is not None and frame.time_base != tb:
+            frame.pts = int(frame.pts * frame.time_base / tb)
+        frame.time_base = tb
+        return list(self._codec._send_frame_and_recv(frame))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._codec, name)
+
+
 def _voice_encoder(self: Any) -> None:
     _stock_encoder_init(self)
     codec = av.CodecContext.create("libopus", "w")
@@ -131,10 +208,8 @@ def _voice_encoder(self: Any) -> None:
     codec.options = {"application": "voip", "compression_level": str(OPUS_COMPLEXITY)}
     codec.sample_rate = opus.SAMPLE_RATE
     codec.time_base = opus.TIME_BASE
-    self.codec = codec
-    self.resampler = av.AudioResampler(
-        format="s16", layout="mono", rate=opus.SAMPLE_RATE, frame_size=opus.SAMPLES_PER_FRAME
-    )
+    self.codec = _DirectEncode(codec)
+    self.resampler = ThreadFreeResampler("s16", "mono", opus.SAMPLE_RATE, opus.SAMPLES_PER_FRAME)
 
 
 def _sender_init(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -225,7 +300,8 @@ _stock_dtls_rtcp: Any = getattr(getattr(rtcdtlstransport, "RTCDtlsTransport", No
 def _assigned_in_init(cls: Any, attrs: tuple[str, ...]) -> list[str]:
     """Which of ``attrs`` the stock ``cls.__init__`` does not set (names are mangled at compile time)."""
     init: Any = getattr(cls, "__init__", None)
-    installed_inits: dict[Any, Any] = {_sender_init: _stock_sender_init, _receiver_init: _stock_receiver_init}
+    installed_inits: dict[Any, Any] = {_sender_init: _stock_sender_init, _receiver_init: _stock_receiver_init,
+                                       _voice_encoder: _stock_encoder_init}
     init = installed_inits.get(init, init)  # once installed, check what the stock __init__ sets
     code = getattr(init, "__code__", None)
     names = set(code.co_names) if code is not None else set()
@@ -261,6 +337,9 @@ def missing_internals(sender_mod: Any = None, receiver_mod: Any = None,
         missing.append("rtcrtpreceiver.RTCRtpReceiver")
     else:
         missing += _assigned_in_init(receiver, ("_RTCRtpReceiver__decoder_queue", JITTER_ATTR, "_track"))
+    encoder = getattr(opus_mod, "OpusEncoder", None)
+    if encoder is not None:  # its encode() resamples through self.resampler
+        missing += _assigned_in_init(encoder, ("resampler",))
     for mod, name, attr in ((receiver_mod, "rtcrtpreceiver", "threading"),
                             (receiver_mod, "rtcrtpreceiver", "decoder_worker"),
                             (rtp_mod, "rtp", "compute_audio_level_dbov"),
@@ -270,6 +349,10 @@ def missing_internals(sender_mod: Any = None, receiver_mod: Any = None,
                             (opus_mod, "codecs.opus", "TIME_BASE")):
         if not hasattr(mod, attr):
             missing.append(f"{name}.{attr}")
+    for cls, name, attr in ((av.audio.codeccontext.AudioCodecContext, "av.AudioCodecContext", "_send_frame_and_recv"),
+                            (av.filter.Graph, "av.filter.Graph", "set_audio_frame_size")):
+        if not callable(getattr(cls, attr, None)):
+            missing.append(f"{name}.{attr}")  # PyAV's, for the thread-free Opus encoding
     if hasattr(receiver_mod, "threading") and not callable(getattr(receiver_mod.threading, "Thread", None)):
         missing.append("rtcrtpreceiver.threading.Thread")
     return missing
