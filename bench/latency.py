@@ -389,7 +389,8 @@ async def bench_barge(args: argparse.Namespace, segs: list[Segment], silence: by
     frame_errs: list[float] = []
     rows = []
     for pc_id, recs in by_call.items():
-        tl = truncs.get(pc_id, [])
+        # the server logs a WebRTC call by the first 8 hex digits of its pc_id (the rest is a credential)
+        tl = truncs.get(pc_id) or truncs.get(pc_id[: len("pc-") + 8], [])
         recs.sort(key=lambda r: r.onset_sent)
         if len(tl) != len(recs):
             errors.append(f"{pc_id}: {len(recs)} barge-ins measured, {len(tl)} interruptions logged")
