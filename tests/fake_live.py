@@ -14,8 +14,9 @@ An aiohttp WebSocket server on an ephemeral loopback port at
   are valid too (``sent`` records them);
 * behaves like a full-duplex model: energy VAD on the caller's audio, input
   transcript deltas, and after the caller's turn a reply (a tone and transcript
-  deltas, faster than real time); caller speech during a reply stops it (the
-  model yields); a ``client`` delegation after the next turn(s), answered by
+  deltas, faster than real time, or live at ``speed=1``); caller speech
+  longer than ``backchannel_ms`` during a reply stops it (the model yields),
+  a shorter burst ("mm-hm") neither stops it nor makes a turn; a ``client`` delegation after the next turn(s), answered by
   ``session.commentary.append``; errors, dropped connections, a 401 for a
   wrong key, ``session.closed`` on ``session.close``.
 """
@@ -96,6 +97,8 @@ class FakeLiveConnection:
         self._speaking = False
         self._silence_ms = 0
         self._turn_ms = 0
+        self._voiced_ms = 0
+        self._frames = 0  # 10 ms VAD frames of caller audio seen
         self._turns = 0
 
     def _id(self, prefix: str) -> str:
@@ -200,27 +203,38 @@ class FakeLiveConnection:
             return
         rms = np.sqrt((data[: n * frame].reshape(n, frame).astype(np.float64) ** 2).mean(axis=1))
         for level in rms:
+            self._frames += 1
             if level >= self.server.vad_threshold:
                 self._silence_ms = 0
                 if not self._speaking:
                     self._speaking = True
-                    self._turn_ms = self.now_ms()
-                    if self.reply is not None and not self.reply.done():
-                        self.reply.cancel()  # full duplex: the model yields to the caller
-                        self.stopped_replies += 1
-                        self.server.stopped_replies += 1
+                    self._turn_ms = self._frames * 10 - 10
+                self._voiced_ms = self._frames * 10 - self._turn_ms
+                if self._voiced_ms >= self.server.backchannel_ms:
+                    self._yield()
             elif self._speaking:
                 self._silence_ms += 10
                 if self._silence_ms >= self.server.vad_silence_ms:
                     self._speaking = False
                     self._silence_ms = 0
-                    await self._turn_ended()
+                    if self._voiced_ms < self.server.backchannel_ms:
+                        self.server.backchannels += 1  # "mm-hm": not a turn, the model talks on
+                    else:
+                        await self._turn_ended()
+
+    def _yield(self) -> None:
+        """Full duplex: the caller really talks (longer than a backchannel): the model stops."""
+        if self.reply is not None and not self.reply.done():
+            self.reply.cancel()
+            self.stopped_replies += 1
+            self.server.stopped_replies += 1
+            self.server.stop_times.append(time.monotonic())
 
     async def _turn_ended(self) -> None:
         self._turns += 1
         self.server.turns += 1
         text = self.server.transcript_for(self._turns)
-        start, end = self._turn_ms, self.now_ms()
+        start, end = min(self._turn_ms, self.now_ms()), self.now_ms()
         half = len(text) // 2
         for i, delta in enumerate((text[:half], text[half:])):
             await self.send(InputTranscriptDeltaEvent, type="session.input_transcript.delta", delta=delta,
@@ -322,13 +336,14 @@ class FakeLiveServer:
 
     def __init__(self, api_key: str = "sk-test-live-key-0123456789", *, reply_ms: int = 1000,
                  delta_ms: int = 100, speed: float = 20.0, vad_threshold: float = 800.0,
-                 vad_silence_ms: int = 500) -> None:
+                 vad_silence_ms: int = 500, backchannel_ms: int = 250) -> None:
         self.api_key = api_key
         self.reply_ms = reply_ms
         self.delta_ms = delta_ms
         self.speed = speed
         self.vad_threshold = vad_threshold
         self.vad_silence_ms = vad_silence_ms
+        self.backchannel_ms = backchannel_ms  # shorter caller bursts are backchannels: no yield, no turn
         # controls
         self.handshake_statuses: list[int] = []
         self.delegations = 0  # the next N turns delegate to the client instead of answering
@@ -352,6 +367,8 @@ class FakeLiveServer:
         self.turns = 0
         self.reply_count = 0
         self.stopped_replies = 0
+        self.stop_times: list[float] = []  # monotonic times the model yielded
+        self.backchannels = 0
         self.audio_sent = 0
         self.drops = 0
         self._ids = itertools.count(1)

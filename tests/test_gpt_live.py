@@ -250,6 +250,85 @@ async def test_wav_call_barge_in(fake: FakeLiveServer) -> None:
     assert fake.violations == []
 
 
+# -- full duplex: the model owns turn-taking, its voice plays live -------------------------------
+
+FRAME = 480  # one 20 ms frame of playout at 24 kHz
+
+
+class _StopClock:
+    """on_step hook: the first step at whose start ``stopped()`` held (the model had stopped)."""
+
+    def __init__(self, stopped: Any) -> None:
+        self.stopped = stopped
+        self.step: int | None = None
+
+    def __call__(self, step: int, call: Any) -> None:
+        if self.step is None and self.stopped():
+            self.step = step
+
+
+def _live(fake: FakeLiveServer) -> None:
+    """The fake streams like a full-duplex model: 20 ms deltas, in real time."""
+    fake.speed, fake.delta_ms = 1.0, 20
+
+
+def test_gpt_live_is_full_duplex(fake: FakeLiveServer) -> None:
+    caps = factory(fake).capabilities
+    assert caps.full_duplex and caps.server_vad and not caps.truncation
+
+
+@pytest.mark.timeout(40)
+async def test_full_duplex_model_stop_is_heard_within_one_frame(fake: FakeLiveServer) -> None:
+    """The caller talks over a live answer; the model yields: the caller hears its voice stop within one
+    20 ms frame of the model's stop. v2v's own confirmation is set out of reach, so what is measured is
+    the model's stop played live (no queue behind it), not v2v cutting the playout."""
+    _live(fake)
+    answer = tone(4000)
+    fake.reply_audio = lambda n: answer if n == 1 else np.zeros(FRAME * 5, np.int16)
+    turn = load_wav("what_time_is_it.wav")[0]
+    talk = load_wav("long_speech.wav")[0][: int(IN_RATE * 1.2)]
+    audio = compose((0.0, turn), (3.2, talk), total_s=5.0)
+    stop = _StopClock(lambda: fake.stopped_replies > 0)
+    result = await run_wav_call(factory(fake), audio, IN_RATE, on_step=stop, tail_s=1.5, realtime=True,
+                                config=CallConfig(turn_detection="server", min_interruption_ms=3000))
+    assert [t.event for t in result.of_type(cev.CallError)] == []
+    assert fake.stopped_replies == 1 and stop.step is not None
+    played = result.output[result.output != 0]
+    assert 0 < len(played) < len(answer) and np.array_equal(played, answer[: len(played)])
+    after = result.output[stop.step * FRAME:]
+    assert np.count_nonzero(after) <= FRAME, f"{np.count_nonzero(after)} samples heard after the model stopped"
+    assert not result.of_type(cev.BotInterrupted)  # v2v did not cut it: the model stopped
+    assert fake.violations == []
+
+
+@pytest.mark.timeout(40)
+async def test_full_duplex_backchannel_does_not_cut_the_assistant(fake: FakeLiveServer) -> None:
+    """A 150 ms "mm-hm" from the caller while the assistant talks: the assistant's voice is neither
+    paused nor cut, nothing is sent that would stop the model, it plays to its end, and the end is heard
+    within one frame of the model's last sample (no backlog was built up)."""
+    _live(fake)
+    answer = tone(3000)
+    fake.reply_audio = lambda n: answer
+    turn = load_wav("what_time_is_it.wav")[0]
+    mm_hm = load_wav("long_speech.wav")[0][790 * 16: 940 * 16]  # 150 ms, voiced throughout
+    audio = compose((0.0, turn), (3.0, mm_hm), total_s=3.4)
+    done = _StopClock(lambda: fake.audio_sent >= len(answer))
+    result = await run_wav_call(factory(fake), audio, IN_RATE, on_step=done, tail_s=3.5, realtime=True,
+                                config=CallConfig(turn_detection="server"), stop_when_idle=True)
+    assert [t.event for t in result.of_type(cev.CallError)] == []
+    started = result.of_type(cev.BotStartedSpeaking)[0].step
+    heard = [t for t in result.of_type(cev.UserStartedSpeaking) if t.step > started]
+    assert heard, "the worker's VAD did not hear the backchannel"
+    assert fake.backchannels == 1 and fake.stopped_replies == 0 and fake.turns == 1
+    assert {e["type"] for e in fake.events} <= {"session.start", "session.input_audio.append", "session.close"}
+    assert np.array_equal(result.output[result.output != 0], answer)  # all of it, in order
+    assert not result.of_type(cev.BotInterrupted) and not result.of_type(cev.FalseInterruption)
+    assert done.step is not None
+    after = result.output[done.step * FRAME:]
+    assert np.count_nonzero(after) <= FRAME, f"{np.count_nonzero(after)} samples heard after the model's end"
+    assert fake.violations == []
+
+
 # -- through real WebRTC: `v2v serve --model gpt-live` against the fake ---------------------------
 
 

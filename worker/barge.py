@@ -9,6 +9,16 @@
   samples the caller actually heard (or deletes what was not heard at all);
 - *resume*: the burst ended and ``false_interruption_timeout_ms`` passed since
   the pause: a false interruption, playout resumes where it stopped.
+
+A *full-duplex* model (``ModelCapabilities.full_duplex``, GPT-Live) owns
+turn-taking and streams its voice live: nothing is paused or held. Pausing a
+live stream would put the playout behind the model by the pause, and the
+caller would then hear the model stop that much after it stopped. A burst
+shorter than ``min_interruption_ms`` (a backchannel, "mm-hm") changes nothing
+and sends nothing; the model's own output while the caller talks (its
+backchannels) plays; a confirmed interruption still flushes the playout and
+reports what was heard (the model has yielded by then, or is told to stop
+where it can be).
 """
 
 from __future__ import annotations
@@ -63,6 +73,7 @@ class BargeIn:
         self.clock = clock
         self.input_rate = 0
         self.candidate: Candidate | None = None
+        self.full_duplex = model.capabilities.full_duplex
 
     def _samples(self, ms: int) -> int:
         return self.input_rate * ms // 1000
@@ -74,9 +85,10 @@ class BargeIn:
             self.candidate.onset = onset
             self.candidate.ended = False
         elif assistant_active:
-            self.playout.pause()
+            if not self.full_duplex:  # a full-duplex model's live stream is never paused
+                self.playout.pause()
             self.candidate = Candidate(onset, decided, position, self.clock())
-            log.debug("call %s: barge-in candidate, playout paused", self.call_id)
+            log.debug("call %s: barge-in candidate%s", self.call_id, "" if self.full_duplex else ", playout paused")
 
     def speech_stopped(self) -> bool:
         """The caller's burst ended; True if it was a barge-in candidate."""
@@ -86,7 +98,13 @@ class BargeIn:
         return True
 
     def hold_reply(self, position: int) -> None:
-        """A reply starts while the caller is talking: hold it as a candidate."""
+        """A reply starts while the caller is talking: hold it as a candidate.
+
+        Not for a full-duplex model: what it says while the caller talks (a
+        backchannel) plays as it comes.
+        """
+        if self.full_duplex:
+            return
         if self.candidate is None and not self.playout.audible and not self.playout.paused:
             self.playout.pause()
             self.candidate = Candidate(position, position, position, self.clock())
@@ -110,6 +128,11 @@ class BargeIn:
         if not b.ended and voiced_end - b.onset >= self._samples(self.config.min_interruption_ms):
             self.candidate = None
             return "confirm"
+        if self.full_duplex:
+            if b.ended:  # a backchannel: the assistant was never paused, nothing to resume
+                self.candidate = None
+                log.debug("call %s: caller backchannel, the assistant goes on", self.call_id)
+            return None
         if position - b.paused_at >= self._samples(self.config.false_interruption_timeout_ms) and (
             b.ended or not user_speaking
         ):

@@ -49,6 +49,7 @@ log = logging.getLogger("v2v.call")
 
 VAD_RATES = (8000, 16000, 32000, 48000)
 CHUNK_MS = 100  # caller audio goes to the model in chunks of this length
+DUPLEX_CHUNK_MS = 20  # ... one frame for a full-duplex model: it hears the caller as the caller talks
 AEC_PROBE_MS = 8000  # aec=auto: after this much assistant audio, an echo canceller that found echo
 AEC_PROBE_SHARE = 0.1  # in less than this share of it is bypassed (the client's own canceller did the work)
 
@@ -118,7 +119,8 @@ class CallSession:
         self._aec: EchoCanceller | None = None
         self._vad_floor = -55.0
         caps = self.model.capabilities
-        self._chunker = Chunker(caps.input_rate * CHUNK_MS // 1000)
+        chunk_ms = DUPLEX_CHUNK_MS if caps.full_duplex else CHUNK_MS
+        self._chunker = Chunker(caps.input_rate * chunk_ms // 1000)
         self.reply_audio = ReplyAudio(playout, caps.output_rate)
         self._user_speaking = False
         # the units

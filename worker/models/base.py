@@ -31,6 +31,9 @@ class ModelCapabilities:
     output_rate: int = 24000
     server_vad: bool = False
     truncation: bool = True
+    # the model owns turn-taking and streams its voice live (GPT-Live): the worker plays it as it
+    # comes, never pauses or holds it for caller speech, and streams the caller in 20 ms chunks
+    full_duplex: bool = False
 
 
 @dataclass

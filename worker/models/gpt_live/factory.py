@@ -12,8 +12,8 @@ DEFAULT_LIVE_MODEL = "gpt-live-1"
 class GptLiveFactory(ModelFactory):
     """Opens :class:`GptLiveSession` objects on ``OPENAI_BASE_URL``'s ``/live/sessions``.
 
-    Full duplex: the model owns turn-taking (``server_vad``), and there is no
-    item truncation (``truncation=False``).
+    Full duplex (``full_duplex``): the model owns turn-taking (``server_vad``),
+    and there is no item truncation (``truncation=False``).
     """
 
     name = "gpt-live"
@@ -49,7 +49,8 @@ class GptLiveFactory(ModelFactory):
             url=self.url, model=self.model, reconnect_attempts=reconnect_attempts, backoff_base=backoff_base,
             backoff_max=backoff_max, connect_timeout=connect_timeout, heartbeat=heartbeat,
         )
-        self.capabilities = ModelCapabilities(input_rate=RATE, output_rate=RATE, server_vad=True, truncation=False)
+        self.capabilities = ModelCapabilities(input_rate=RATE, output_rate=RATE, server_vad=True, truncation=False,
+                                              full_duplex=True)
 
     def __repr__(self) -> str:  # never show the key
         return f"GptLiveFactory(url={self.url!r}, model={self.model!r})"
