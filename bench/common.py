@@ -197,7 +197,9 @@ def server_command(kind: str, port: int, extra: list[str] | None = None, launche
         # the interpreter itself (not a shim script), so the PID sampled is the server's
         base = [sys.executable, str(launcher)] if launcher else [sys.executable, "-m", "v2v.signaling.cli"]
         return [*base, "serve", "--model", "echo", "--host", "127.0.0.1", "--port", str(port),
-                "--max-calls", "1000", "--log-level", "info", *extra]
+                "--max-calls", "1000", "--log-level", "info",
+                *([] if launcher else ["--max-conns-per-source", "0"]),  # the load generator is one source
+                *extra]
     if kind == "aiortc":
         return [sys.executable, str(BENCH / "peers" / "aiortc_echo.py"), "--port", str(port), *extra]
     if kind == "pipecat":

@@ -254,7 +254,8 @@ async def serve(cfg: ServerConfig, ready: Callable[[str], None] | None = None) -
     from aiohttp import web
 
     from . import aiortc_tuning
-    from .app import create_app
+    from .app import METRICS, create_app
+    from .conn_limit import CappedTCPSite, SourceLimit
 
     aiortc_tuning.install()  # before the first peer connection; stock aiortc (one warning) if it cannot
     aiortc_tuning.restrict_host_addresses(cfg.media_address)
@@ -273,7 +274,8 @@ async def serve(cfg: ServerConfig, ready: Callable[[str], None] | None = None) -
         except (NotImplementedError, RuntimeError):
             pass
     try:
-        site = web.TCPSite(runner, cfg.host, cfg.port)
+        site = CappedTCPSite(runner, cfg.host, cfg.port,
+                             SourceLimit(cfg.max_conns_per_source, "http", app[METRICS]))
         await site.start()
         url = page_url(cfg.host, bound_port(runner, cfg.port))
         print(f"v2v serving on {url}  (model: {cfg.model}) - open it in a browser and talk", flush=True)

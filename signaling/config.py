@@ -102,6 +102,10 @@ class ServerConfig:
     port: int = setting(8080, group="network", parse=port_number, help="HTTP port (0 picks a free one)")
     max_body: int = setting(64 * 1024, group="network",
                             help="largest HTTP request body in bytes (413 above)")
+    max_conns_per_source: int = setting(
+        64, group="network", commands=SERVE, parse=non_negative_int, metavar="N",
+        help="concurrent HTTP connections, and SIP-over-TCP connections, from one source address, each; past it a "
+        "new one is refused (HTTP 429) and closed (0: no limit)")
     ice_servers: list[IceServer] = setting(
         group="network", factory=list, flag="--ice-server", parse=comma_list, convert=_ice_servers,
         help="ICE servers, comma separated: stun:host:port, turn:user:pass@host:port (none: host candidates only)")
@@ -236,6 +240,8 @@ class ServerConfig:
             raise ValueError("timeouts must be > 0")
         if self.auth_secret and len(self.auth_secret.encode()) < 32:
             raise ValueError("--auth-secret must be at least 32 bytes (e.g. `openssl rand -hex 32`)")
+        if self.max_conns_per_source < 0:
+            raise ValueError("--max-conns-per-source must be >= 0")
         if self.max_body < 1024:
             raise ValueError("--max-body must be at least 1024 bytes")
         if self.sip_port is not None and not 0 <= self.sip_port <= 65535:

@@ -29,11 +29,11 @@ SERVE_FLAGS = [
     "--ice-server", "--max-body", "--log-format", "--log-level", "--sip-port", "--sip-ring-ms",
     "--sip-user", "--sip-public-address", "--rtp-ports", "--sip-realm", "--sip-allow", "--sip-rate", "--profiles",
     "--redis", "--workers", "--name", "--capacity", "--drain-timeout",
-    "--connect-timeout", "--auth-secret", "--cors-origin", "--media-address",
+    "--connect-timeout", "--auth-secret", "--cors-origin", "--media-address", "--max-conns-per-source",
     "--record-dir", "--record-max-mb", "--record-keep-days", "--webhook", "--webhook-secret", "--webhook-turns",
 ]
 SIP_SIGNALING_FLAGS = ["--sip-port", "--sip-ring-ms", "--sip-user", "--sip-realm", "--sip-allow", "--sip-rate"]
-HTTP_ACCESS_FLAGS = ["--auth-secret", "--cors-origin"]  # signaling's HTTP only
+HTTP_ACCESS_FLAGS = ["--auth-secret", "--cors-origin", "--max-conns-per-source"]  # signaling's HTTP only
 WORKER_FLAGS = [f for f in SERVE_FLAGS if f not in SIP_SIGNALING_FLAGS + HTTP_ACCESS_FLAGS and f != "--workers"] + [
     "--advertise"]
 CALL_FLAGS = ["--play", "--record", "--seconds", "--profile", "--trickle", "--token"]

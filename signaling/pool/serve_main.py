@@ -21,6 +21,7 @@ from aiohttp import web
 
 from ..cli import bound_port
 from ..config import ServerConfig
+from ..conn_limit import CappedTCPSite, SourceLimit
 from ..metrics import ServerMetrics
 from .registry import LocalRegistry, RedisRegistry, Registry, RegistryUnavailable
 from .remote import PoolDispatcher
@@ -63,12 +64,17 @@ class _Signals:
                 self._loop.remove_signal_handler(sig)
 
 
+def _metrics_of(app: web.Application) -> ServerMetrics | None:
+    return next((v for v in app.values() if isinstance(v, ServerMetrics)), None)  # what /metrics renders
+
+
 async def _listen(config: ServerConfig, app: web.Application) -> tuple[web.AppRunner, str]:
     """Serve ``app`` on --host/--port (OSError if it cannot bind); the runner and the URL."""
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, config.host, config.port).start()
+        await CappedTCPSite(runner, config.host, config.port,
+                            SourceLimit(config.max_conns_per_source, "http", _metrics_of(app))).start()
     except OSError:
         await runner.cleanup()
         raise

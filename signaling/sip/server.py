@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from ..config import ServerConfig
+from ..conn_limit import SourceLimit
 from ..dispatch import CallEnded, CallEvent, Dispatcher, DispatchError, MediaRequest, UnknownCall
 from ..metrics import ServerMetrics
 from .admission import REASONS, Admission, exposure_warning, parse_networks
@@ -123,6 +124,7 @@ class SipServers:
         self._media: dict[str, DispatchedMedia] = {}
         auth = DigestAuth(parse_users(config.sip_users), realm=config.sip_realm)
         self.admission = Admission(parse_networks(config.sip_allow), rate=config.sip_rate)
+        self.tcp_limit = SourceLimit(config.max_conns_per_source, "sip_tcp")
         self.core = SipCore(
             self._media_factory, public_host=self.public_host, auth=auth, ring_ms=config.sip_ring_ms,
             profiles=config.profiles, admission=self.admission,
@@ -155,7 +157,7 @@ class SipServers:
         port = self.config.sip_port if port is None else port
         if port is None:
             raise ValueError("SIP over UDP/TCP needs a port (--sip-port)")
-        self.net = SipNetServers(self.core)
+        self.net = SipNetServers(self.core, self.tcp_limit)
         await self.net.start(self.config.host, port)
         log.info("SIP over UDP and TCP on %s:%d (public address %s)", self.config.host, self.net.port,
                  self.public_host)
@@ -170,6 +172,7 @@ class SipServers:
         for r in REASONS:
             counter.labels(reason=r)
         self.admission.on_refusal = lambda reason: counter.labels(reason=reason).inc()
+        self.tcp_limit.count_in(metrics)  # v2v_connection_refusals_total{listener="sip_tcp"}
 
     @property
     def port(self) -> int:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import cast
 
+from ..conn_limit import SourceLimit, admitting
 from .core import Conn, SipCore
 from .message import MAX_MESSAGE, SipParseError, StreamFramer
 
@@ -82,8 +83,9 @@ class SipTcpProtocol(asyncio.Protocol):
 class SipNetServers:
     """The UDP endpoint and TCP server on one port."""
 
-    def __init__(self, core: SipCore) -> None:
+    def __init__(self, core: SipCore, limit: SourceLimit | None = None) -> None:
         self.core = core
+        self.limit = limit or SourceLimit(0, "sip_tcp")  # TCP connections per source address
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp: asyncio.base_events.Server | None = None
         self._tcp_conns: set[SipTcpProtocol] = set()
@@ -94,8 +96,9 @@ class SipNetServers:
         self.udp, _ = await loop.create_datagram_endpoint(lambda: SipUdpProtocol(self.core), local_addr=(host, port))
         self.port = self.udp.get_extra_info("sockname")[1]  # port 0 -> the one picked for UDP
         try:
-            self.tcp = await loop.create_server(lambda: SipTcpProtocol(self.core, self._tcp_conns), host, self.port,
-                                                reuse_address=True)
+            self.tcp = await loop.create_server(
+                admitting(lambda: SipTcpProtocol(self.core, self._tcp_conns), self.limit), host, self.port,
+                reuse_address=True)
         except OSError:
             self.udp.close()
             raise
