@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,3 +38,18 @@ def _aiortc_tuned() -> None:
     from v2v.signaling import aiortc_tuning
 
     aiortc_tuning.install()
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """A test that calls ``setup_logging`` (as the CLI does) must not take the ``v2v`` records away
+    from the next tests' caplog: each test leaves the loggers as it found them."""
+    names = ("v2v", "aiohttp.server", "aiohttp.web")
+    saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate, logging.getLogger(n).level)
+             for n in names}
+    yield
+    for n, (handlers, propagate, level) in saved.items():
+        lg = logging.getLogger(n)
+        lg.handlers[:] = handlers
+        lg.propagate = propagate
+        lg.setLevel(level)
