@@ -94,7 +94,11 @@ class Flow:
         self.start_index = len(caller.received.arrived)
         self.t0 = time.monotonic()
 
-    def check(self, what: str) -> None:
+    async def check(self, what: str) -> None:
+        """The call still flows: fresh frames arrive after the abuse (waited for, at most 2 s), and
+        none of the time since the start went without audio."""
+        fresh = len(self.caller.received.arrived) + 5
+        await wait_until(lambda: len(self.caller.received.arrived) >= fresh, 2.0, f"{what}: audio after the abuse")
         arrived = self.caller.received.arrived[self.start_index:]
         elapsed = time.monotonic() - self.t0
         got = sum(len(f) for f in self.caller.received.frames[self.start_index:]) / 48000
@@ -158,7 +162,7 @@ async def test_fuzzed_http_bodies_with_a_live_call(caplog: pytest.LogCaptureFixt
                     assert 400 <= r.status < 500, (method, encoding, body[:200], r.status, text)
                     assert isinstance(json.loads(text)["error"], str)
                     statuses[r.status] = statuses.get(r.status, 0) + 1
-            flow.check("HTTP fuzz")
+            await flow.check("HTTP fuzz")
             assert server.manager.active_calls() == 1  # only the live call
             await still_answers(caller)
             async with http.get(server.url + "metrics") as r:
@@ -193,7 +197,7 @@ async def test_offers_are_bounded_before_aiortc() -> None:
                 assert elapsed < 1.0, f"4 bad offers took {elapsed:.2f} s"
                 async with http.get(server.url + "healthz") as r:
                     assert r.status == 200
-            flow.check("bounded offers")
+            await flow.check("bounded offers")
             await still_answers(caller)
         finally:
             await caller.hangup()
@@ -284,7 +288,7 @@ async def test_fuzzed_rtvi_messages_on_a_live_call(caplog: pytest.LogCaptureFixt
                         await asyncio.sleep(0.02)  # pacing: let the SCTP window drain, not a sync point
                 await wait_until(lambda: channel.bufferedAmount == 0, 5, "the frames sent")
                 await still_answers(caller)
-                flow.check("RTVI fuzz")
+                await flow.check("RTVI fuzz")
                 assert server.manager.active_calls() == 1 and channel.readyState == "open"
             finally:
                 pinger.cancel()
