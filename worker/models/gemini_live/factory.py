@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..base import ModelCapabilities, ModelFactory, SessionConfig, ToolSpec
-from ..openai_realtime.endpoint import RealtimeSettings, register_secret, ws_url
+from ..base import ModelCapabilities, SessionConfig, ToolSpec
+from ..openai_realtime.endpoint import ws_url
+from ..openai_realtime.ws_model import WsModelFactory
 from .session import IN_RATE, OUT_RATE, GeminiLiveSession
 
 DEFAULT_GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -16,7 +17,7 @@ def gemini_url(base_url: str) -> str:
     return ws_url(base_url or DEFAULT_GEMINI_BASE_URL, BIDI_PATH, what="GEMINI_BASE_URL")
 
 
-class GeminiLiveFactory(ModelFactory):
+class GeminiLiveFactory(WsModelFactory):
     """Opens :class:`GeminiLiveSession` objects: 16 kHz in, 24 kHz out, the server's own activity
     detection (``server_vad``), no truncation."""
 
@@ -37,32 +38,15 @@ class GeminiLiveFactory(ModelFactory):
         connect_timeout: float = 10.0,
         heartbeat: float | None = 20.0,
     ) -> None:
-        if not gemini_api_key:
-            raise ValueError("the gemini model needs an API key (set GEMINI_API_KEY)")
-        self._api_key = gemini_api_key
-        register_secret(gemini_api_key)
-        self.url = gemini_url(gemini_base_url or DEFAULT_GEMINI_BASE_URL)  # validates early
+        self._take_key(gemini_api_key, "GEMINI_API_KEY")
+        url = gemini_url(gemini_base_url or DEFAULT_GEMINI_BASE_URL)  # validates early
         name = gemini_model or DEFAULT_GEMINI_MODEL
-        self.model = name if name.startswith("models/") else f"models/{name}"
-        self.voice = voice
-        self.instructions = instructions
-        self.tools = list(tools or [])
-        self.settings = RealtimeSettings(
-            url=self.url, model=self.model, reconnect_attempts=reconnect_attempts, backoff_base=backoff_base,
-            backoff_max=backoff_max, connect_timeout=connect_timeout, heartbeat=heartbeat,
+        self._configure(
+            url, name if name.startswith("models/") else f"models/{name}", voice, instructions, tools,
+            ModelCapabilities(input_rate=IN_RATE, output_rate=OUT_RATE, server_vad=True, truncation=False),
+            reconnect_attempts=reconnect_attempts, backoff_base=backoff_base, backoff_max=backoff_max,
+            connect_timeout=connect_timeout, heartbeat=heartbeat,
         )
-        self.capabilities = ModelCapabilities(input_rate=IN_RATE, output_rate=OUT_RATE, server_vad=True,
-                                              truncation=False)
-
-    def __repr__(self) -> str:  # never show the key
-        return f"GeminiLiveFactory(url={self.url!r}, model={self.model!r})"
 
     def open(self, config: SessionConfig) -> GeminiLiveSession:
-        merged = SessionConfig(
-            instructions=config.instructions or self.instructions,
-            voice=config.voice or self.voice,
-            tools=list(config.tools or self.tools),
-            turn_detection=config.turn_detection,
-            input_transcription=config.input_transcription,
-        )
-        return GeminiLiveSession(self.settings, self.capabilities, merged, self._api_key)
+        return GeminiLiveSession(self.settings, self.capabilities, self.merged(config), self._api_key)

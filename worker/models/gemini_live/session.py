@@ -34,12 +34,9 @@ import numpy as np
 from ..base import (
     AudioDelta,
     AudioDone,
-    Disconnected,
     FunctionCall,
     InputTranscript,
     ModelCapabilities,
-    ModelError,
-    ModelSession,
     OutputTranscriptDelta,
     OutputTranscriptDone,
     ResponseCreated,
@@ -49,7 +46,8 @@ from ..base import (
     ToolSpec,
 )
 from ..openai_realtime.conversation import JSON
-from ..openai_realtime.endpoint import RealtimeSettings, log, register_secret
+from ..openai_realtime.endpoint import RealtimeSettings, log
+from ..openai_realtime.ws_model import WsModelSession
 from .link import GeminiLink
 
 IN_RATE = 16000
@@ -80,16 +78,12 @@ def function_declaration(t: ToolSpec) -> JSON:
     return {"name": t.name, "description": t.description, "parametersJsonSchema": t.parameters}
 
 
-class GeminiLiveSession(ModelSession):
+class GeminiLiveSession(WsModelSession[GeminiLink]):
     """One call's Gemini Live connection (see the module docstring)."""
 
     def __init__(self, settings: RealtimeSettings, capabilities: ModelCapabilities, config: SessionConfig,
                  api_key: str) -> None:
-        super().__init__(config)
-        register_secret(api_key)
-        self.capabilities = capabilities
-        self._settings = settings
-        self._closing = False
+        super().__init__(settings, capabilities, config, api_key)
         self._turn: _Turn | None = None
         self._user_item = ""
         self._user_text = ""
@@ -127,22 +121,10 @@ class GeminiLiveSession(ModelSession):
         return [{"clientContent": {"turns": turns, "turnComplete": False}}] if turns else []
 
     # -- lifecycle ----------------------------------------------------------------------------
-    async def connect(self) -> None:
-        await self.link.start()
-
-    async def close(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        await self.link.close()
-        await super().close()
-
     def _on_drop(self, reason: str) -> None:
         self._end_turn("failed")
         self._finish_user_turn()
-        self.emit(ModelError(message=f"model connection lost ({reason}); reconnecting",
-                             code="connection_lost", fatal=False))
-        self.emit(Disconnected(reason=reason, fatal=False))
+        self._lost(reason)
 
     # -- turns ---------------------------------------------------------------------------------
     def _model_turn(self) -> _Turn:

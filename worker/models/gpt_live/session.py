@@ -41,12 +41,10 @@ import numpy as np
 from ..base import (
     AudioDelta,
     AudioDone,
-    Disconnected,
     FunctionCall,
     InputTranscript,
     ModelCapabilities,
     ModelError,
-    ModelSession,
     OutputTranscriptDelta,
     OutputTranscriptDone,
     ResponseCreated,
@@ -55,7 +53,8 @@ from ..base import (
     ToolSpec,
 )
 from ..openai_realtime.conversation import JSON
-from ..openai_realtime.endpoint import RealtimeSettings, log, register_secret, scrub
+from ..openai_realtime.endpoint import RealtimeSettings, log, scrub
+from ..openai_realtime.ws_model import WsModelSession
 from .link import LiveLink
 
 RATE = 24000
@@ -129,17 +128,13 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
 
-class GptLiveSession(ModelSession):
+class GptLiveSession(WsModelSession[LiveLink]):
     """One call's GPT-Live connection (see the module docstring)."""
 
     def __init__(self, settings: RealtimeSettings, capabilities: ModelCapabilities, config: SessionConfig,
                  api_key: str, *, segment_gap_s: float = 0.4) -> None:
-        super().__init__(config)
-        register_secret(api_key)
-        self.capabilities = capabilities
-        self._settings = settings
+        super().__init__(settings, capabilities, config, api_key)
         self._gap = segment_gap_s
-        self._closing = False
         self._utt: _Utterance | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.timeline = _Timeline()
@@ -173,25 +168,15 @@ class GptLiveSession(ModelSession):
         return body
 
     # -- lifecycle -----------------------------------------------------------------
-    async def connect(self) -> None:
-        await self.link.start()
-
-    async def close(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
+    async def _before_close(self) -> None:
         if self.link.ready:
             await self.link.send({"type": "session.close"})
         self._cancel_timer()
-        await self.link.close()
-        await super().close()
 
     def _on_drop(self, reason: str) -> None:
         self._end_utterance("failed")
         self._finish_user_turn()
-        self.emit(ModelError(message=f"model connection lost ({reason}); reconnecting",
-                             code="connection_lost", fatal=False))
-        self.emit(Disconnected(reason=reason, fatal=False))
+        self._lost(reason)
 
     # -- output utterances ----------------------------------------------------------
     def _utterance(self, start_ms: int) -> _Utterance:

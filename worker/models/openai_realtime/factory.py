@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ..base import ModelCapabilities, ModelFactory, SessionConfig, ToolSpec
+from ..base import ModelCapabilities, SessionConfig, ToolSpec
 from .endpoint import (
     DEFAULT_BASE_URL,
     DEFAULT_MODEL,
     DEFAULT_TRANSCRIPTION_MODEL,
     RATE,
-    RealtimeSettings,
     realtime_url,
-    register_secret,
 )
 from .session import OpenAIRealtimeSession
+from .ws_model import WsModelFactory
 
 
-class OpenAIRealtimeFactory(ModelFactory):
+class OpenAIRealtimeFactory(WsModelFactory):
     """Opens :class:`OpenAIRealtimeSession` objects.
 
     Values in the :class:`SessionConfig` handed to :meth:`open` win over the
@@ -45,43 +44,17 @@ class OpenAIRealtimeFactory(ModelFactory):
         connect_timeout: float = 10.0,
         heartbeat: float | None = 20.0,
     ) -> None:
-        if not api_key:
-            raise ValueError("the openai model needs an API key (set OPENAI_API_KEY)")
-        self._api_key = api_key
-        register_secret(api_key)
+        self._take_key(api_key, "OPENAI_API_KEY")
         self.base_url = base_url or DEFAULT_BASE_URL
-        self.model = model or DEFAULT_MODEL
-        self.url = realtime_url(self.base_url, self.model)  # validates early
-        self.voice = voice
-        self.instructions = instructions
-        self.tools = list(tools or [])
+        model = model or DEFAULT_MODEL
         self.turn_detection = turn_detection
-        self.settings = RealtimeSettings(
-            url=self.url,
-            model=self.model,
-            transcription_model=transcription_model,
-            reconnect_attempts=reconnect_attempts,
-            backoff_base=backoff_base,
-            backoff_max=backoff_max,
-            connect_timeout=connect_timeout,
-            heartbeat=heartbeat,
+        self._configure(
+            realtime_url(self.base_url, model), model, voice, instructions, tools,  # the URL validates early
+            ModelCapabilities(input_rate=RATE, output_rate=RATE, server_vad=turn_detection != "local",
+                              truncation=True),
+            transcription_model=transcription_model, reconnect_attempts=reconnect_attempts,
+            backoff_base=backoff_base, backoff_max=backoff_max, connect_timeout=connect_timeout, heartbeat=heartbeat,
         )
-        self.capabilities = ModelCapabilities(
-            input_rate=RATE,
-            output_rate=RATE,
-            server_vad=turn_detection != "local",
-            truncation=True,
-        )
-
-    def __repr__(self) -> str:  # never show the key
-        return f"OpenAIRealtimeFactory(url={self.url!r}, model={self.model!r})"
 
     def open(self, config: SessionConfig) -> OpenAIRealtimeSession:
-        merged = SessionConfig(
-            instructions=config.instructions or self.instructions,
-            voice=config.voice or self.voice,
-            tools=list(config.tools or self.tools),
-            turn_detection=config.turn_detection,
-            input_transcription=config.input_transcription,
-        )
-        return OpenAIRealtimeSession(self.settings, self.capabilities, merged, self._api_key)
+        return OpenAIRealtimeSession(self.settings, self.capabilities, self.merged(config), self._api_key)

@@ -13,11 +13,12 @@ import base64
 
 import numpy as np
 
-from ..base import ModelCapabilities, ModelSession, SessionConfig, ToolSpec
+from ..base import ModelCapabilities, SessionConfig, ToolSpec
 from .conversation import JSON, Conversation, Item, new_id
-from .endpoint import RATE, RealtimeSettings, log, register_secret
+from .endpoint import RATE, RealtimeSettings, log
 from .events import EventTranslator
 from .link import RealtimeLink
+from .ws_model import WsModelSession
 
 
 def tool_body(t: ToolSpec) -> JSON:
@@ -25,16 +26,12 @@ def tool_body(t: ToolSpec) -> JSON:
     return {"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters}
 
 
-class OpenAIRealtimeSession(ModelSession):
+class OpenAIRealtimeSession(WsModelSession[RealtimeLink]):
     """One call's OpenAI Realtime connection (see the package docstring)."""
 
     def __init__(self, settings: RealtimeSettings, capabilities: ModelCapabilities, config: SessionConfig,
                  api_key: str) -> None:
-        super().__init__(config)
-        register_secret(api_key)
-        self.capabilities = capabilities
-        self._settings = settings
-        self._closing = False
+        super().__init__(settings, capabilities, config, api_key)
         self.conversation = Conversation()
         self.translator = EventTranslator(self.conversation, self.emit)
         self.link = RealtimeLink(settings, api_key, self.conversation, on_event=self.translator.dispatch,
@@ -65,17 +62,6 @@ class OpenAIRealtimeSession(ModelSession):
         return body
 
     # -- lifecycle ---------------------------------------------------------------
-    async def connect(self) -> None:
-        """Connect (retrying transient failures); emits Connected, or a fatal error."""
-        await self.link.start()
-
-    async def close(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        await self.link.close()
-        await super().close()
-
     async def _send(self, ev: JSON) -> bool:
         return await self.link.send(ev)
 
