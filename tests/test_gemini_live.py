@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import os
-import re
-import signal
-import sys
 from typing import Any
 
 import numpy as np
@@ -18,8 +13,8 @@ from tests.conftest import fixture_path, load_wav
 from tests.fake_gemini import FakeGeminiServer, validate_client_message
 from tests.fake_realtime import tone
 from tests.scripted import reply_signal
+from tests.serve_util import serve_and_call
 from tests.test_openai_realtime import IN_RATE, Recorder, compose
-from v2v.signaling.client import run_call
 from v2v.worker import events as cev
 from v2v.worker.call import CallConfig
 from v2v.worker.models.base import (
@@ -240,37 +235,10 @@ async def test_wav_call_barge_in(fake: FakeGeminiServer) -> None:
 @pytest.mark.timeout(60)
 async def test_v2v_serve_model_gemini_over_webrtc(fake: FakeGeminiServer) -> None:
     fake.reply_ms = 1200
-    env = {k: v for k, v in os.environ.items() if not k.startswith("V2V_")}
-    env.update(GEMINI_API_KEY=KEY, GEMINI_BASE_URL=fake.base_url)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "v2v.signaling.cli", "serve", "--model", "gemini", "--host", "127.0.0.1",
-        "--port", "0", "--log-level", "debug",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    stderr_chunks: list[bytes] = []
-
-    async def drain_stderr() -> None:
-        assert proc.stderr is not None
-        while chunk := await proc.stderr.read(65536):
-            stderr_chunks.append(chunk)
-
-    drain = asyncio.create_task(drain_stderr())
-    try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        found = re.search(r"(http://\S+)", line)
-        assert found is not None, line
-        summary = await run_call(found.group(1), fixture_path("hello_48k.wav"))
-        await fake.wait_for(lambda: bool(fake.connections) and fake.connections[0].closed.is_set(), 5)
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        await asyncio.wait_for(drain, 5)
-    logs = b"".join(stderr_chunks).decode(errors="replace")
+    summary, logs = await serve_and_call(
+        "gemini", {"GEMINI_API_KEY": KEY, "GEMINI_BASE_URL": fake.base_url}, fixture_path("hello_48k.wav"),
+        lambda: fake.wait_for(lambda: bool(fake.connections) and fake.connections[0].closed.is_set(), 5),
+    )
     assert summary["hangup_status"] in (200, 204), summary
     assert summary["first_reply_audio_s"] is not None, summary
     assert 0.9 <= summary["reply_duration_s"] <= 1.8, summary

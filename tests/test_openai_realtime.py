@@ -6,10 +6,6 @@ import asyncio
 import base64
 import json
 import logging
-import os
-import re
-import signal
-import sys
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -20,7 +16,7 @@ import pytest
 from tests.conftest import fixture_path, load_wav
 from tests.fake_realtime import FakeRealtimeServer, FakeToolCall, tone, validate_client_event
 from tests.scripted import reply_signal
-from v2v.signaling.client import run_call
+from tests.serve_util import serve_and_call
 from v2v.worker import events as cev
 from v2v.worker.call import CallConfig
 from v2v.worker.models.base import (
@@ -564,41 +560,10 @@ async def test_wav_call_barge_in(fake: FakeRealtimeServer, turn: Turn, streaming
 @pytest.mark.timeout(60)
 async def test_v2v_serve_model_openai_over_webrtc(fake: FakeRealtimeServer) -> None:
     fake.reply_ms = 1200
-    env = dict(os.environ, OPENAI_API_KEY=KEY, OPENAI_BASE_URL=fake.base_url)
-    env = {k: v for k, v in env.items() if not k.startswith("V2V_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from signaling.cli import main; raise SystemExit(main())",
-        "serve", "--model", "openai", "--host", "127.0.0.1", "--port", "0",
-        "--log-level", "debug",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    stderr_chunks: list[bytes] = []
-
-    async def drain_stderr() -> None:
-        assert proc.stderr is not None
-        while chunk := await proc.stderr.read(65536):
-            stderr_chunks.append(chunk)
-
-    drain = asyncio.create_task(drain_stderr())
-    try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        found = re.search(r"(http://\S+)", line)
-        assert found is not None, line
-        url = found.group(1)
-        summary = await run_call(url, fixture_path("hello_48k.wav"))
-        # the call ended: its model socket is closed (within the 2 s a hang-up may take)
-        await fake.wait_for(lambda: fake.connections and fake.connections[0].closed.is_set(), 5)
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        await asyncio.wait_for(drain, 5)
-    logs = b"".join(stderr_chunks).decode(errors="replace")
+    summary, logs = await serve_and_call(
+        "openai", {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}, fixture_path("hello_48k.wav"),
+        lambda: fake.wait_for(lambda: bool(fake.connections) and fake.connections[0].closed.is_set(), 5),
+    )
     assert summary["hangup_status"] in (200, 204), summary
     assert summary["first_reply_audio_s"] is not None, summary
     assert 0.9 <= summary["reply_duration_s"] <= 1.8, summary
