@@ -15,7 +15,7 @@ import pytest
 from tests.sip.harness import running_server, wait_for
 from tests.sip.uac import Call, RtpPeer, SipClient, offer_sdp
 from v2v.signaling.config import ServerConfig
-from v2v.signaling.sip import core as sip_core
+from v2v.signaling.sip import ua_base as sip_core  # TX_LINGER lives in the UAS base
 from v2v.signaling.sip.admission import Admission, RateLimiter, exposure_warning, parse_networks
 from v2v.signaling.sip.digest import compute_response, parse_auth_header
 from v2v.signaling.sip.message import SipResponse, parse
