@@ -41,6 +41,8 @@ from v2v.media.jitter import JitterBuffer
 from v2v.media.resample import ExactResampler
 from v2v.worker.dtmf import DTMF_DIGITS
 
+from .srtp import CallSrtp
+
 log = logging.getLogger("v2v.sip.rtp")
 
 FRAME_8K = 160
@@ -157,6 +159,7 @@ class RtpSession:
         self.sending = True  # False while the caller holds the call
         self.expect_inbound = True
         self.stats = RtpStats()
+        self.srtp: CallSrtp | None = None  # SDES-SRTP hook (srtp.py), set by the call
         # (timestamp, payload, comfort noise?) in sequence order
         self._jitter: JitterBuffer[tuple[int, bytes, bool]] = JitterBuffer(depth=jitter_depth)
         # the caller's timeline, in samples: where the next packet is expected
@@ -198,6 +201,11 @@ class RtpSession:
         if self._closed or len(data) < 12 or (data[0] >> 6) != 2:
             self.stats.bad_packets += 1
             return
+        if self.srtp is not None:  # SRTP: authenticate and decrypt first (a failure is dropped and counted)
+            plain = self.srtp.unprotect(data)
+            if plain is None:
+                return
+            data = plain
         pt = data[1] & 0x7F
         if 72 <= pt <= 76:  # RTCP (RFC 5761 range): ignore
             return
@@ -336,6 +344,11 @@ class RtpSession:
     def _send(self, data: bytes) -> bool:
         if self.remote[1] == 0:  # delayed offer: nowhere to send until the answer or the first packet
             return False
+        if self.srtp is not None:
+            sealed = self.srtp.protect(data)
+            if sealed is None:
+                return False
+            data = sealed
         if self._transport is not None and not self._closed:
             dest = self.remote
             if self.sock.family == socket.AF_INET6 and "." in dest[0] and ":" not in dest[0]:
