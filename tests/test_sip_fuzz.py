@@ -130,10 +130,10 @@ def test_sdp_parser_only_refuses_with_sdp_error(text: str) -> None:
         offer = parse_offer(text)
     except SdpError:
         return
-    # what it accepts is usable: an IP address, a real port, a G.711 codec, an answer that builds
+    # what it accepts is usable: an IP address, a real port, a codec we speak, an answer that builds
     check_address(offer.address)
     assert 0 < offer.port <= 65535
-    assert offer.codec in ("PCMU", "PCMA") and 0 <= offer.payload_type <= 127
+    assert offer.codec in ("PCMU", "PCMA", "G722", "OPUS") and 0 <= offer.payload_type <= 127
     assert "m=audio 40000 RTP/AVP" in SdpSession("127.0.0.1").build_answer(offer, 40000)
 
 

@@ -1,15 +1,19 @@
-"""Plain RTP call transport: G.711 at 8 kHz, 20 ms, RFC 4733 events inbound.
+"""Plain RTP call transport: G.711, G.722 or Opus, 20 ms, RFC 4733 events inbound.
 
 One :class:`RtpSession` per call owns a UDP socket picked at random from the
-configured port range (not predictable from the previous call's). Inbound:
+configured port range (not predictable from the previous call's). The codec
+(:mod:`media.rtp_codecs`) sets three rates: the RTP clock (timestamps, gaps and
+fill are counted in its ticks, integer arithmetic), the decoded audio rate
+(8 kHz G.711, 16 kHz G.722, 48 kHz Opus: the rate of ``on_audio``'s frames,
+:attr:`RtpSession.input_rate`) and the encoder's input rate. Inbound:
 symmetric RTP with latching that a stranger cannot steal (see
-:meth:`RtpSession._admit`), a reordering jitter buffer, G.711 decode to 8 kHz int16
+:meth:`RtpSession._admit`), a reordering jitter buffer, decoding to int16
 frames handed to ``on_audio``; telephone-event packets become digits via
 ``on_dtmf``. The worker's clock is the count of input samples, so lost
 packets, comfort noise (PT 13) and silence suppression become silence: a
 timestamp jump (up to 10 s) is filled before the packet, and while no packet
 comes silence is generated at the real-time pace. Outbound: a paced sender reads 20 ms (480 samples at 24 kHz) from
-the playout source every 20 ms of a monotonic clock, resamples to 8 kHz and
+the playout source every 20 ms of a monotonic clock, resamples to the encoder's rate (none for Opus) and
 sends it (silence when idle) for the whole call, except while the caller holds
 the call -- but only once the caller's address has proven itself: before the
 first admitted packet only a silent keep-alive goes to the SDP address once a
@@ -36,21 +40,21 @@ from typing import Protocol
 import numpy as np
 from aiortc.rtp import RtpPacket
 
-from v2v.media.g711 import G711Codec
 from v2v.media.jitter import JitterBuffer
-from v2v.media.resample import ExactResampler
+from v2v.media.resample import ExactResampler, Resampler
+from v2v.media.rtp_codecs import RtpCodec, make_codec
 from v2v.worker.dtmf import DTMF_DIGITS
 
 from .srtp import CallSrtp
 
 log = logging.getLogger("v2v.sip.rtp")
 
-FRAME_8K = 160
+SOURCE_RATE = 24000  # the playout source's rate
 FRAME_24K = 480
 PTIME = 0.020
 DTMF_EVENTS = DTMF_DIGITS
 CN_PT = 13  # comfort noise (RFC 3389), static payload type
-MAX_GAP_8K = 10 * 8000  # a timestamp jump up to this is silence; beyond, the stream re-anchors
+MAX_GAP_S = 10  # a timestamp jump up to this many seconds is silence; beyond, the stream re-anchors
 FILL_ALLOWANCE_S = 0.08  # silence is generated in real time once no packet came for this long
 NO_RTP_YET_TIMEOUT = 5.0  # a new call whose caller never sent valid RTP ends after this (s)
 KEEPALIVE_S = 1.0  # before the caller proved its address: one silent packet per this many seconds
@@ -127,7 +131,7 @@ class RtpSession:
     def __init__(
         self,
         sock: socket.socket,
-        codec: str,
+        codec: str | RtpCodec,
         payload_type: int,
         dtmf_pt: int | None,
         remote: tuple[str, int],
@@ -142,7 +146,9 @@ class RtpSession:
     ) -> None:
         self.sock = sock
         self.local_port: int = sock.getsockname()[1]
-        self.codec = G711Codec(codec)
+        self.codec: RtpCodec = make_codec(codec) if isinstance(codec, str) else codec
+        self.input_rate = self.codec.info.audio_rate  # on_audio's rate for the whole call
+        self._in_resampler: Resampler | None = None  # a re-INVITE changed to a codec of another rate
         self.payload_type = payload_type
         self.dtmf_pt = dtmf_pt
         self.remote = remote  # where audio goes: the SDP's address until the caller proves another
@@ -169,7 +175,7 @@ class RtpSession:
         self._filled = 0
         self._rx_ssrc: int | None = None
         self._last_dtmf_ts: int | None = None
-        self._resampler = ExactResampler(24000, 8000)
+        self._resampler = self._out_resampler()
         self._ssrc = random.getrandbits(32)
         self._seq = random.getrandbits(16)
         self._ts = random.getrandbits(32)
@@ -185,6 +191,40 @@ class RtpSession:
         self._transport, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=self.sock)
         self._last_rx = time.monotonic()
         self._task = asyncio.create_task(self._send_loop(), name=f"rtp-send-{self.local_port}")
+
+    def _out_resampler(self) -> ExactResampler | None:
+        rate = self.codec.info.encode_rate
+        return ExactResampler(SOURCE_RATE, rate) if rate != SOURCE_RATE else None
+
+    def set_codec(self, codec: RtpCodec, payload_type: int) -> None:
+        """A re-INVITE or the answer to our offer chose this codec (a new timeline from its next packet).
+
+        ``on_audio`` keeps :attr:`input_rate` (the worker's input rate is fixed for the call): a codec
+        of another audio rate is resampled to it.
+        """
+        self.payload_type = payload_type
+        if codec.name == self.codec.name:
+            return
+        self._flush_jitter()
+        self._jitter = JitterBuffer(depth=self._jitter.depth)
+        self._next_ts = None
+        self.codec = codec
+        rate = codec.info.audio_rate
+        self._in_resampler = Resampler(rate, self.input_rate) if rate != self.input_rate else None
+        self._resampler = self._out_resampler()
+
+    def _emit(self, pcm: np.ndarray) -> None:
+        """Decoded audio (at the codec's rate) to the worker, at :attr:`input_rate`."""
+        if self._in_resampler is not None:
+            pcm = self._in_resampler.process(pcm)
+        if len(pcm):
+            self.on_audio(pcm)
+
+    def _silence(self, ticks: int) -> None:
+        """``ticks`` of the RTP clock as silence at :attr:`input_rate`."""
+        n = ticks * self.input_rate // self.codec.info.clock_rate
+        if n > 0:
+            self.on_audio(np.zeros(n, np.int16))
 
     def update_remote(self, remote: tuple[str, int], sending: bool, expect_inbound: bool) -> None:
         """A re-INVITE changed the remote end or the direction (hold/unhold)."""
@@ -289,39 +329,41 @@ class RtpSession:
         if item is None:  # lost: the next packet's timestamp tells how long
             return
         ts, payload, cn = item
+        info = self.codec.info
         pcm = np.zeros(0, np.int16) if cn else self.codec.decode(payload)
-        end = (ts + len(pcm)) & 0xFFFFFFFF
+        end = (ts + info.samples_to_ticks(len(pcm))) & 0xFFFFFFFF
         if self._next_ts is None:
             self._next_ts = end
         else:
             gap = ((ts - self._next_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-            if abs(gap) > MAX_GAP_8K:  # the timestamps jumped: re-anchor, no fill
+            if abs(gap) > MAX_GAP_S * info.clock_rate:  # the timestamps jumped: re-anchor, no fill
                 self._next_ts = end
             else:
                 if gap > 0:
-                    self.on_audio(np.zeros(gap, np.int16))
+                    self._silence(gap)
                 ahead = ((end - self._next_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000
                 if ahead > 0:  # never back: silence made up in real time counts
                     self._next_ts = end
         self._last_audio_t, self._filled = time.monotonic(), 0
         if len(pcm):
-            self.on_audio(pcm)
+            self._emit(pcm)
 
     def _fill_silence(self, now: float) -> None:
         """No packet for a while (silence suppression): silence at the real-time pace."""
         if self._next_ts is None or not self.expect_inbound:
             return
-        due = int((now - self._last_audio_t - FILL_ALLOWANCE_S) * 8000)
-        if due - self._filled < FRAME_8K:
+        frame = self.codec.info.frame_ticks
+        due = int((now - self._last_audio_t - FILL_ALLOWANCE_S) * self.codec.info.clock_rate)  # in clock ticks
+        if due - self._filled < frame:
             return
         if len(self._jitter):  # nothing more came: release what waits behind a hole
             self._flush_jitter()
             return
         n = 0
-        while due - self._filled >= FRAME_8K and n < 5:
-            self.on_audio(np.zeros(FRAME_8K, np.int16))
-            self._filled += FRAME_8K
-            self._next_ts = (self._next_ts + FRAME_8K) & 0xFFFFFFFF
+        while due - self._filled >= frame and n < 5:
+            self._silence(frame)
+            self._filled += frame
+            self._next_ts = (self._next_ts + frame) & 0xFFFFFFFF
             n += 1
 
     def _on_event(self, pkt: RtpPacket) -> None:
@@ -388,17 +430,21 @@ class RtpSession:
                 self._fill_silence(now)
                 if not self.sending:
                     continue
+                info = self.codec.info
                 if not self.latched:  # unproven address: a keep-alive now and then, no assistant audio
                     if now - self._last_keepalive >= KEEPALIVE_S:
                         self._last_keepalive = now
-                        if self._send(self._packet(self.payload_type, self.codec.encode(np.zeros(FRAME_8K, np.int16)))):
+                        silence = self.codec.encode(np.zeros(info.encode_samples, np.int16))
+                        if self._send(self._packet(self.payload_type, silence)):
                             self.stats.keepalives_out += 1
-                    self._ts = (self._ts + FRAME_8K) & 0xFFFFFFFF
+                    self._ts = (self._ts + info.frame_ticks) & 0xFFFFFFFF
                     continue
-                pcm = self._resampler.process(self.source.read(FRAME_24K))
+                pcm = self.source.read(FRAME_24K)
+                if self._resampler is not None:
+                    pcm = self._resampler.process(pcm)
                 if self._send(self._packet(self.payload_type, self.codec.encode(pcm))):
                     self.stats.packets_out += 1
-                self._ts = (self._ts + FRAME_8K) & 0xFFFFFFFF
+                self._ts = (self._ts + info.frame_ticks) & 0xFFFFFFFF
         except Exception:  # never let a sender crash silently
             log.exception("rtp sender failed")
             self.on_timeout()

@@ -1,21 +1,40 @@
-"""Plain-RTP SDP offer/answer (RFC 3264) for G.711 + RFC 4733 telephone-event.
+"""Plain-RTP SDP offer/answer (RFC 3264): G.711, G.722, Opus + RFC 4733 telephone-event.
 
 :func:`parse_offer` extracts what the RTP session needs from a caller's offer
 (remote IP address and port -- a host name is refused, nothing is looked up
---, codec choice: the caller's first preference among PCMU and PCMA, the
-telephone-event payload type, direction); :func:`build_answer` writes the
-matching answer, rejecting other media lines with port 0.
+--, the codec, the telephone-event payload type, direction). The codec is the
+best common one by the server's preference (``--sip-codecs``, default
+:data:`media.rtp_codecs.DEFAULT_PREFERENCE`: Opus, G.722, PCMU, PCMA): the first
+of that list the caller offers, except that PCMU and PCMA count as one step
+(the same audio), between which the caller's order decides. telephone-event is
+taken at the chosen codec's clock (/48000 for Opus, /8000 otherwise), else at
+whatever rate the caller offers it. :func:`build_answer` writes the matching
+answer, rejecting other media lines with port 0; :meth:`SdpSession.build_offer`
+writes our own offer listing the preference (an INVITE without SDP, outbound
+calls).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-STATIC_PT = {0: "PCMU", 8: "PCMA"}
+from v2v.media.rtp_codecs import CODECS, DEFAULT_PREFERENCE, CodecInfo, codec_info
+
+STATIC_PT = {0: "PCMU", 8: "PCMA", 9: "G722"}
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+RTP_PROFILES = ("RTP/AVP", "RTP/AVPF", "RTP/SAVP", "RTP/SAVPF")  # SAVP: SDES-SRTP, negotiated by srtp.py
 ANSWER_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
+G711 = ("PCMU", "PCMA")
+OPUS_PT = 111  # our dynamic payload types when we offer
+DTMF_PT = 101  # telephone-event/8000
+DTMF48_PT = 110  # telephone-event/48000 (with Opus)
+# our Opus receive and send parameters (RFC 7587): mono; the model hears and speaks 24 kHz, so nothing
+# above 12 kHz is worth the caller's bits. No useinbandfec=1: FFmpeg's libopus decoder never asks libopus
+# for the FEC data, so it would only cost the caller bandwidth (our encoder adds FEC when the caller asks).
+OPUS_FMTP = "maxplaybackrate=24000;sprop-maxcapturerate=24000;stereo=0;sprop-stereo=0"
 
 
 class SdpError(ValueError):
@@ -36,18 +55,38 @@ class MediaLine:
 class AudioOffer:
     address: str
     port: int
-    codec: str  # PCMU | PCMA
+    codec: str  # a key of media.rtp_codecs.CODECS: PCMU | PCMA | G722 | OPUS
     payload_type: int
     dtmf_pt: int | None
     direction: str
     ptime: int
     media: list[MediaLine]
     audio_index: int
+    dtmf_rate: int = 8000  # telephone-event's clock as offered
+    fmtp: str = ""  # the caller's a=fmtp parameters for the chosen payload type
+    offered: list[str] = field(default_factory=list)  # every audio format offered, "name/rate" (for logs)
 
     @property
     def on_hold(self) -> bool:
         """The caller does not want to receive (sendonly/inactive or c=0.0.0.0)."""
         return self.direction in ("sendonly", "inactive") or self.address in ("0.0.0.0", "::")
+
+    @property
+    def info(self) -> CodecInfo:
+        return codec_info(self.codec)
+
+    def fmtp_params(self) -> dict[str, str]:
+        """The caller's fmtp for the codec as {name: value} (names lower case)."""
+        return fmtp_params(self.fmtp)
+
+
+def fmtp_params(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in text.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name:
+            out[name.strip().lower()] = value.strip()
+    return out
 
 
 def parse_sdp(text: str) -> tuple[str | None, list[MediaLine], list[str]]:
@@ -84,49 +123,102 @@ def _number(text: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else None
 
 
-def parse_offer(text: str) -> AudioOffer:
-    session_c, media, session_attrs = parse_sdp(text)
-    for idx, m in enumerate(media):
-        if m.kind != "audio" or m.port == 0 or m.proto.upper() not in ("RTP/AVP", "RTP/AVPF"):
-            continue
-        rtpmap: dict[int, tuple[str, int]] = {}
-        ptime = 20
-        direction = next((a for a in session_attrs if a in DIRECTIONS), "sendrecv")
-        for a in m.attrs:
-            if a.startswith("rtpmap:"):
-                try:
-                    pt_s, enc = a[7:].split(None, 1)
-                    enc_name, rate_s = enc.split("/")[:2]
-                    pt_n, rate_n = _number(pt_s), _number(rate_s)
-                    if pt_n is not None and rate_n is not None:
-                        rtpmap[pt_n] = (enc_name.upper(), rate_n)
-                except ValueError:  # a malformed rtpmap: that payload type stays unknown
-                    continue
-            elif a.startswith("ptime:") and _number(a[6:].strip()) is not None:
-                ptime = int(a[6:].strip())
-            elif a in DIRECTIONS:
-                direction = a
-        codec: str | None = None
-        pt: int | None = None
-        dtmf_pt: int | None = None
-        for f in m.fmts:
-            p_n = _number(f)
-            if p_n is None or p_n > 127:
+@dataclass
+class _Formats:
+    """One m= line's payload types: (NAME, rate) by number, fmtp by number, in offer order."""
+
+    order: list[int]
+    rtpmap: dict[int, tuple[str, int]]
+    fmtp: dict[int, str]
+    ptime: int
+    direction: str | None
+
+    def name(self, pt: int) -> tuple[str, int]:
+        return self.rtpmap.get(pt, (STATIC_PT.get(pt, ""), 8000))
+
+
+def _formats(m: MediaLine) -> _Formats:
+    rtpmap: dict[int, tuple[str, int]] = {}
+    fmtp: dict[int, str] = {}
+    ptime, direction = 20, None
+    for a in m.attrs:
+        if a.startswith(("rtpmap:", "fmtp:")):
+            parts = a.partition(":")[2].split(None, 1)
+            pt_n = _number(parts[0]) if parts else None
+            rest = parts[1] if len(parts) > 1 else ""
+            if pt_n is None:
                 continue
-            p = p_n
-            name, rate = rtpmap.get(p, (STATIC_PT.get(p, ""), 8000))
-            if codec is None and name in ("PCMU", "PCMA") and rate == 8000:
-                codec, pt = name, p
-            if dtmf_pt is None and name == "TELEPHONE-EVENT" and rate == 8000:
-                dtmf_pt = p
-        if codec is None or pt is None:
+            if a.startswith("fmtp:"):
+                fmtp[pt_n] = rest.strip()
+                continue
+            enc_name, _, rate_s = rest.strip().partition("/")
+            rate_n = _number(rate_s.partition("/")[0])
+            if rate_n is not None and enc_name:  # a malformed rtpmap: that payload type stays unknown
+                rtpmap[pt_n] = (enc_name.upper(), rate_n)
+        elif a.startswith("ptime:") and _number(a[6:].strip()) is not None:
+            ptime = int(a[6:].strip())
+        elif a in DIRECTIONS:
+            direction = a
+    order = [p for p in (_number(f) for f in m.fmts) if p is not None and p <= 127]
+    return _Formats(order, rtpmap, fmtp, ptime, direction)
+
+
+def _rank(preference: Sequence[str]) -> dict[str, int]:
+    """Codec key -> rank (lower is better); PCMU and PCMA share the better one's rank."""
+    rank = {key: i for i, key in enumerate(preference)}
+    g711 = [rank[k] for k in G711 if k in rank]
+    for k in G711:
+        if k in rank:
+            rank[k] = min(g711)
+    return rank
+
+
+def choose(fm: _Formats, preference: Sequence[str]) -> tuple[str, int] | None:
+    """The best common codec (key, payload type) of one m= line, or None."""
+    rank = _rank(preference)
+    best: tuple[int, str, int] | None = None
+    for pt in fm.order:
+        name, rate = fm.name(pt)
+        info = CODECS.get(name)
+        if info is None or info.clock_rate != rate or name not in rank:
             continue
+        if best is None or rank[name] < best[0]:  # strictly better: ties keep the caller's first
+            best = (rank[name], name, pt)
+    return (best[1], best[2]) if best else None
+
+
+def _dtmf(fm: _Formats, clock: int) -> tuple[int | None, int]:
+    """telephone-event's payload type and rate: the one at the codec's clock, else the first offered."""
+    events = [(pt, fm.name(pt)[1]) for pt in fm.order if fm.name(pt)[0] == "TELEPHONE-EVENT"]
+    for pt, rate in events:
+        if rate == clock:
+            return pt, rate
+    return events[0] if events else (None, clock)
+
+
+def parse_offer(text: str, preference: Sequence[str] = DEFAULT_PREFERENCE) -> AudioOffer:
+    """The first usable audio stream of an offer (or answer) with its best common codec."""
+    session_c, media, session_attrs = parse_sdp(text)
+    offered: list[str] = []
+    for idx, m in enumerate(media):
+        if m.kind != "audio" or m.port == 0 or m.proto.upper() not in RTP_PROFILES:
+            continue
+        fm = _formats(m)
+        offered += [f"{n or pt}/{r}" for pt in fm.order for n, r in [fm.name(pt)] if n != "TELEPHONE-EVENT"]
+        got = choose(fm, preference)
+        if got is None:
+            continue
+        codec, pt = got
+        dtmf_pt, dtmf_rate = _dtmf(fm, CODECS[codec].clock_rate)
         addr = m.connection or session_c
         if not addr:
             raise SdpError("no connection address")
         check_address(addr)
-        return AudioOffer(addr, m.port, codec, pt, dtmf_pt, direction, ptime, media, idx)
-    raise SdpError("no RTP/AVP audio stream with PCMU or PCMA")
+        direction = fm.direction or next((a for a in session_attrs if a in DIRECTIONS), "sendrecv")
+        return AudioOffer(addr, m.port, codec, pt, dtmf_pt, direction, fm.ptime, media, idx,
+                          dtmf_rate=dtmf_rate, fmtp=fm.fmtp.get(pt, ""), offered=offered)
+    have = ",".join(offered[:6]) or "none"
+    raise SdpError(f"no common codec: offered {have}; we take {','.join(preference).lower()}")
 
 
 def check_address(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -135,6 +227,14 @@ def check_address(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         return ipaddress.ip_address(addr.strip("[]"))
     except ValueError:
         raise SdpError(f"c= names a host ({addr[:40]!r}), not an IP address") from None
+
+
+def codec_lines(info: CodecInfo, pt: int) -> list[str]:
+    """a=rtpmap (and a=fmtp for Opus) of one codec at payload type ``pt``."""
+    lines = [f"a=rtpmap:{pt} {info.rtpmap}"]
+    if info.key == "OPUS":
+        lines.append(f"a=fmtp:{pt} {OPUS_FMTP}")
+    return lines
 
 
 class SdpSession:
@@ -155,18 +255,20 @@ class SdpSession:
             "t=0 0",
         ]
 
-    def build_offer(self, port: int, dtmf_pt: int = 101) -> str:
-        """Our offer when the INVITE had none: PCMU, PCMA, telephone-event."""
+    def build_offer(self, port: int, dtmf_pt: int = DTMF_PT, codecs: Sequence[str] = DEFAULT_PREFERENCE) -> str:
+        """Our offer (an INVITE without SDP, an outbound call): ``codecs`` in order, telephone-event at
+        each clock they use (``dtmf_pt`` at 8000, :data:`DTMF48_PT` at 48000)."""
         self.version += 1
-        lines = self._head() + [
-            f"m=audio {port} RTP/AVP 0 8 {dtmf_pt}",
-            "a=rtpmap:0 PCMU/8000",
-            "a=rtpmap:8 PCMA/8000",
-            f"a=rtpmap:{dtmf_pt} telephone-event/8000",
-            f"a=fmtp:{dtmf_pt} 0-16",
-            "a=ptime:20",
-            "a=sendrecv",
-        ]
+        infos = [codec_info(c) for c in codecs]
+        pts = [i.static_pt if i.static_pt is not None else OPUS_PT for i in infos]
+        events = [(r, dtmf_pt if r == 8000 else DTMF48_PT) for r in sorted({i.clock_rate for i in infos})]
+        fmts = " ".join(str(p) for p in pts + [pt for _r, pt in events])
+        lines = self._head() + [f"m=audio {port} RTP/AVP {fmts}"]
+        for info, pt in zip(infos, pts, strict=True):
+            lines += codec_lines(info, pt)
+        for rate, pt in events:
+            lines += [f"a=rtpmap:{pt} telephone-event/{rate}", f"a=fmtp:{pt} 0-16"]
+        lines += ["a=ptime:20", "a=sendrecv"]
         return "\r\n".join(lines) + "\r\n"
 
     def build_answer(self, offer: AudioOffer, port: int, direction: str | None = None) -> str:
@@ -181,9 +283,9 @@ class SdpSession:
             if offer.dtmf_pt is not None:
                 fmts.append(str(offer.dtmf_pt))
             lines.append(f"m=audio {port} RTP/AVP {' '.join(fmts)}")
-            lines.append(f"a=rtpmap:{offer.payload_type} {offer.codec}/8000")
+            lines += codec_lines(offer.info, offer.payload_type)
             if offer.dtmf_pt is not None:
-                lines.append(f"a=rtpmap:{offer.dtmf_pt} telephone-event/8000")
+                lines.append(f"a=rtpmap:{offer.dtmf_pt} telephone-event/{offer.dtmf_rate}")
                 lines.append(f"a=fmtp:{offer.dtmf_pt} 0-16")
             lines.append("a=ptime:20")
             lines.append(f"a={direction}")
