@@ -282,6 +282,22 @@ async def delete_offer(request: web.Request) -> web.Response:
     return web.json_response({"status": "success"})
 
 
+async def post_transfer(request: web.Request) -> web.Response:
+    """``POST /api/calls/{call_id}/transfer`` ``{target, reason?}``: a blind transfer (SIP REFER) of the call's
+    caller; 200 once accepted (the call then ends as ``transferred``), 409 with the reason when refused or
+    impossible (a WebRTC caller), 403 for a target outside ``--transfer-targets``."""
+    body = await _json_body(request)
+    target = _opt_str(body, "target")
+    if target is None:
+        raise DispatchError("'target' is required")
+    result = await request.app[DISPATCHER].transfer(
+        request.match_info["call_id"], target, _opt_str(body, "reason") or "", _key(request))
+    if not result.ok:
+        return _error(409, result.detail, None) if not result.status else web.json_response(
+            {"error": result.detail, "sip_status": result.status}, status=409)
+    return web.json_response({"status": "transferred", "detail": result.detail, "sip_status": result.status})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -340,6 +356,7 @@ def create_app(
     app.router.add_patch("/api/offer", patch_offer)
     app.router.add_delete("/api/offer/{pc_id}", delete_offer)
     app.router.add_get("/api/workers", workers)
+    app.router.add_post("/api/calls/{call_id}/transfer", post_transfer)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

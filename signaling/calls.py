@@ -11,6 +11,7 @@ playout buffer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import logging
@@ -24,6 +25,7 @@ from typing import Any, Literal
 from v2v.worker import events as ev
 from v2v.worker.models.base import ModelFactory, SessionConfig
 from v2v.worker.recording import CallRecorder, RecordingConfig, RecordingWriter
+from v2v.worker.transfer import TransferOutcome, add_transfer_tool
 from v2v.worker.transport import AudioInput
 
 from .config import ServerConfig, call_aec
@@ -257,6 +259,8 @@ class CallManager:
         self.webhooks = Webhooks(WebhookConfig(config.webhook, config.webhook_secret,
                                                config.webhook_turns)) if config.webhook else None
         self._recorders: dict[str, CallRecorder] = {}
+        # who carries out a transfer (set by the call's host): (call, target, reason) -> outcome
+        self.transferer: Callable[[Call, str, str], Awaitable[TransferOutcome]] | None = None
 
     # -- models ------------------------------------------------------------
     def model_for_profile(self, profile: str | None) -> str:
@@ -404,7 +408,27 @@ class CallManager:
 
             tools = tools or ToolRegistry()
             self._app_tools(tools)
+        if self.config.transfer_targets:
+            from v2v.worker.tools import ToolRegistry
+
+            tools = tools or ToolRegistry()
+            add_transfer_tool(tools, functools.partial(self.transfer, call_id), self.config.transfer_targets)
         return CallSession(call_id, factory, cc, playout, tools, sc)
+
+    async def transfer(self, call_id: str, target: str, reason: str) -> TransferOutcome:
+        """Transfer the caller of ``call_id`` (the tool and the HTTP action): logged, then the host's
+        :attr:`transferer` does it; no transferer or no live call: unavailable."""
+        call = self._calls.get(call_id)
+        if call is None or call.ending:
+            return TransferOutcome(False, "the call is over")
+        if self.transferer is None:
+            return TransferOutcome(False, "transfer is unavailable for this caller")
+        call.log.event("transfer-requested", target=target, reason=reason[:200])
+        outcome = await self.transferer(call, target, reason)
+        call.log.event("transfer-accepted" if outcome.ok else "transfer-failed", logging.INFO if outcome.ok
+                       else logging.WARNING, target=target, sip_status=outcome.status, detail=outcome.detail)
+        self.metrics.transfer(outcome.ok)
+        return outcome
 
     def _observe(self, call: Call) -> None:
         """Start the call's recording and its webhooks (when configured)."""

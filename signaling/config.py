@@ -188,6 +188,11 @@ class ServerConfig:
     sip_public_address: str | None = setting(None, group="SIP",
                                              help="address written in SDP/Contact behind NAT")
     rtp_ports: str = setting("20000-20999", group="SIP", help="UDP port range for SIP RTP media")
+    transfer_targets: list[str] = setting(
+        group="SIP", factory=list, parse=comma_list, metavar="PATTERN,...",
+        help="where calls may be transferred (SIP REFER, blind): URIs or shell patterns such as "
+        "sip:*@pbx.example.com; set, every call gets the transfer_call tool and POST /api/calls/{id}/transfer "
+        "works (default: no transfer)")
     # worker pool (shared/DESIGN.md section 6)
     redis: str = setting("", group="pool", metavar="URL",
                          help="serve: be a signaling node of this Redis pool; worker: register there")

@@ -38,6 +38,8 @@ __all__ = [
     "OfferAnswer",
     "OfferRequest",
     "Overloaded",
+    "TransferRequested",
+    "TransferResult",
     "UnknownCall",
     "WorkerInfo",
     "error_from_status",
@@ -162,6 +164,28 @@ class CallEnded(CallEvent):
     worker: str = ""
 
 
+@dataclass
+class TransferRequested(CallEvent):
+    """The call's holder asks signaling to transfer the caller (blind, SIP REFER) to ``target``.
+
+    Signaling answers with :meth:`Dispatcher.transfer_done` and the same ``request_id``; a
+    node that holds no SIP dialog for the call ignores it.
+    """
+
+    request_id: str = ""
+    target: str = ""
+    reason: str = ""
+
+
+@dataclass
+class TransferResult:
+    """How a transfer went: accepted (the call ends as ``transferred``) or not, and why."""
+
+    ok: bool
+    detail: str
+    status: int = 0  # the SIP status that decided (REFER refusal or NOTIFY sipfrag), 0 if none
+
+
 EventListener = Callable[[CallEvent], None]
 
 
@@ -246,6 +270,12 @@ class Dispatcher(Protocol):
     async def set_answer(self, call_id: str, sdp: str) -> None: ...
 
     async def dtmf(self, call_id: str, digit: str) -> None: ...
+
+    # transfer: asked by the call's holder (tool or HTTP), carried out by the SIP dialog's node
+    async def transfer(self, call_id: str, target: str, reason: str = "", key: CallKey | None = None
+                       ) -> TransferResult: ...
+
+    async def transfer_done(self, call_id: str, request_id: str, result: TransferResult) -> None: ...
 
     # events, load, health
     def add_listener(self, listener: EventListener) -> None: ...

@@ -15,9 +15,11 @@ import contextlib
 import logging
 import socket
 import time
+import uuid
 from typing import Protocol
 
 from v2v.worker.models.base import ModelFactory
+from v2v.worker.transfer import TransferOutcome, target_allowed
 
 from .calls import Call, CallManager
 from .config import ServerConfig
@@ -27,6 +29,7 @@ from .dispatch import (
     CallKey,
     DispatchError,
     EventListener,
+    Forbidden,
     IceCandidateInit,
     Listeners,
     MediaAnswer,
@@ -34,6 +37,8 @@ from .dispatch import (
     OfferAnswer,
     OfferRequest,
     Overloaded,
+    TransferRequested,
+    TransferResult,
     UnknownCall,
     WorkerInfo,
 )
@@ -45,6 +50,10 @@ from .webrtc import WebRTCCall, WebRTCTransport
 __all__ = ["CallHost"]
 
 log = logging.getLogger("v2v.host")
+
+# a transfer's answer from the dialog's node: the REFER's (<= 5 s) plus the final NOTIFY's (<= 20 s),
+# within the pool RPC's 30 s
+TRANSFER_WAIT_S = 28.0
 
 
 class HostedMedia(Protocol):
@@ -98,7 +107,9 @@ class CallHost:
         self._media: dict[str, HostedMedia] = {}
         self._listeners = Listeners()
         self._rtp: RtpMediaConfig | None = None
+        self._transfers: dict[str, asyncio.Future[TransferResult]] = {}  # request id -> its answer
         self.manager.add_end_listener(self._on_call_end)
+        self.manager.transferer = self._transfer_call
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -207,6 +218,44 @@ class CallHost:
         if call is None or call.ending:
             raise UnknownCall(f"unknown call {call_id!r}")
         await call.session.dtmf(digit)
+
+    # -- transfer ------------------------------------------------------------
+    async def transfer(self, call_id: str, target: str, reason: str = "", key: CallKey | None = None
+                       ) -> TransferResult:
+        """The HTTP action: the same path as the model's ``transfer_call`` tool."""
+        if call_id not in self._media and key is not None:
+            self.webrtc.owned(call_id, key)  # a WebRTC call: only its creator (a SIP call has no HTTP owner)
+        call = self.manager.get(call_id)
+        if call is None or call.ending:
+            raise UnknownCall(f"unknown call {call_id!r}")
+        if not target_allowed(target, self.config.transfer_targets):
+            raise Forbidden(f"target {target!r} is not allowed (--transfer-targets)")
+        outcome = await self.manager.transfer(call_id, target, reason)
+        return TransferResult(outcome.ok, outcome.detail, outcome.status)
+
+    async def _transfer_call(self, call: Call, target: str, reason: str) -> TransferOutcome:
+        """A SIP caller: ask the dialog's signaling node (a TransferRequested event) and wait for its
+        :meth:`transfer_done`; a WebRTC caller cannot be transferred."""
+        if call.call_id not in self._media:
+            return TransferOutcome(False, "transfer is unavailable for this caller (not a phone call)")
+        request_id = uuid.uuid4().hex
+        fut: asyncio.Future[TransferResult] = asyncio.get_running_loop().create_future()
+        self._transfers[request_id] = fut
+        try:
+            self._listeners.emit(TransferRequested(call.call_id, request_id, target, reason))
+            result = await asyncio.wait_for(fut, TRANSFER_WAIT_S)
+        except TimeoutError:
+            return TransferOutcome(False, f"no answer from the phone side within {TRANSFER_WAIT_S:g} s")
+        finally:
+            self._transfers.pop(request_id, None)
+        return TransferOutcome(result.ok, result.detail, result.status)
+
+    async def transfer_done(self, call_id: str, request_id: str, result: TransferResult) -> None:
+        fut = self._transfers.get(request_id)
+        if fut is None:
+            raise UnknownCall(f"no transfer {request_id!r} waits on call {call_id!r}")
+        if not fut.done():
+            fut.set_result(result)
 
     # -- load and health ----------------------------------------------------
     def active_calls(self, transport: str | None = None) -> int:

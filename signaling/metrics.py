@@ -31,6 +31,7 @@ OUTCOMES = (
     "model-error",
     "rejected",  # refused before a call existed (max calls)
     "worker-lost",  # its pool worker died (shared/DESIGN.md section 6)
+    "transferred",  # a SIP caller handed on by REFER (the transfer_call tool or the HTTP action)
     "other",
 )
 
@@ -77,6 +78,17 @@ class ServerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.transfers = Counter("v2v_transfers_total", "Call transfers asked for (tool or HTTP), by result",
+                                 ["result"], registry=r)
+        # RTCP on plain RTP (signaling/sip/rtcp.py): "computed" by us from the caller's stream,
+        # "reported" by the caller about ours (its receiver reports)
+        self.rtcp_packets = Counter("v2v_rtcp_packets_total", "RTCP packets on plain RTP calls, by direction "
+                                    "and type (sr, rr, bye)", ["direction", "type"], registry=r)
+        self.rtp_jitter = Histogram(
+            "v2v_rtp_jitter_seconds", "Interarrival jitter of plain RTP streams (RFC 3550), at each report",
+            ["source"], buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32), registry=r)
+        self.rtp_lost = Counter("v2v_rtp_lost_packets_total", "RTP packets lost on plain RTP calls (counted at "
+                                "the call's end)", ["source"], registry=r)
         for t in TRANSPORTS:
             self.active_calls.labels(transport=t).set(0)
 
@@ -92,6 +104,9 @@ class ServerMetrics:
 
     def call_rejected(self, transport: str) -> None:
         self.calls_total.labels(transport=transport, outcome="rejected").inc()
+
+    def transfer(self, ok: bool) -> None:
+        self.transfers.labels(result="accepted" if ok else "failed").inc()
 
     def active(self, transport: str | None = None) -> int:
         if transport is not None:

@@ -149,6 +149,7 @@ class WorkerService:
             ("offer", self._offer), ("add_candidates", self._add_candidates), ("hangup", self._hangup),
             ("open_media", self._open_media), ("start_media", self._start_media), ("reoffer", self._reoffer),
             ("set_answer", self._set_answer), ("dtmf", self._dtmf), ("info", self._info),
+            ("transfer", self._transfer), ("transfer_done", self._transfer_done),
         ):
             r.add_post(f"{PREFIX}/{name}", self._wrap(handler))
         r.add_get(f"{PREFIX}/events", self._events)
@@ -218,6 +219,16 @@ class WorkerService:
 
     async def _dtmf(self, body: dict[str, Any]) -> dict[str, Any]:
         await self.host.dtmf(_str(body, "call_id"), _str(body, "digit"))
+        return {}
+
+    async def _transfer(self, body: dict[str, Any]) -> dict[str, Any]:
+        result = await self.host.transfer(_str(body, "call_id"), _str(body, "target"), str(body.get("reason") or ""),
+                                          _key(body))
+        return asdict(result)
+
+    async def _transfer_done(self, body: dict[str, Any]) -> dict[str, Any]:
+        result: d.TransferResult = _build(d.TransferResult, body.get("result"))
+        await self.host.transfer_done(_str(body, "call_id"), _str(body, "request_id"), result)
         return {}
 
     async def _info(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -471,6 +482,17 @@ class RemoteWorker:
 
     async def dtmf(self, call_id: str, digit: str) -> None:
         await self.rpc("dtmf", {"call_id": call_id, "digit": digit})
+
+    async def transfer(self, call_id: str, target: str, reason: str = "", key: d.CallKey | None = None
+                       ) -> d.TransferResult:
+        payload: dict[str, Any] = {"call_id": call_id, "target": target, "reason": reason}
+        if key is not None:
+            payload["key"] = asdict(key)
+        result: d.TransferResult = _build(d.TransferResult, await self.rpc("transfer", payload))
+        return result
+
+    async def transfer_done(self, call_id: str, request_id: str, result: d.TransferResult) -> None:
+        await self.rpc("transfer_done", {"call_id": call_id, "request_id": request_id, "result": asdict(result)})
 
     async def fetch_info(self) -> WorkerInfo:
         body = await self.rpc("info", {})

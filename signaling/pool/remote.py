@@ -43,6 +43,7 @@ from ..dispatch import (
     OfferAnswer,
     OfferRequest,
     Overloaded,
+    TransferResult,
     UnknownCall,
     WorkerInfo,
 )
@@ -326,6 +327,13 @@ class PoolDispatcher:
 
     async def dtmf(self, call_id: str, digit: str) -> None:
         await (await self._route(call_id)).dtmf(call_id, digit)
+
+    async def transfer(self, call_id: str, target: str, reason: str = "", key: CallKey | None = None
+                       ) -> TransferResult:
+        return await (await self._route(call_id)).transfer(call_id, target, reason, key)
+
+    async def transfer_done(self, call_id: str, request_id: str, result: TransferResult) -> None:
+        await (await self._route(call_id)).transfer_done(call_id, request_id, result)
 
     # -- load and health -------------------------------------------------------------
     def active_calls(self, transport: str | None = None) -> int:

@@ -105,7 +105,7 @@ class SipCore(InDialogMixin, RegistrarMixin):
         handler = {
             "OPTIONS": self._on_options, "REGISTER": self._on_register, "INVITE": self._on_invite,
             "BYE": self._on_bye, "CANCEL": self._on_cancel, "UPDATE": self._on_update, "INFO": self._on_info,
-        }.get(m)
+        }.get(m) or self.extra_handlers.get(m)
         if handler is None:
             if self._find_dialog(req) is None and req.to.tag:
                 self._respond(req, conn, 481)

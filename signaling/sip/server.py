@@ -17,12 +17,13 @@ from prometheus_client import Counter
 
 from ..config import ServerConfig
 from ..conn_limit import SourceLimit
-from ..dispatch import CallEnded, CallEvent, Dispatcher, DispatchError, MediaRequest, UnknownCall
+from ..dispatch import CallEnded, CallEvent, Dispatcher, DispatchError, MediaRequest, TransferRequested, UnknownCall
 from ..metrics import ServerMetrics
 from .admission import REASONS, Admission, exposure_warning, parse_networks
 from .core import CallRequest, SipCore, SipMedia, SipReject
 from .digest import DigestAuth
 from .rtp_session import public_address
+from .transfer import SipTransfers
 from .udp_tcp import SipNetServers
 from .ws import sip_websocket_handler
 
@@ -129,6 +130,8 @@ class SipServers:
             self._media_factory, public_host=self.public_host, auth=auth, ring_ms=config.sip_ring_ms,
             profiles=config.profiles, admission=self.admission,
         )
+        self.transfers = SipTransfers(self.core, dispatcher)  # REFER out, NOTIFY in
+        self.core.extra_handlers["NOTIFY"] = self.transfers.on_notify
         dispatcher.add_listener(self._on_event)
 
     def _on_event(self, event: CallEvent) -> None:
@@ -136,6 +139,8 @@ class SipServers:
         if media is not None and isinstance(event, CallEnded):
             del self._media[event.call_id]
             media.mark_ended(event.reason)
+        elif media is not None and isinstance(event, TransferRequested):
+            self.transfers.on_event(event, media)
 
     async def _media_factory(self, creq: CallRequest) -> SipMedia:
         call_id = f"{creq.transport}-{uuid.uuid4().hex[:12]}"
@@ -179,6 +184,7 @@ class SipServers:
         return self.net.port if self.net else 0
 
     async def close(self) -> None:
+        await self.transfers.close()
         await self.core.close()
         if self.net is not None:
             await self.net.close()

@@ -61,6 +61,8 @@ class SipCoreBase:
         self._closing = False
         self._purger: asyncio.TimerHandle | None = None
         self.stats = {"bad": 0, "dropped": 0}
+        # requests handled by other modules (NOTIFY: transfer.py), tried after the core's own
+        self.extra_handlers: dict[str, Callable[[SipRequest, Conn], None]] = {}
 
     # ------------------------------------------------------------ plumbing
     def _send(self, conn: Conn, msg: SipMessage) -> bytes:
