@@ -16,6 +16,9 @@ a comma-separated list (or pass ``--variant`` before ``serve``):
 - ``decode=inline``   decode each packet on the event loop instead of aiortc's decoder thread per call
 - ``switch=MS``       the interpreter's GIL switch interval (default 5 ms)
 - ``rx=direct``       decode the caller's packets in the RTP hook, PCM straight into the worker's input
+                      (shipped since issue 15: ``aiortc_tuning.receive_direct``)
+- ``rx=stock``        without the shipped direct receive path (aiortc's receiver, track and ``_consume``)
+- ``send=stock``      without the shipped media clock (aiortc's sender coroutine per call, per packet)
 - ``track=packet[C]`` the assistant track encodes Opus itself (mono, 32 kbit/s, on the event loop) and hands
                       aiortc ready packets (no executor hop, no audio-level loop, no upmix to stereo);
                       C: Opus complexity 0-10 (libopus default 10)
@@ -240,6 +243,10 @@ def apply(variants: list[str]) -> None:
             _track_packets(int(val[len("packet"):]) if val[len("packet"):] else None)
         elif key == "rx" and val == "direct":
             _direct_rx()
+        elif key == "rx" and val == "stock":
+            webrtc.receive_direct = lambda receiver, deliver: False  # type: ignore[assignment]  # bench: off
+        elif key == "send" and val == "stock":
+            tuning._clocked_sender = lambda sender, codec: None  # type: ignore[assignment]  # bench: off
         elif key == "switch":
             sys.setswitchinterval(float(val) / 1000.0)
         elif key == "decode" and val == "inline":

@@ -6,6 +6,9 @@ monotonic clock, with contiguous pts and silence when the playout buffer is
 idle. Each ``recv()`` reads exactly 480 samples (20 ms at 24 kHz) from the
 :class:`~media.playout.PlayoutBuffer`: those are the samples handed to the
 transport.
+
+A sender with a clock of its own (signaling's process-wide media clock)
+calls :meth:`AssistantTrack.pull` instead: the same frames, unpaced, as PCM.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Callable
 from fractions import Fraction
 
 import av
+import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .playout import PlayoutBuffer
@@ -61,12 +65,17 @@ class AssistantTrack(MediaStreamTrack):
                 # the loop stalled: re-anchor instead of bursting the backlog
                 # (pts stay contiguous; the caller hears a gap, not a rush)
                 self._start = self._clock() - self._pts / self.out_rate
-        pcm = self.playout.read(self._in_per_frame)
-        out = self._upsample.process(pcm)
+        pts = self._pts
+        out = self.pull()
         frame = av.AudioFrame.from_ndarray(out.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = self.out_rate
-        frame.pts = self._pts
+        frame.pts = pts
         frame.time_base = self._time_base
+        return frame
+
+    def pull(self) -> np.ndarray:
+        """The next 20 ms at ``out_rate`` (mono int16), at once: for a sender paced by a clock of its own."""
+        out = self._upsample.process(self.playout.read(self._in_per_frame))
         self._pts += self._out_per_frame
         self.frames_sent += 1
-        return frame
+        return out

@@ -25,6 +25,17 @@ transport also stamps the time of its caller's last authenticated RTP or RTCP
 packet (:func:`last_packet_at`): a caller whose client is gone sends neither,
 a muted one still sends RTCP (and DTX/silence RTP).
 
+Issue 15 (CPU per call): :func:`receive_direct` decodes the caller's Opus in
+the receiver's RTP hook and hands PCM straight to the call (no decoder queue,
+remote-track queue or reading task); ``RTCRtpSender._run_rtp`` is replaced so
+that an Opus sender of a track with ``pull()`` (v2v's
+:class:`~v2v.media.track.AssistantTrack`) is sent by the process's one
+:class:`~v2v.signaling.media_clock.MediaClock` through a
+:class:`~v2v.signaling.lean_sender.ClockedAudioSender` (encode, packetise,
+SRTP with the DTLS transport's session, one ``sendto`` on the ICE pair's
+socket; aiortc's RTCP task still sends the sender reports from the counters it
+keeps); any other sender runs aiortc's own loop.
+
 This is the only module of v2v that reaches into aiortc's private internals.
 Nothing happens on import: the server calls :func:`install` at start-up
 (``v2v serve``, ``v2v worker``). :func:`install` first checks that every
@@ -34,11 +45,12 @@ internal it replaces still exists and that aiortc is a tested version
 
 from __future__ import annotations
 
-import errno
+import asyncio
 import logging
 import threading
 import time
 import types
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -47,11 +59,23 @@ import av.audio.codeccontext
 import av.filter
 import numpy as np
 from aioice import ice as aioice_ice
-from aiortc import rtcdtlstransport, rtcrtpreceiver, rtcrtpsender
+from aiortc import rtcdtlstransport, rtcicetransport, rtcrtpreceiver, rtcrtpsender
 from aiortc import rtp as aiortc_rtp
 from aiortc.codecs import get_decoder, opus
 from aiortc.jitterbuffer import JitterFrame
-from aiortc.utils import uint16_add
+from aiortc.utils import random32, uint16_add
+
+from .lean_sender import (
+    ClockedAudioSender,
+    DirectEncode,
+    OpusVoiceEncoder,
+    RtpPacketizer,
+    RtpStream,
+    ThreadFreeResampler,
+    TrackEnded,
+    audio_level_dbov,
+)
+from .media_clock import get_clock
 
 log = logging.getLogger("v2v.webrtc")
 
@@ -61,6 +85,8 @@ TESTED_AIORTC = ((1, 9), (1, 16))  # oldest and newest minor version the tuning 
 JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
 RX_ATTR = "_v2v_rx_at"  # set on an RTCDtlsTransport: time.monotonic() of its last inbound RTP/RTCP packet
 DTLS_HANDLERS = ("_handle_rtp_data", "_handle_rtcp_data")  # called with each unprotected SRTP/SRTCP packet
+CLOCKED_ATTR = "_v2v_clocked"  # set on an RTCRtpSender whose audio the media clock sends
+DIRECT_ATTR = "_v2v_direct_rx"  # set on an audio receiver whose packets go straight to the call
 _installed = False
 _supported: bool | None = None  # None: not checked yet
 
@@ -128,77 +154,6 @@ def _thread(*args: Any, **kwargs: Any) -> Any:
     return threading.Thread(*args, **kwargs)
 
 
-class ThreadFreeResampler:
-    """What aiortc's Opus encoder gets instead of PyAV's ``AudioResampler``: the same graph, no threads.
-
-    PyAV's resampler builds an FFmpeg filter graph whose thread pool has one
-    thread per CPU, per call (64 on a 32-core host); this one sets
-    ``threads = 1`` before adding filters, so FFmpeg starts none (as
-    :mod:`v2v.media.resample` does for v2v's own resampling). Same filters
-    (``abuffer`` -> ``aformat`` -> ``abuffersink`` with the encoder's frame size),
-    so the same output.
-    """
-
-    def __init__(self, format: str, layout: str, rate: int, frame_size: int) -> None:
-        self.format, self.layout, self.rate, self.frame_size = format, layout, rate, frame_size
-        self._graph: Any = None
-
-    def _build(self, frame: av.AudioFrame) -> Any:
-        graph = av.filter.Graph()
-        graph.threads = 1  # before any filter is added: FFmpeg starts no thread pool
-        src = graph.add_abuffer(format=frame.format.name, sample_rate=frame.sample_rate,
-                                layout=frame.layout.name, time_base=frame.time_base)
-        fmt = graph.add("aformat", sample_fmts=self.format, channel_layouts=self.layout,
-                        sample_rates=str(self.rate))
-        sink = graph.add("abuffersink")
-        src.link_to(fmt)
-        fmt.link_to(sink)
-        graph.configure()
-        graph.set_audio_frame_size(self.frame_size)
-        return graph
-
-    def resample(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
-        if self._graph is None:
-            self._graph = self._build(frame)
-        self._graph.push(frame)
-        out: list[av.AudioFrame] = []
-        while True:
-            try:
-                out.append(self._graph.pull())
-            except EOFError:
-                break
-            except av.FFmpegError as e:
-                if e.errno != errno.EAGAIN:
-                    raise
-                break
-        return out
-
-
-class _DirectEncode:
-    """The encoder's codec context, fed frames already in its format and frame size.
-
-    PyAV's ``CodecContext.encode`` re-frames every audio frame through an
-    ``AudioResampler`` of its own (threads as above, even when nothing is to be
-    converted); the frames :class:`ThreadFreeResampler` makes need none of it,
-    so they go to the codec directly (``_send_frame_and_recv``, checked by
-    :func:`missing_internals`).
-    """
-
-    def __init__(self, codec: Any) -> None:
-        self._codec = codec
-        codec.open()
-
-    def encode(self, frame: av.AudioFrame) -> list[Any]:
-        tb = self._codec.time_base
-        if frame.pts is not None and frame.time_base is not None and frame.time_base != tb:
-            frame.pts = int(frame.pts * frame.time_base / tb)
-        frame.time_base = tb
-        return list(self._codec._send_frame_and_recv(frame))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._codec, name)
-
-
 def _voice_encoder(self: Any) -> None:
     _stock_encoder_init(self)
     codec = av.CodecContext.create("libopus", "w")
@@ -208,7 +163,7 @@ def _voice_encoder(self: Any) -> None:
     codec.options = {"application": "voip", "compression_level": str(OPUS_COMPLEXITY)}
     codec.sample_rate = opus.SAMPLE_RATE
     codec.time_base = opus.TIME_BASE
-    self.codec = _DirectEncode(codec)
+    self.codec = DirectEncode(codec)
     self.resampler = ThreadFreeResampler("s16", "mono", opus.SAMPLE_RATE, opus.SAMPLES_PER_FRAME)
 
 
@@ -225,14 +180,7 @@ def _receiver_init(self: Any, kind: str, *args: Any, **kwargs: Any) -> None:
 
 def _audio_level_dbov(frame: Any) -> int:
     """RFC 6465 audio level with numpy (aiortc's version loops over every sample)."""
-    pcm = np.frombuffer(bytes(frame.planes[0]), dtype=np.int16)
-    if len(pcm) == 0:
-        return -127
-    x = pcm.astype(np.float64)
-    rms = float(np.sqrt(np.dot(x, x) / (len(x) * 32767.0 * 32767.0)))
-    if rms <= 0:
-        return -127
-    return int(round(max(-127.0, min(0.0, 20.0 * np.log10(rms)))))
+    return audio_level_dbov(np.frombuffer(bytes(frame.planes[0]), dtype=np.int16))
 
 
 class ImmediateAudioJitterBuffer:
@@ -248,15 +196,18 @@ class ImmediateAudioJitterBuffer:
     def __init__(self) -> None:
         self._last: int | None = None
 
-    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
-        seq = packet.sequence_number
+    def fresh(self, seq: int) -> bool:
+        """False for a duplicate or a late (already passed) sequence number; True moves past ``seq``."""
         if self._last is not None:
             delta = uint16_add(seq, -self._last)
-            if delta == 0:
-                return False, None  # duplicate
-            if delta > 0x8000 and 0x10000 - delta < 100:
-                return False, None  # late: already past it
+            if delta == 0 or (delta > 0x8000 and 0x10000 - delta < 100):
+                return False
         self._last = seq
+        return True
+
+    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+        if not self.fresh(packet.sequence_number):
+            return False, None
         return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)
 
 
@@ -266,6 +217,133 @@ def patch_receiver(receiver: Any) -> None:
         return
     if hasattr(receiver, JITTER_ATTR) and not isinstance(getattr(receiver, JITTER_ATTR), ImmediateAudioJitterBuffer):
         setattr(receiver, JITTER_ATTR, ImmediateAudioJitterBuffer())
+
+
+def receive_direct(receiver: Any, deliver: Callable[[np.ndarray], None]) -> bool:
+    """Decode this audio receiver's Opus packets in its RTP hook and hand ``deliver`` mono 48 kHz int16 PCM.
+
+    No jitter buffer object, decoder queue, remote-track queue or reading
+    task: duplicates and late packets are dropped (the
+    :class:`ImmediateAudioJitterBuffer` rule), RTCP receiver statistics are
+    still fed, the remote track only ends when the receiver stops. False
+    (nothing changed) when the tuning is not applicable; idempotent.
+    """
+    if not supported() or getattr(receiver, DIRECT_ATTR, False):
+        return bool(getattr(receiver, DIRECT_ATTR, False))
+    codecs: dict[int, Any] = receiver._RTCRtpReceiver__codecs
+    streams: dict[int, Any] = receiver._RTCRtpReceiver__remote_streams
+    decoder = av.CodecContext.create("libopus", "r")
+    decoder.format, decoder.layout, decoder.sample_rate = "s16", "mono", opus.SAMPLE_RATE
+    order = ImmediateAudioJitterBuffer()
+
+    async def handle_rtp_packet(packet: Any, arrival_time_ms: int) -> None:
+        codec = codecs.get(packet.payload_type)
+        if not receiver._enabled or codec is None:
+            return
+        stats = streams.get(packet.ssrc)
+        if stats is None:
+            stats = streams[packet.ssrc] = rtcrtpreceiver.StreamStatistics(codec.clockRate)
+        stats.add(packet)
+        if codec.name.lower() != "opus" or not packet.payload or not order.fresh(packet.sequence_number):
+            return
+        try:
+            frames = decoder.decode(av.Packet(packet.payload))
+        except av.FFmpegError as exc:  # like aiortc: drop the packet, keep the decoder state
+            log.debug("audio decode failed: %s", exc)
+            return
+        for frame in frames:
+            deliver(frame.to_ndarray().reshape(-1))
+
+    receiver._handle_rtp_packet = handle_rtp_packet
+    setattr(receiver, DIRECT_ATTR, True)
+    return True
+
+
+# -- one media clock for every call's outgoing audio (signaling/media_clock.py, signaling/lean_sender.py) --
+def _pull(sender: Any) -> Callable[[], np.ndarray | None]:
+    def pull() -> np.ndarray | None:
+        track = sender._RTCRtpSender__track
+        if track is None:
+            return None  # no track (yet): nothing this tick, as aiortc's loop waits 20 ms
+        if track.readyState != "live":
+            raise TrackEnded
+        out: np.ndarray = track.pull()
+        return out
+
+    return pull
+
+
+def _transmit(sender: Any, packetizer: RtpPacketizer) -> Callable[[bytes, int], bool]:
+    """SRTP through the DTLS transport's session, one datagram on the ICE pair's socket, aiortc's counters."""
+    connected = rtcdtlstransport.State.CONNECTED
+
+    def transmit(data: bytes, ntp: int) -> bool:
+        dtls = sender._RTCRtpSender__transport
+        pair = dtls.transport._connection._nominated.get(1)
+        if dtls._state != connected or pair is None or pair.protocol.transport.is_closing():
+            return False  # aiortc's loop ends on the ConnectionError of the same checks
+        protected = dtls._tx_srtp.protect(data)
+        pair.protocol.transport.sendto(protected, pair.remote_addr)
+        # what the sender's RTCP task puts into its sender reports
+        sender._RTCRtpSender__ntp_timestamp = ntp
+        sender._RTCRtpSender__rtp_timestamp = packetizer.last_timestamp
+        sender._RTCRtpSender__packet_count = packetizer.packets
+        sender._RTCRtpSender__octet_count = packetizer.octets
+        return True
+
+    return transmit
+
+
+def _clocked_sender(sender: Any, codec: Any) -> ClockedAudioSender | None:
+    """The clock-driven sender for an Opus sender of a track that can be pulled (else None: aiortc's loop)."""
+    track = sender._RTCRtpSender__track
+    if codec.name.lower() != "opus" or not callable(getattr(track, "pull", None)):
+        return None
+    ids = sender._RTCRtpSender__rtp_header_extensions_map._HeaderExtensionsMap__ids
+    stream = RtpStream(ssrc=sender._ssrc, payload_type=codec.payloadType,
+                       sequence_number=rtcrtpsender.random_sequence_number(), timestamp_origin=random32(),
+                       mid=sender._RTCRtpSender__mid, mid_id=ids.mid or 0,
+                       abs_send_time_id=ids.abs_send_time or 0, audio_level_id=ids.audio_level or 0)
+    packetizer = RtpPacketizer(stream)
+    return ClockedAudioSender(_pull(sender), packetizer, OpusVoiceEncoder(OPUS_BITRATE, OPUS_COMPLEXITY),
+                          _transmit(sender, packetizer), enabled=lambda: bool(sender._enabled))
+
+
+def clocked_sender(sender: Any) -> ClockedAudioSender | None:
+    """The clock-driven sender sending this ``RTCRtpSender``'s audio (None: aiortc's own loop sends it)."""
+    clocked = getattr(sender, CLOCKED_ATTR, None)
+    return clocked if isinstance(clocked, ClockedAudioSender) else None
+
+
+async def _run_rtp(self: Any, codec: Any) -> None:
+    """``RTCRtpSender._run_rtp``: the process's media clock sends this sender's audio (else aiortc's own loop)."""
+    clocked = _clocked_sender(self, codec)
+    if clocked is None:
+        await _stock_run_rtp(self, codec)
+        return
+    self._RTCRtpSender__rtp_started.set()
+    setattr(self, CLOCKED_ATTR, clocked)
+    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def finished(why: str) -> None:
+        if not done.done():
+            done.set_result(why)
+
+    clocked.on_finish = finished
+    clock = get_clock()
+    clock.add(clocked)
+    try:
+        await done
+    except asyncio.CancelledError:
+        pass
+    finally:
+        clock.discard(clocked)
+        clocked.finish("stopped")
+        track = self._RTCRtpSender__track
+        if track is not None:  # as aiortc's loop does when it ends
+            track.stop()
+            self._RTCRtpSender__track = None
+        self._RTCRtpSender__rtp_exited.set()
 
 
 async def _dtls_rtp(self: Any, data: bytes, arrival_time_ms: int) -> None:
@@ -293,6 +371,7 @@ aiortc_audio_level_dbov = aiortc_rtp.compute_audio_level_dbov
 _stock_encoder_init = opus.OpusEncoder.__init__
 _stock_sender_init = rtcrtpsender.RTCRtpSender.__init__
 _stock_receiver_init = rtcrtpreceiver.RTCRtpReceiver.__init__
+_stock_run_rtp: Any = getattr(rtcrtpsender.RTCRtpSender, "_run_rtp", None)
 _stock_dtls_rtp: Any = getattr(getattr(rtcdtlstransport, "RTCDtlsTransport", None), DTLS_HANDLERS[0], None)
 _stock_dtls_rtcp: Any = getattr(getattr(rtcdtlstransport, "RTCDtlsTransport", None), DTLS_HANDLERS[1], None)
 
@@ -316,6 +395,29 @@ def _aiortc_version() -> tuple[int, int] | None:
         return None
 
 
+SENDER_ATTRS = ("_RTCRtpSender__loop", "_RTCRtpSender__transport", "_RTCRtpSender__mid",
+                "_RTCRtpSender__rtp_started", "_RTCRtpSender__rtp_exited", "_RTCRtpSender__rtp_header_extensions_map",
+                "_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp", "_RTCRtpSender__packet_count",
+                "_RTCRtpSender__octet_count", "_ssrc", "_enabled")
+
+
+def _send_path_missing(dtls_mod: Any, rtp_mod: Any) -> list[str]:
+    """What the clock-driven sender reads on its way to the socket that this aiortc/aioice lacks."""
+    missing: list[str] = []
+    state = getattr(getattr(dtls_mod, "State", None), "CONNECTED", None)
+    if state is None:
+        missing.append("rtcdtlstransport.State.CONNECTED")
+    for cls, attrs in ((getattr(dtls_mod, "RTCDtlsTransport", None), ("_state", "_tx_srtp", "_transport")),
+                       (rtcicetransport.RTCIceTransport, ("_connection",)),
+                       (aioice_ice.Connection, ("_nominated",)),
+                       (getattr(rtp_mod, "HeaderExtensionsMap", None), ("_HeaderExtensionsMap__ids",))):
+        if cls is None:
+            missing.append(f"{attrs[0]} (its class)")
+        else:
+            missing += _assigned_in_init(cls, attrs)
+    return missing
+
+
 def missing_internals(sender_mod: Any = None, receiver_mod: Any = None,
                       rtp_mod: Any = None, opus_mod: Any = None, dtls_mod: Any = None) -> list[str]:
     """What the tuning replaces that this aiortc lacks (empty: all present). Modules injectable for tests."""
@@ -332,15 +434,24 @@ def missing_internals(sender_mod: Any = None, receiver_mod: Any = None,
     if sender is None:
         missing.append("rtcrtpsender.RTCRtpSender")
     else:
-        missing += _assigned_in_init(sender, ("_RTCRtpSender__loop",))
+        missing += _assigned_in_init(sender, SENDER_ATTRS)
+        if not callable(getattr(sender, "_run_rtp", None)):
+            missing.append("rtcrtpsender.RTCRtpSender._run_rtp")
+        code = getattr(getattr(sender, "replaceTrack", None), "__code__", None)
+        if code is None or "_RTCRtpSender__track" not in code.co_names:
+            missing.append("RTCRtpSender.replaceTrack sets _RTCRtpSender__track")
     if receiver is None:
         missing.append("rtcrtpreceiver.RTCRtpReceiver")
     else:
-        missing += _assigned_in_init(receiver, ("_RTCRtpReceiver__decoder_queue", JITTER_ATTR, "_track"))
+        missing += _assigned_in_init(receiver, ("_RTCRtpReceiver__decoder_queue", JITTER_ATTR, "_track", "_enabled",
+                                                "_RTCRtpReceiver__codecs", "_RTCRtpReceiver__remote_streams"))
     encoder = getattr(opus_mod, "OpusEncoder", None)
     if encoder is not None:  # its encode() resamples through self.resampler
         missing += _assigned_in_init(encoder, ("resampler",))
+    missing += _send_path_missing(dtls_mod, rtp_mod)
     for mod, name, attr in ((receiver_mod, "rtcrtpreceiver", "threading"),
+                            (receiver_mod, "rtcrtpreceiver", "StreamStatistics"),
+                            (sender_mod, "rtcrtpsender", "random_sequence_number"),
                             (receiver_mod, "rtcrtpreceiver", "decoder_worker"),
                             (rtp_mod, "rtp", "compute_audio_level_dbov"),
                             (opus_mod, "codecs.opus", "OpusEncoder"),
@@ -398,6 +509,7 @@ def install() -> bool:
     setattr(opus.OpusEncoder, "__init__", _voice_encoder)  # noqa: B010  (mypy forbids assigning a method)
     setattr(rtcrtpsender.RTCRtpSender, "__init__", _sender_init)  # noqa: B010  (as above)
     setattr(rtcrtpreceiver.RTCRtpReceiver, "__init__", _receiver_init)  # noqa: B010  (as above)
+    setattr(rtcrtpsender.RTCRtpSender, "_run_rtp", _run_rtp)  # noqa: B010  (a method, as above)
     setattr(rtcdtlstransport.RTCDtlsTransport, DTLS_HANDLERS[0], _dtls_rtp)
     setattr(rtcdtlstransport.RTCDtlsTransport, DTLS_HANDLERS[1], _dtls_rtcp)
     setattr(rtcrtpreceiver, "threading", types.SimpleNamespace(Thread=_thread, Event=threading.Event))  # noqa: B010  (a module attribute of another type)

@@ -23,6 +23,7 @@ sees it: at most :data:`MAX_SDP_BYTES` and :data:`MAX_MLINES` media sections.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
@@ -39,7 +40,7 @@ from v2v.media.track import AssistantTrack
 from v2v.worker.rtvi import RTVIHandler
 from v2v.worker.transport import QueueAudioInput
 
-from .aiortc_tuning import last_packet_at, patch_receiver
+from .aiortc_tuning import last_packet_at, patch_receiver, receive_direct
 from .auth import new_pc_id
 from .calls import Call, CallManager
 from .dispatch import BadRequest, CallKey, Forbidden, IceCandidateInit, OfferAnswer, OfferRequest, UnknownCall
@@ -144,6 +145,7 @@ class WebRTCCall:
                 patch_receiver(t.receiver)
                 if not audio_ok:
                     audio_ok = True
+                    receive_direct(t.receiver, functools.partial(self._on_pcm, pc))
                     if t.sender.track is None and track not in [s.track for s in pc.getSenders()]:
                         t.sender.replaceTrack(track)
                     t.direction = "sendrecv"
@@ -162,8 +164,17 @@ class WebRTCCall:
         return pc.localDescription.sdp
 
     # -- inbound media ------------------------------------------------------
+    def _on_pcm(self, pc: RTCPeerConnection, pcm: Any) -> None:
+        """The caller's audio decoded in the RTP hook (aiortc_tuning.receive_direct): mono 48 kHz int16."""
+        if pc is not self.pc or not len(pcm):
+            return
+        self._last_media = time.monotonic()
+        self.packets_in += 1
+        self.audio_in.put(pcm)
+
     async def _consume(self, pc: RTCPeerConnection, track: Any) -> None:
-        """Always read the remote track (aiortc queues unread frames forever)."""
+        """Always read the remote track (aiortc queues unread frames forever; with the direct receive path
+        it only ends when the receiver stops)."""
         audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
         if track.kind != "audio" or not audio or track is not audio[0].receiver.track:
             while True:  # not the caller's microphone: drain and drop

@@ -40,8 +40,9 @@ async def test_calls_encode_mono_voice_and_spawn_no_codec_threads() -> None:
             for c in callers:
                 wc = server.host.webrtc.get(c.pc_id)
                 (sender,) = [s for s in wc.pc.getSenders() if s.track is not None and s.track.kind == "audio"]
-                encoder = sender._RTCRtpSender__encoder  # created by the first frame (silence flows always)
-                assert encoder.codec.layout.name == "mono" and encoder.codec.bit_rate == 32000
+                clocked = aiortc_tuning.clocked_sender(sender)  # the media clock sends the assistant's track
+                assert clocked is not None and clocked.finished is None
+                assert clocked.encoder.codec.layout.name == "mono" and clocked.encoder.codec.bit_rate == 32000
         finally:
             for c in callers:
                 await c.hangup()
@@ -60,6 +61,9 @@ class _ReceiverWithoutDecoderQueue:
 
     def __init__(self, kind: str) -> None:
         self._RTCRtpReceiver__jitter_buffer = None
+        self._RTCRtpReceiver__codecs: dict = {}
+        self._RTCRtpReceiver__remote_streams: dict = {}
+        self._enabled = True
         self._track = None
 
 
