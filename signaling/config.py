@@ -15,12 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .sip.tls import server_context
+
 MODELS = ("local", "echo", "openai", "gpt-live", "gemini")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TURN_DETECTION = ("server", "local")
 AEC_MODES = ("auto", "on", "off")
-RTP_TRANSPORTS = ("sip_udp", "sip_tcp")  # media over plain RTP: phones and trunks, no echo canceller we know of
+SRTP_POLICIES = ("off", "allow", "require")
+RTP_TRANSPORTS = ("sip_udp", "sip_tcp", "sip_tls")  # media over plain RTP: phones and trunks, no echo canceller we know of
 
 SERVE = ("serve",)
 BOTH = ("serve", "worker")
@@ -185,6 +188,18 @@ class ServerConfig:
     sip_rate: float = setting(10.0, group="SIP", commands=SERVE, metavar="N",
                               help="new INVITEs and REGISTERs per second from one source address, each (bursts of "
                               "3x); past it 503 + Retry-After; 0: no limit")
+    sip_tls_port: int | None = setting(
+        None, group="SIP", commands=SERVE, parse=port_number, nargs="?", const=5061,
+        help="enable SIP over TLS on this port at --host (--sip-tls-port alone: 5061); needs --sip-tls-cert and "
+        "--sip-tls-key")
+    sip_tls_cert: str = setting("", group="SIP", commands=SERVE, metavar="PEM",
+                                help="SIP over TLS: the server certificate (PEM, with its chain)")
+    sip_tls_key: str = setting("", group="SIP", commands=SERVE, metavar="PEM",
+                               help="SIP over TLS: the certificate's private key (PEM, unencrypted)")
+    sip_srtp: str = setting(
+        "allow", group="SIP", choices=SRTP_POLICIES,
+        help="SDES-SRTP (RFC 4568 a=crypto) on plain RTP: allow = SRTP when the offer is RTP/SAVP, plain RTP "
+        "otherwise; require = a plain offer gets 488, our own offers are RTP/SAVP; off = an SRTP offer gets 488")
     sip_public_address: str | None = setting(None, group="SIP",
                                              help="address written in SDP/Contact behind NAT")
     rtp_ports: str = setting("20000-20999", group="SIP", help="UDP port range for SIP RTP media")
@@ -270,6 +285,10 @@ class ServerConfig:
             raise ValueError("--record-max-mb and --record-keep-days must be >= 0")
         if self.webhook and not self.webhook.startswith(("http://", "https://")):
             raise ValueError(f"--webhook must be an http:// or https:// URL, not {self.webhook!r}")
+        if self.sip_srtp not in SRTP_POLICIES:
+            raise ValueError(f"--sip-srtp must be off, allow or require, not {self.sip_srtp!r}")
+        if self.sip_tls_port is not None:
+            server_context(self.sip_tls_cert, self.sip_tls_key)  # ValueError naming the flag and the problem
         lo, _, hi = self.rtp_ports.partition("-")
         if not (lo.isdigit() and hi.isdigit() and 0 < int(lo) <= int(hi) <= 65535):
             raise ValueError(f"--rtp-ports must look like 20000-20999, not {self.rtp_ports!r}")

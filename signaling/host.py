@@ -174,6 +174,7 @@ class CallHost:
                 public_host=public_address(cfg.advertise or cfg.sip_public_address, host),
                 ports=PortAllocator.parse(cfg.rtp_ports),
                 media_timeout=cfg.media_timeout,
+                srtp=cfg.sip_srtp,  # --sip-srtp (sip/srtp.py)
             )
         return self._rtp
 

@@ -14,7 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from v2v.worker import events as ev
 
-TRANSPORTS = ("webrtc", "sip_ws", "sip_udp", "sip_tcp")
+TRANSPORTS = ("webrtc", "sip_ws", "sip_udp", "sip_tcp", "sip_tls")
 # End reasons become the `outcome` label; anything else is folded into "other"
 # so that label values stay a small fixed set.
 OUTCOMES = (
@@ -63,6 +63,11 @@ class ServerMetrics:
         )
         self.dtmf_digits = Counter("v2v_dtmf_digits_total", "DTMF digits received", registry=r)
         self.model_errors = Counter("v2v_model_errors_total", "Errors reported by model sessions", registry=r)
+        # SIP over TLS and SDES-SRTP (signaling/sip/tls.py, signaling/sip/srtp.py)
+        self.srtp_dropped = Counter("v2v_srtp_dropped_packets_total", "Inbound SRTP/SRTCP packets dropped, by "
+                                    "reason (auth, replay, no-key, error)", ["reason"], registry=r)
+        self.sip_tls_failures = Counter("v2v_sip_tls_handshake_failures_total", "SIP-over-TLS connections whose "
+                                        "TLS handshake failed or timed out", registry=r)
         self.http_errors = Counter(
             "v2v_http_errors_total", "HTTP requests refused with a 4xx status (malformed, unauthorized, "
             "foreign origin, unknown call)", ["status"], registry=r)

@@ -22,6 +22,7 @@ from .calls import Call, CallManager
 from .dispatch import BadRequest, MediaRequest
 from .sip.rtp_session import PortAllocator, RtpSession
 from .sip.sdp import AudioOffer, SdpError, SdpSession, check_address, parse_offer
+from .sip.srtp import CallSrtp
 
 log = logging.getLogger("v2v.sip")
 
@@ -34,6 +35,7 @@ class RtpMediaConfig:
     public_host: str
     ports: PortAllocator
     media_timeout: float
+    srtp: str = "allow"  # --sip-srtp: off | allow | require (sip/srtp.py)
 
 
 class RtpCall:
@@ -45,6 +47,7 @@ class RtpCall:
         self.sdp = sdp
         self.answer_sdp = answer_sdp
         self.awaiting_answer = awaiting_answer
+        self.srtp = rtp.srtp or CallSrtp("off")
         self._tasks = TaskSet()
         call.on_end(self._on_call_end)
 
@@ -52,9 +55,11 @@ class RtpCall:
     async def create(cls, manager: CallManager, cfg: RtpMediaConfig, req: MediaRequest) -> RtpCall:
         """Bind RTP and create the call (not started); raises BadRequest or Overloaded."""
         offer = None
+        srtp = CallSrtp(cfg.srtp, lambda reason: manager.metrics.srtp_dropped.labels(reason=reason).inc())
         if req.offer_sdp.strip():
             try:
                 offer = parse_offer(req.offer_sdp)
+                srtp.on_offer(offer)  # the --sip-srtp policy: 488 with its reason
             except SdpError as e:
                 raise BadRequest(str(e)[:80]) from e
         manager.check_capacity(req.transport)
@@ -80,6 +85,9 @@ class RtpCall:
         )
         if offer is not None:
             rtp.update_remote(remote, not offer.on_hold, offer.direction in ("sendrecv", "sendonly"))
+        else:
+            srtp.our_offer()
+        rtp.srtp = srtp
         try:
             call = await manager.create_call(
                 req.transport, req.profile, audio_in, playout, req.peer, call_id=req.call_id, start=False
@@ -91,6 +99,7 @@ class RtpCall:
                        user=req.user, from_uri=req.from_uri, delayed_offer=offer is None)
         sdp = SdpSession(cfg.public_host)
         answer = sdp.build_answer(offer, rtp.local_port) if offer is not None else sdp.build_offer(rtp.local_port)
+        answer = srtp.sdp(answer, rtp.local_port, offer)
         self = cls(call, rtp, sdp, answer, offer is None)
         holder.append(self)
         return self
@@ -112,17 +121,20 @@ class RtpCall:
     async def reoffer(self, sdp: str) -> str:
         try:
             offer = parse_offer(sdp)
+            self.srtp.on_offer(offer)
         except SdpError as e:
             raise BadRequest(str(e)[:80]) from e
         self._apply(offer)
         self.call.log.event("sip-hold" if offer.on_hold else "sip-unhold", direction=offer.direction)
-        self.answer_sdp = self.sdp.build_answer(offer, self.rtp.local_port)
+        self.answer_sdp = self.srtp.sdp(self.sdp.build_answer(offer, self.rtp.local_port), self.rtp.local_port, offer)
         return self.answer_sdp
 
     async def set_answer(self, sdp: str) -> None:
         self.awaiting_answer = False
         try:
-            self._apply(parse_offer(sdp))
+            answer = parse_offer(sdp)
+            self.srtp.on_answer(answer)
+            self._apply(answer)
         except SdpError as e:
             raise BadRequest(str(e)[:80]) from e
 

@@ -31,8 +31,10 @@ SERVE_FLAGS = [
     "--redis", "--workers", "--name", "--capacity", "--drain-timeout",
     "--connect-timeout", "--auth-secret", "--cors-origin", "--media-address", "--max-conns-per-source",
     "--record-dir", "--record-max-mb", "--record-keep-days", "--webhook", "--webhook-secret", "--webhook-turns",
+    "--sip-tls-port", "--sip-tls-cert", "--sip-tls-key", "--sip-srtp",
 ]
-SIP_SIGNALING_FLAGS = ["--sip-port", "--sip-ring-ms", "--sip-user", "--sip-realm", "--sip-allow", "--sip-rate"]
+SIP_SIGNALING_FLAGS = ["--sip-port", "--sip-ring-ms", "--sip-user", "--sip-realm", "--sip-allow", "--sip-rate",
+                       "--sip-tls-port", "--sip-tls-cert", "--sip-tls-key"]
 HTTP_ACCESS_FLAGS = ["--auth-secret", "--cors-origin", "--max-conns-per-source"]  # signaling's HTTP only
 WORKER_FLAGS = [f for f in SERVE_FLAGS if f not in SIP_SIGNALING_FLAGS + HTTP_ACCESS_FLAGS and f != "--workers"] + [
     "--advertise"]

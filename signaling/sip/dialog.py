@@ -28,7 +28,7 @@ T2 = 4.0
 class Conn:
     """Where a message came from, and how to send back."""
 
-    transport: str  # UDP | TCP | WS
+    transport: str  # UDP | TCP | TLS | WS
     remote: tuple[str, int]
     local: tuple[str, int]
     send: Callable[[bytes], None]
@@ -40,7 +40,7 @@ class Conn:
 
     @property
     def label(self) -> str:
-        return {"UDP": "sip_udp", "TCP": "sip_tcp", "WS": "sip_ws", "WSS": "sip_ws"}[self.transport]
+        return {"UDP": "sip_udp", "TCP": "sip_tcp", "TLS": "sip_tls", "WS": "sip_ws", "WSS": "sip_ws"}[self.transport]
 
     def try_send(self, data: bytes) -> bool:
         """Send if the connection is open; False when it is closed or went away under us."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import Counter
@@ -23,6 +24,7 @@ from .admission import REASONS, Admission, exposure_warning, parse_networks
 from .core import CallRequest, SipCore, SipMedia, SipReject
 from .digest import DigestAuth
 from .rtp_session import public_address
+from .tls import SipTlsServer, start_listener
 from .transfer import SipTransfers
 from .udp_tcp import SipNetServers
 from .ws import sip_websocket_handler
@@ -126,6 +128,8 @@ class SipServers:
         auth = DigestAuth(parse_users(config.sip_users), realm=config.sip_realm)
         self.admission = Admission(parse_networks(config.sip_allow), rate=config.sip_rate)
         self.tcp_limit = SourceLimit(config.max_conns_per_source, "sip_tcp")
+        self.tls: SipTlsServer | None = None  # --sip-tls-port (tls.py)
+        self.tls_failed: Callable[[], None] | None = None  # counts failed TLS handshakes in /metrics
         self.core = SipCore(
             self._media_factory, public_host=self.public_host, auth=auth, ring_ms=config.sip_ring_ms,
             profiles=config.profiles, admission=self.admission,
@@ -178,6 +182,13 @@ class SipServers:
             counter.labels(reason=r)
         self.admission.on_refusal = lambda reason: counter.labels(reason=reason).inc()
         self.tcp_limit.count_in(metrics)  # v2v_connection_refusals_total{listener="sip_tcp"}
+        self.tls_failed = metrics.sip_tls_failures.inc
+
+    async def start_tls(self, port: int | None = None) -> None:
+        """SIP over TLS on ``--sip-tls-port`` (or ``port``) at ``--host``; ValueError for an unusable certificate."""
+        cfg = self.config
+        self.tls = await start_listener(self.core, cfg.host, (cfg.sip_tls_port if port is None else port) or 0,
+                                        cfg.sip_tls_cert, cfg.sip_tls_key, self.tcp_limit, self.tls_failed)
 
     @property
     def port(self) -> int:
@@ -188,6 +199,8 @@ class SipServers:
         await self.core.close()
         if self.net is not None:
             await self.net.close()
+        if self.tls is not None:
+            await self.tls.close()
 
 
 SIP_APP_KEY = web.AppKey("v2v_sip", SipServers)
@@ -205,6 +218,8 @@ def setup_app(app: web.Application, dispatcher: Dispatcher, config: ServerConfig
     async def on_startup(app: web.Application) -> None:
         if config.sip_port is not None:
             await servers.start_net()
+        if config.sip_tls_port is not None:
+            await servers.start_tls()
 
     async def on_shutdown(app: web.Application) -> None:
         await servers.close()

@@ -46,6 +46,8 @@ class SipUdpProtocol(asyncio.DatagramProtocol):
 
 
 class SipTcpProtocol(asyncio.Protocol):
+    TRANSPORT = "TCP"  # the Conn's transport (tls.py's subclass: TLS)
+
     def __init__(self, core: SipCore, conns: set[SipTcpProtocol]) -> None:
         self.core = core
         self.conns = conns
@@ -57,7 +59,7 @@ class SipTcpProtocol(asyncio.Protocol):
         tr = self.transport = cast(asyncio.Transport, transport)  # a stream server's transport
         peer = tr.get_extra_info("peername")
         local = tr.get_extra_info("sockname")
-        self.conn = Conn("TCP", (peer[0], peer[1]), (local[0], local[1]), tr.write, lambda: not tr.is_closing())
+        self.conn = Conn(self.TRANSPORT, (peer[0], peer[1]), (local[0], local[1]), tr.write, lambda: not tr.is_closing())
         self.conns.add(self)
 
     def data_received(self, data: bytes) -> None:
