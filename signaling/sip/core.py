@@ -34,6 +34,7 @@ from .dialog import (
 from .in_dialog import InDialogMixin, refresher_uac
 from .message import SipParseError, SipRequest, SipResponse, parse, salvage_bad_request
 from .profiles import pick_profile
+from .refusals import classify
 from .registrar import RegistrarMixin
 from .ua_base import ALLOW, log
 
@@ -82,6 +83,10 @@ class SipCore(InDialogMixin, RegistrarMixin):
 
     def _on_response(self, resp: SipResponse) -> None:
         branch = resp.vias[0].branch or ""
+        hook = self.client_hooks.get(branch)  # our outbound transactions (trunk.py: dials, REGISTER)
+        if hook is not None:
+            hook(resp)
+            return
         fut = self._client_txs.get(branch)
         if fut is not None and not fut.done() and resp.status >= 200:
             fut.set_result(resp)
@@ -100,7 +105,10 @@ class SipCore(InDialogMixin, RegistrarMixin):
                 conn.try_send(tx.response)
             return
         if self._closing and m in ("INVITE", "REGISTER"):
-            self._respond(req, conn, 503, extra=[("Retry-After", "5")])
+            if m == "INVITE":
+                self._refuse(req, conn, 503, "shutting-down", "shutting down", extra=[("Retry-After", "5")])
+            else:
+                self._respond(req, conn, 503, extra=[("Retry-After", "5")])
             return
         handler = {
             "OPTIONS": self._on_options, "REGISTER": self._on_register, "INVITE": self._on_invite,
@@ -126,7 +134,7 @@ class SipCore(InDialogMixin, RegistrarMixin):
         if req.to.tag:
             d = self._find_dialog(req)
             if d is None:
-                self._respond(req, conn, 481)
+                self._refuse(req, conn, 481, "unknown-dialog", "re-INVITE for no dialog of ours")
                 return
             d.conn = conn
             self._invite_txs[tx_key(req)] = ServerTx(None, conn, time.monotonic(), d)
@@ -138,13 +146,15 @@ class SipCore(InDialogMixin, RegistrarMixin):
         unsupported = [x.strip() for r in req.headers.get_all("Require") for x in r.split(",")
                        if x.strip() and x.strip().lower() != "timer"]
         if unsupported:  # e.g. 100rel: RFC 3261 8.2.2.3
-            self._respond(req, conn, 420, to_tag=new_tag(), extra=[("Unsupported", ", ".join(unsupported))])
+            self._refuse(req, conn, 420, "unsupported-extension", f"Require: {', '.join(unsupported)}",
+                         to_tag=new_tag(), extra=[("Unsupported", ", ".join(unsupported))])
             return
         if req.body and req.content_type not in ("application/sdp", ""):
-            self._respond(req, conn, 415, extra=[("Accept", "application/sdp")])
+            self._refuse(req, conn, 415, "unsupported-media-type", f"Content-Type: {req.content_type}",
+                         extra=[("Accept", "application/sdp")])
             return
         if not req.body and conn.transport in ("WS", "WSS"):
-            self._respond(req, conn, 488, "Offer Required")  # WebRTC media needs the caller's offer
+            self._refuse(req, conn, 488, "offer-required", "Offer Required")  # WebRTC media needs the caller's offer
             return
         req_uri = req.request_uri
         contact = req.contact
@@ -174,12 +184,14 @@ class SipCore(InDialogMixin, RegistrarMixin):
                 media = await self.media_factory(creq)
             except SipReject as e:
                 if not d.cancelled.is_set():
-                    self._final_error(d, req, conn, e.status, e.reason)
+                    self._final_error(d, req, conn, e.status, e.reason, refused=True)
                 return
-            except Exception:
-                log.exception("sip: cannot set up %s", d.call_id)
+            except Exception as e:
                 if not d.cancelled.is_set():
+                    self.refusals.record(req, conn, 500, "internal-error", f"{type(e).__name__}: {e}", exc_info=True)
                     self._final_error(d, req, conn, 500, None)
+                else:
+                    log.exception("sip: cannot set up %s", d.call_id)
                 return
             d.media = media
             if d.cancelled.is_set() or d.state == "terminated":
@@ -213,11 +225,16 @@ class SipCore(InDialogMixin, RegistrarMixin):
                 await d.media.close("shutdown")
             raise
 
-    def _final_error(self, d: Dialog, req: SipRequest, conn: Conn, status: int, reason: str | None) -> None:
+    def _final_error(self, d: Dialog, req: SipRequest, conn: Conn, status: int, reason: str | None,
+                     refused: bool = False) -> None:
+        """A final error for the INVITE; ``refused``: a refusal, recorded and explained (see refusals.py)."""
         d.final_sent = True
         d.state = "terminated"
         self.dialogs.pop(d.key, None)
-        self._respond(req, conn, status, reason, to_tag=d.local_tag)
+        if refused:
+            self._refuse(req, conn, status, classify(status, reason), reason, to_tag=d.local_tag)
+        else:
+            self._respond(req, conn, status, reason, to_tag=d.local_tag)
         if not conn.reliable:
             tx = self._invite_txs.get(tx_key(req))
             if tx is not None:

@@ -8,7 +8,8 @@ from v2v.worker.dtmf import DTMF_DIGITS
 
 from .dialog import Conn, Dialog, tx_key
 from .message import SipRequest
-from .ua_base import ALLOW, SipCoreBase, log
+from .refusals import classify
+from .ua_base import ALLOW, SipCoreBase
 
 
 class InDialogMixin(SipCoreBase):
@@ -56,9 +57,9 @@ class InDialogMixin(SipCoreBase):
         if req.body and req.content_type == "application/sdp" and d.media is not None:
             try:
                 body = (await d.media.reoffer(req.body.decode("utf-8", "replace"))).encode()
-            except Exception as e:
-                log.info("sip: re-offer rejected on %s: %s", d.call_id, e)
-                self._respond(req, conn, 488)
+            except Exception as e:  # the worker's BadRequest (or its transport's error): 488 saying why
+                detail = str(getattr(e, "message", "") or e) or type(e).__name__
+                self._refuse(req, conn, 488, classify(488, detail), detail)
                 return
         elif req.method == "INVITE" and d.media is not None:
             body = d.media.answer_sdp.encode()  # offerless re-INVITE: re-send the current session

@@ -16,10 +16,12 @@ from collections.abc import Callable
 
 from v2v.worker.tasks import TaskSet
 
+from .addr import bracket, ip_family, is_wildcard, plain_ip, route_source
 from .admission import Admission
 from .dialog import T1, T2, Conn, Dialog, MediaFactory, ServerTx, new_branch, new_tag, resend_until_ack, tx_key
 from .digest import DigestAuth
 from .message import SipMessage, SipRequest, SipResponse, Via, make_response
+from .refusals import Refusals, describe
 
 log = logging.getLogger("v2v.sip")
 
@@ -61,6 +63,8 @@ class SipCoreBase:
         self._closing = False
         self._purger: asyncio.TimerHandle | None = None
         self.stats = {"bad": 0, "dropped": 0}
+        self.refusals = Refusals()  # refused INVITEs: one WARNING each, v2v_sip_refusals_total (refusals.py)
+        self.client_hooks: dict[str, Callable[[SipResponse], None]] = {}  # top Via branch -> handler (trunk.py)
         # requests handled by other modules (NOTIFY: transfer.py), tried after the core's own
         self.extra_handlers: dict[str, Callable[[SipRequest, Conn], None]] = {}
 
@@ -89,6 +93,13 @@ class SipCoreBase:
                 tx.response = data
         return resp
 
+    def _refuse(self, req: SipRequest, conn: Conn, status: int, reason: str, detail: str | None = None, *,
+                to_tag: str | None = None, extra: list[tuple[str, str]] | None = None) -> None:
+        """Answer ``req`` with a refusal that says why (phrase; Warning on a 488) and record it once."""
+        phrase, why = self.refusals.response_parts(status, reason, detail)
+        self.refusals.record(req, conn, status, reason, detail)
+        self._respond(req, conn, status, phrase, to_tag=to_tag, extra=[*(extra or []), *why])
+
     def _purge(self) -> None:
         """Drop transactions older than TX_LINGER; re-armed on a timer while any are left (not only on traffic)."""
         now = time.monotonic()
@@ -102,12 +113,20 @@ class SipCoreBase:
         self._purger = None
         self._purge()
 
+    def local_host(self, conn: Conn) -> str:
+        """Our address toward ``conn``'s peer (Contact, Via): the public one when its family fits the peer's."""
+        v = ip_family(conn.remote[0])
+        if conn.transport in ("WS", "WSS") or v is None or ip_family(self.public_host) in (None, v):
+            return self.public_host
+        if not is_wildcard(conn.local[0]) and ip_family(conn.local[0]) == v:
+            return conn.local[0]
+        return route_source(conn.remote[0]) or self.public_host  # dual-stack: the other family's address
+
     def contact(self, conn: Conn) -> str:
         if conn.transport in ("WS", "WSS"):
             return f"<sip:v2v@{self.public_host};transport=ws>"
         port = self.ports.get(conn.transport, conn.local[1])
-        host = f"[{self.public_host}]" if ":" in self.public_host else self.public_host
-        return f"<sip:v2v@{host}:{port};transport={conn.transport.lower()}>"
+        return f"<sip:v2v@{bracket(self.local_host(conn))}:{port};transport={conn.transport.lower()}>"
 
     def _fix_via(self, req: SipRequest, conn: Conn) -> None:
         """RFC 3261 18.2.1 received + RFC 3581 rport on the top Via."""
@@ -116,7 +135,7 @@ class SipCoreBase:
         vias = req.headers.get_all("Via")
         top = Via.parse(vias[0])
         changed = False
-        if top.host.strip("[]") != conn.remote[0]:
+        if plain_ip(top.host) != conn.remote[0]:
             top.params["received"] = conn.remote[0]
             changed = True
         if "rport" in top.params and top.params["rport"] is None:
@@ -137,7 +156,7 @@ class SipCoreBase:
         ws = conn.transport in ("WS", "WSS")
         # per source address; over WebSocket per connection (behind a TLS proxy all share one address)
         if adm is not None and not adm.rate_ok(f"{src}:{conn.remote[1]}" if ws else src, req.method):
-            adm.refused(src, "rate-limit", req.method)
+            adm.refused(src, "rate-limit", describe(req))
             self._respond(req, conn, 503, "Service Unavailable (rate limit)", to_tag=new_tag(),
                           extra=[("Retry-After", str(adm.limiter.retry_after()))])
             return False
@@ -149,12 +168,12 @@ class SipCoreBase:
             if ok:
                 return True
             if adm is not None and not stale:
-                adm.refused(src, "auth-failed" if header else "auth-required", req.method)
+                adm.refused(src, "auth-failed" if header else "auth-required", describe(req))
             self._respond(req, conn, 401, to_tag=new_tag(),
                           extra=[("WWW-Authenticate", self.auth.challenge(stale))])
             return False
         if adm is not None and adm.allow and not ws:
-            adm.refused(src, "not-allowed", req.method)
+            adm.refused(src, "not-allowed", describe(req))
             self._respond(req, conn, 403, "Forbidden (source not allowed)", to_tag=new_tag())
             return False
         return True
@@ -171,7 +190,7 @@ class SipCoreBase:
         if await resend_until_ack(d, tx, conn, while_live=True):
             return
         if end_on_timeout and d.state != "terminated":
-            log.info("sip: no ACK for %s, ending the call", d.call_id)
+            self.refusals.record(d.invite, conn, 408, "no-ack", "our 200 OK was never acknowledged; call ended")
             await self.end_dialog(d, "no ACK", send_bye=True)
 
     async def _watch_media(self, d: Dialog) -> None:
@@ -192,7 +211,8 @@ class SipCoreBase:
         self.dialogs.pop(d.key, None)
         if not was_confirmed:
             # still ringing: answer the INVITE with an error
-            self._respond(d.invite, d.conn, 503 if self._closing else 480, to_tag=d.local_tag)
+            self._refuse(d.invite, d.conn, 503 if self._closing else 480,
+                         "shutting-down" if self._closing else "ended-before-answer", reason, to_tag=d.local_tag)
             d.final_sent = True
         if d.watch is not None and d.watch is not asyncio.current_task():
             d.watch.cancel()
@@ -208,7 +228,7 @@ class SipCoreBase:
             return
         branch = new_branch()
         ws = conn.transport in ("WS", "WSS")
-        via_host = f"{secrets.token_hex(4)}.invalid" if ws else self.public_host
+        via_host = f"{secrets.token_hex(4)}.invalid" if ws else bracket(self.local_host(conn))
         via_port = "" if ws else f":{self.ports.get(conn.transport, conn.local[1])}"
         bye = d.bye_request(f"SIP/2.0/{conn.transport} {via_host}{via_port};branch={branch};rport", SERVER)
         fut: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()

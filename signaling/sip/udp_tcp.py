@@ -4,6 +4,10 @@ UDP: one datagram is one message; answers go back to the source address
 (symmetric response routing, rport). TCP: messages are framed by
 Content-Length (CRLF keep-alives skipped); a stream that cannot be framed gets
 a 400 when possible and is closed; a closed connection ends its calls.
+
+IPv6: ``--host ::`` binds dual-stack sockets (IPv4 callers arrive as mapped
+addresses and are seen as plain IPv4); where the OS keeps ``::`` IPv6-only,
+the same port is bound on ``0.0.0.0`` as well.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 from typing import cast
 
 from ..conn_limit import SourceLimit, admitting
+from .addr import dual_stack_supported, plain_ip, tcp_socket, udp_socket
 from .core import Conn, SipCore
 from .message import MAX_MESSAGE, SipParseError, StreamFramer
 
@@ -33,10 +38,10 @@ class SipUdpProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         if len(data) > MAX_MESSAGE or self.transport is None:
             return
-        remote = (addr[0], addr[1])
+        remote = (plain_ip(addr[0]), addr[1])  # a dual-stack socket's ::ffff:a.b.c.d is IPv4
         tr = self.transport
 
-        def send(b: bytes, _r: tuple = remote) -> None:
+        def send(b: bytes, _r: tuple = (addr[0], addr[1])) -> None:
             tr.sendto(b, _r)
 
         self.core.receive(data, Conn("UDP", remote, self.local, send, lambda: not tr.is_closing()))
@@ -59,7 +64,8 @@ class SipTcpProtocol(asyncio.Protocol):
         tr = self.transport = cast(asyncio.Transport, transport)  # a stream server's transport
         peer = tr.get_extra_info("peername")
         local = tr.get_extra_info("sockname")
-        self.conn = Conn(self.TRANSPORT, (peer[0], peer[1]), (local[0], local[1]), tr.write, lambda: not tr.is_closing())
+        self.conn = Conn(self.TRANSPORT, (plain_ip(peer[0]), peer[1]), (plain_ip(local[0]), local[1]), tr.write,
+                         lambda: not tr.is_closing())
         self.conns.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -90,19 +96,40 @@ class SipNetServers:
         self.limit = limit or SourceLimit(0, "sip_tcp")  # TCP connections per source address
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp: asyncio.base_events.Server | None = None
+        self.extra: list[asyncio.BaseTransport | asyncio.base_events.Server] = []  # IPv4 beside an IPv6-only '::'
         self._tcp_conns: set[SipTcpProtocol] = set()
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self.udp, _ = await loop.create_datagram_endpoint(lambda: SipUdpProtocol(self.core), local_addr=(host, port))
+        host = host.strip("[]")
+        if host == "::":  # dual-stack: our own sockets (create_server would set IPV6_V6ONLY)
+            usock = udp_socket(host)
+            usock.bind((host, port))
+            self.udp, _ = await loop.create_datagram_endpoint(lambda: SipUdpProtocol(self.core), sock=usock)
+        else:
+            self.udp, _ = await loop.create_datagram_endpoint(lambda: SipUdpProtocol(self.core),
+                                                              local_addr=(host, port))
         self.port = self.udp.get_extra_info("sockname")[1]  # port 0 -> the one picked for UDP
+        factory = admitting(lambda: SipTcpProtocol(self.core, self._tcp_conns), self.limit)
         try:
-            self.tcp = await loop.create_server(
-                admitting(lambda: SipTcpProtocol(self.core, self._tcp_conns), self.limit), host, self.port,
-                reuse_address=True)
+            if host == "::":
+                tsock = tcp_socket(host)
+                try:
+                    tsock.bind((host, self.port))
+                except OSError:
+                    tsock.close()
+                    raise
+                self.tcp = await loop.create_server(factory, sock=tsock)
+                if not dual_stack_supported():  # the OS keeps '::' IPv6-only: IPv4 on its own sockets
+                    tr, _ = await loop.create_datagram_endpoint(lambda: SipUdpProtocol(self.core),
+                                                                local_addr=("0.0.0.0", self.port))
+                    self.extra.append(tr)
+                    self.extra.append(await loop.create_server(factory, "0.0.0.0", self.port, reuse_address=True))
+            else:
+                self.tcp = await loop.create_server(factory, host, self.port, reuse_address=True)
         except OSError:
-            self.udp.close()
+            await self.close()
             raise
         self.core.ports.setdefault("UDP", self.port)
         self.core.ports.setdefault("TCP", self.port)
@@ -116,3 +143,5 @@ class SipNetServers:
             await self.tcp.wait_closed()
         if self.udp is not None:
             self.udp.close()
+        for x in self.extra:
+            x.close()
