@@ -208,6 +208,24 @@ class ServerConfig:
         help="where calls may be transferred (SIP REFER, blind): URIs or shell patterns such as "
         "sip:*@pbx.example.com; set, every call gets the transfer_call tool and POST /api/calls/{id}/transfer "
         "works (default: no transfer)")
+    # SIP: outbound calls through a trunk (signaling/sip/uac.py, register_client.py)
+    sip_trunk: str = setting(
+        "", group="SIP", commands=SERVE, metavar="URI",
+        help="the trunk (or outbound proxy) outbound calls go through: sip:host[:port] or host[:port], UDP; needs "
+        "--sip-port (its socket sends them); enables POST /api/calls/dial and `v2v dial`")
+    sip_trunk_user: str = setting("", group="SIP", commands=SERVE, metavar="USER",
+                                  help="our account at --sip-trunk: digest user name (answers its 401/407)")
+    sip_trunk_password: str = setting(
+        "", group="SIP", commands=SERVE, metavar="PASSWORD",
+        help="digest password of --sip-trunk-user (prefer the environment variable: a flag shows in ps)")
+    sip_caller_id: str = setting("", group="SIP", commands=SERVE, metavar="ID",
+                                 help="caller ID of outbound calls: a number/user at the trunk or a sip: URI "
+                                 "(default: --sip-trunk-user)")
+    sip_register: bool = setting(False, group="SIP", commands=SERVE,
+                                 help="REGISTER --sip-trunk-user at --sip-trunk's registrar (digest auth), refresh "
+                                 "it before it expires, unREGISTER on shutdown")
+    sip_dial_timeout: float = setting(30.0, group="SIP", commands=SERVE, parse=positive_float, metavar="S",
+                                      help="seconds an outbound call may ring before it is cancelled (no-answer)")
     # worker pool (shared/DESIGN.md section 6)
     redis: str = setting("", group="pool", metavar="URL",
                          help="serve: be a signaling node of this Redis pool; worker: register there")
@@ -285,6 +303,7 @@ class ServerConfig:
             raise ValueError("--record-max-mb and --record-keep-days must be >= 0")
         if self.webhook and not self.webhook.startswith(("http://", "https://")):
             raise ValueError(f"--webhook must be an http:// or https:// URL, not {self.webhook!r}")
+        self._validate_trunk()
         if self.sip_srtp not in SRTP_POLICIES:
             raise ValueError(f"--sip-srtp must be off, allow or require, not {self.sip_srtp!r}")
         if self.sip_tls_port is not None:
@@ -293,6 +312,19 @@ class ServerConfig:
         if not (lo.isdigit() and hi.isdigit() and 0 < int(lo) <= int(hi) <= 65535):
             raise ValueError(f"--rtp-ports must look like 20000-20999, not {self.rtp_ports!r}")
 
+
+    def _validate_trunk(self) -> None:
+        """The outbound-call flags (--sip-trunk and its companions) fit together."""
+        if self.sip_trunk:
+            from .sip.trunk import Trunk  # here: config stays importable without the SIP stack
+
+            Trunk.parse(self.sip_trunk)
+            if self.sip_port is None:
+                raise ValueError("--sip-trunk needs --sip-port (outbound calls are sent from its UDP socket)")
+        if self.sip_register and not (self.sip_trunk and self.sip_trunk_user):
+            raise ValueError("--sip-register needs --sip-trunk and --sip-trunk-user")
+        if self.sip_dial_timeout <= 0:
+            raise ValueError("--sip-dial-timeout must be > 0")
 
 def call_aec(mode: str, transport: str) -> Literal["auto", "on", "off"]:
     """The echo-cancellation mode of one call.

@@ -23,6 +23,7 @@ from ..metrics import ServerMetrics
 from .admission import REASONS, Admission, exposure_warning, parse_networks
 from .core import CallRequest, SipCore, SipMedia, SipReject
 from .digest import DigestAuth
+from .outbound import setup_outbound
 from .rtp_session import public_address
 from .tls import SipTlsServer, start_listener
 from .transfer import SipTransfers
@@ -227,4 +228,5 @@ def setup_app(app: web.Application, dispatcher: Dispatcher, config: ServerConfig
     app.on_startup.append(on_startup)
     # before the dispatcher closes its calls, so BYEs go out
     app.on_shutdown.insert(0, on_shutdown)
+    setup_outbound(app, servers, config, metrics)  # POST /api/calls/dial; --sip-trunk (outbound.py)
     return servers

@@ -1,0 +1,200 @@
+"""Outbound calls through a trunk: v2v dials real sipp callees (answer, busy, no answer, digest)
+and registers at a sipp registrar; POST /api/calls/dial, v2v_sip_dials_total, the call's media."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.sip.harness import HERE, Server, running_server, wait_for
+from tests.test_sip_sipp import Recorder
+from v2v.signaling.app import DISPATCHER
+from v2v.signaling.sip.outbound import OUTBOUND_APP_KEY
+from v2v.worker import events as ev
+
+
+class Uas:
+    """One sipp process playing the callee (or registrar) of ``scenario`` on a free UDP port."""
+
+    def __init__(self, tmp: Path, scenario: str) -> None:
+        self.dir = tmp
+        for name in (scenario, "speech_8k.ulaw"):
+            shutil.copy(HERE / name, tmp / name)
+        self.scenario = scenario
+        self.port = 0
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> Uas:
+        for _ in range(5):
+            self.port = random.randrange(35000, 45000)
+            media = self.port + 10000 if self.port % 2 == 0 else self.port + 10001
+            self.proc = await asyncio.create_subprocess_exec(
+                "sipp", "-sf", self.scenario, "-i", "127.0.0.1", "-p", str(self.port), "-mp", str(media),
+                "-m", "1", "-nostdin", "-timeout", "60", "-trace_err", cwd=self.dir,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            try:  # a port taken makes sipp exit at once
+                await asyncio.wait_for(self.proc.wait(), 0.3)
+            except TimeoutError:
+                return self
+        raise AssertionError("sipp could not bind a port")
+
+    async def result(self, timeout: float = 30.0) -> tuple[int, str]:
+        assert self.proc is not None
+        try:
+            out, err = await asyncio.wait_for(self.proc.communicate(), timeout)
+        except TimeoutError:
+            self.proc.kill()
+            out, err = await self.proc.communicate()
+            raise AssertionError(f"sipp did not finish:\n{out.decode()[-3000:]}\n{err.decode()[-2000:]}") from None
+        errors = "".join(p.read_text(errors="replace")[-2000:] for p in self.dir.glob("*_errors.log"))
+        return self.proc.returncode or 0, out.decode("utf-8", "replace")[-3000:] + err.decode()[-2000:] + errors
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+
+
+async def dial(srv: Server, body: dict) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s, s.post(f"http://127.0.0.1:{srv.http_port}/api/calls/dial",
+                                                    json=body) as r:
+        return r.status, await r.json()
+
+
+def trunk(uas: Uas, **kw: object) -> dict:
+    return {"sip_trunk": f"sip:127.0.0.1:{uas.port}", "sip_caller_id": "+15550001111", **kw}
+
+
+async def test_dial_answered_model_heard_both_ways(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    uas = await Uas(tmp_path, "uas_answer.xml").start()
+    try:
+        async with running_server(**trunk(uas)) as srv:
+            rec = Recorder(monkeypatch, srv.manager)
+            status, out = await dial(srv, {"to": "sip:+15551234567@127.0.0.1", "profile": "echo"})
+            assert status == 200, out
+            assert out["outcome"] == "answered" and out["ringing"] is True, out
+            assert out["call_id"].startswith("sip_udp-")
+            assert srv.active("sip_udp") == 1
+            rc, log = await uas.result()
+            assert rc == 0, log  # the callee got our ACK, and our 200 to its BYE
+            await wait_for(lambda: srv.active() == 0 and not srv.sip.core.dialogs, 2.0, "call ended by BYE")
+            # the callee's speech reached the echo model, which answered it audibly
+            assert rec.of(ev.UserStartedSpeaking) and rec.of(ev.UserStoppedSpeaking)
+            assert rec.of(ev.BotStartedSpeaking), "the model's reply never became audible"
+            assert [e.reason for e in rec.of(ev.CallEnded)] == ["hangup"]
+            (m,) = rec.media
+            assert m.rtp.codec.name == "PCMU"
+            assert m.rtp.stats.packets_in > 250 and m.rtp.stats.packets_out > 250, m.rtp.stats
+            assert srv.metric("v2v_sip_dials_total", outcome="answered") == 1
+            assert srv.metric("v2v_calls_total", transport="sip_udp") == 1
+    finally:
+        uas.kill()
+
+
+async def test_dial_answered_v2v_hangs_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    uas = await Uas(tmp_path, "uas_hangup_wait.xml").start()
+    try:
+        async with running_server(**trunk(uas)) as srv:
+            rec = Recorder(monkeypatch, srv.manager)
+            status, out = await dial(srv, {"to": "+15551234567"})  # a number: sip:+1555...@trunk
+            assert status == 200 and out["outcome"] == "answered", out
+            assert out["ringing"] is False  # answered at once
+            await srv.app[DISPATCHER].hangup(out["call_id"])  # the call ends on v2v's side
+            rc, log = await uas.result()
+            assert rc == 0, log  # our BYE reached the callee
+            await wait_for(lambda: srv.active() == 0 and not srv.sip.core.dialogs, 2.0, "call over")
+            (m,) = rec.media
+            assert m.rtp.codec.name == "PCMA"  # the callee's answer chose it
+    finally:
+        uas.kill()
+
+
+async def test_dial_busy(tmp_path: Path) -> None:
+    uas = await Uas(tmp_path, "uas_busy.xml").start()
+    try:
+        async with running_server(**trunk(uas)) as srv:
+            status, out = await dial(srv, {"to": "sip:+15551234567@127.0.0.1", "profile": "echo"})
+            assert status == 502, out
+            assert out["outcome"] == "busy" and out["sip_status"] == 486 and out["reason"] == "Busy Here", out
+            rc, log = await uas.result()
+            assert rc == 0, log  # the 486 was ACKed
+            await wait_for(lambda: srv.active() == 0, 1.0, "no call left")
+            assert srv.metric("v2v_sip_dials_total", outcome="busy") == 1
+            assert srv.metric("v2v_sip_dials_total", outcome="answered") == 0
+    finally:
+        uas.kill()
+
+
+async def test_dial_no_answer_cancelled(tmp_path: Path) -> None:
+    uas = await Uas(tmp_path, "uas_noanswer.xml").start()
+    try:
+        async with running_server(**trunk(uas, sip_dial_timeout=1.5)) as srv:
+            t0 = asyncio.get_running_loop().time()
+            status, out = await dial(srv, {"to": "sip:+15551234567@127.0.0.1"})
+            took = asyncio.get_running_loop().time() - t0
+            assert status == 504, out
+            assert out["outcome"] == "no-answer" and out["ringing"] is True and out["sip_status"] == 487, out
+            assert 1.4 < took < 5.0, took
+            rc, log = await uas.result()
+            assert rc == 0, log  # CANCEL came, its 200 and the 487 were answered (ACK)
+            assert srv.active() == 0
+            assert srv.metric("v2v_sip_dials_total", outcome="no-answer") == 1
+    finally:
+        uas.kill()
+
+
+async def test_dial_digest_challenge_retried(tmp_path: Path) -> None:
+    uas = await Uas(tmp_path, "uas_auth.xml").start()
+    try:
+        async with running_server(**trunk(uas, sip_trunk_user="trunkuser", sip_trunk_password="s3cret")) as srv:
+            status, out = await dial(srv, {"to": "sip:+15551234567@127.0.0.1", "profile": "echo"})
+            assert status == 200 and out["outcome"] == "answered", out
+            rc, log = await uas.result()
+            assert rc == 0, log  # the credentials were right, the call ended by the callee's BYE
+            await wait_for(lambda: srv.active() == 0, 2.0, "call over")
+    finally:
+        uas.kill()
+
+
+async def test_dial_wrong_password_fails(tmp_path: Path) -> None:
+    uas = await Uas(tmp_path, "uas_auth.xml").start()
+    try:
+        async with running_server(**trunk(uas, sip_trunk_user="trunkuser", sip_trunk_password="wrong")) as srv:
+            status, out = await dial(srv, {"to": "sip:+15551234567@127.0.0.1"})
+            assert status == 502 and out["outcome"] == "rejected" and out["sip_status"] == 403, out
+            await uas.result()
+    finally:
+        uas.kill()
+
+
+async def test_register_with_digest_and_unregister(tmp_path: Path) -> None:
+    uas = await Uas(tmp_path, "uas_registrar.xml").start()
+    try:
+        async with running_server(**trunk(uas, sip_trunk_user="trunkuser", sip_trunk_password="s3cret",
+                                          sip_register=True)) as srv:
+            reg = srv.app[OUTBOUND_APP_KEY].registration
+            assert reg is not None
+            await wait_for(lambda: reg.registered, 5.0, "registered")
+            assert reg.granted == 60 and reg.last_status == 200
+        # the server has shut down: its unREGISTER (Expires: 0) was the registrar's last message
+        rc, log = await uas.result(10)
+        assert rc == 0, log
+        assert not reg.registered
+    finally:
+        uas.kill()
+
+
+async def test_dial_endpoint_refusals(tmp_path: Path) -> None:
+    async with running_server() as srv:  # no trunk
+        status, out = await dial(srv, {"to": "+15551234567"})
+        assert status == 404 and "--sip-trunk" in out["error"]
+    async with running_server(sip_trunk="sip:127.0.0.1:9") as srv:
+        for body, want in (({}, "'to'"), ({"to": 5}, "'to'"), ({"to": "+1", "profile": "nope"}, "unknown profile"),
+                           ({"to": "+1", "timeout": -1}, "'timeout'"), ({"to": "a b"}, "'to'")):
+            status, out = await dial(srv, body)
+            assert status == 400 and want in out["error"], (body, out)
+        assert srv.metric("v2v_sip_dials_total") == 0
