@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .config import ServerConfig
+from .dial_cli import add_dial_parser, main_dial
 
 
 class EnvError(Exception):
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every flag can also be set with an environment variable V2V_<FLAG>, "
         "e.g. V2V_PORT=9000 or V2V_MODEL=echo. OpenAI: OPENAI_API_KEY, OPENAI_BASE_URL.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{serve,worker,call,token}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,worker,call,token,dial}")
 
     s = sub.add_parser(
         "serve",
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(w, "worker")
     _add_call_parser(sub)
     _add_token_parser(sub)
+    add_dial_parser(sub, _add)
     return parser
 
 
@@ -402,7 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"v2v: error: {e}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    commands = {"serve": _main_serve, "worker": _main_worker, "call": _main_call, "token": _main_token}
+    commands = {"serve": _main_serve, "worker": _main_worker, "call": _main_call, "token": _main_token,
+                "dial": lambda p, a: main_dial(p, a, _run)}
     run = commands.get(args.command or "")
     if run is None:
         parser.print_help()

@@ -4,8 +4,10 @@ and registers at a sipp registrar; POST /api/calls/dial, v2v_sip_dials_total, th
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +18,8 @@ from tests.test_sip_sipp import Recorder
 from v2v.signaling.app import DISPATCHER
 from v2v.signaling.sip.outbound import OUTBOUND_APP_KEY
 from v2v.worker import events as ev
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Uas:
@@ -198,3 +202,36 @@ async def test_dial_endpoint_refusals(tmp_path: Path) -> None:
             status, out = await dial(srv, body)
             assert status == 400 and want in out["error"], (body, out)
         assert srv.metric("v2v_sip_dials_total") == 0
+
+
+async def _v2v_dial(srv: Server, *args: str) -> tuple[int, dict]:
+    """``v2v dial`` as a real process against the test server."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "v2v.signaling.cli", "dial", *args, "--server", f"http://127.0.0.1:{srv.http_port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert out, err.decode()
+    return proc.returncode or 0, json.loads(out)
+
+
+async def test_v2v_dial_cli_busy_and_answered(tmp_path: Path) -> None:
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "answer").mkdir()
+    uas = await Uas(tmp_path / "busy", "uas_busy.xml").start()
+    try:
+        async with running_server(**trunk(uas)) as srv:
+            rc, out = await _v2v_dial(srv, "sip:+15551234567@127.0.0.1", "--profile", "echo")
+            assert rc == 3 and out["outcome"] == "busy" and out["http_status"] == 502, out
+            assert (await uas.result())[0] == 0
+    finally:
+        uas.kill()
+    uas = await Uas(tmp_path / "answer", "uas_hangup_wait.xml").start()
+    try:
+        async with running_server(**trunk(uas)) as srv:
+            rc, out = await _v2v_dial(srv, "tel:+15551234567", "--profile", "echo")
+            assert rc == 0 and out["outcome"] == "answered" and out["http_status"] == 200, out
+            assert srv.active("sip_udp") == 1
+            await srv.app[DISPATCHER].hangup(out["call_id"])
+            assert (await uas.result())[0] == 0
+    finally:
+        uas.kill()
