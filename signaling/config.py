@@ -203,6 +203,11 @@ class ServerConfig:
     sip_public_address: str | None = setting(None, group="SIP",
                                              help="address written in SDP/Contact behind NAT")
     rtp_ports: str = setting("20000-20999", group="SIP", help="UDP port range for SIP RTP media")
+    sip_codecs: list[str] = setting(
+        group="SIP", factory=lambda: ["opus", "g722", "pcmu", "pcma"], parse=comma_list, metavar="CODEC,...",
+        help="plain-RTP codecs in order of preference (of opus, g722, pcmu, pcma): a call gets the first of "
+        "these the caller offers (PCMU and PCMA rank together: the caller's order decides between them); "
+        "our own offers list them in this order; a codec left out is never used")
     transfer_targets: list[str] = setting(
         group="SIP", factory=list, parse=comma_list, metavar="PATTERN,...",
         help="where calls may be transferred (SIP REFER, blind): URIs or shell patterns such as "
@@ -308,6 +313,9 @@ class ServerConfig:
             raise ValueError(f"--sip-srtp must be off, allow or require, not {self.sip_srtp!r}")
         if self.sip_tls_port is not None:
             server_context(self.sip_tls_cert, self.sip_tls_key)  # ValueError naming the flag and the problem
+        from v2v.media.rtp_codecs import parse_preference  # here: config stays importable without PyAV
+
+        parse_preference(self.sip_codecs)  # ValueError naming an unknown codec
         lo, _, hi = self.rtp_ports.partition("-")
         if not (lo.isdigit() and hi.isdigit() and 0 < int(lo) <= int(hi) <= 65535):
             raise ValueError(f"--rtp-ports must look like 20000-20999, not {self.rtp_ports!r}")

@@ -175,6 +175,7 @@ class CallHost:
                 ports=PortAllocator.parse(cfg.rtp_ports),
                 media_timeout=cfg.media_timeout,
                 srtp=cfg.sip_srtp,  # --sip-srtp (sip/srtp.py)
+                codecs=tuple(c.upper() for c in cfg.sip_codecs),  # --sip-codecs (checked by validate)
             )
         return self._rtp
 

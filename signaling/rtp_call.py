@@ -1,10 +1,13 @@
-"""The media of a SIP call on plain RTP (G.711), held by the worker process.
+"""The media of a SIP call on plain RTP (G.711, G.722, Opus), held by the worker process.
 
 Made from a :class:`~v2v.signaling.dispatch.MediaRequest` (the INVITE's SDP
 offer, or none for a delayed offer): binds an RTP port, creates the call
 through the :class:`~v2v.signaling.calls.CallManager` with the transport label
 (``sip_udp``/``sip_tcp``) and the request-URI user as profile, and answers
-with the worker's media address. The SIP dialog itself stays with signaling.
+with the worker's media address and the best common codec by ``--sip-codecs``
+(a delayed offer gets our offer of that list). The caller's audio reaches the
+worker at the codec's decoded rate (8, 16 or 48 kHz). The SIP dialog itself
+stays with signaling.
 """
 
 from __future__ import annotations
@@ -13,15 +16,15 @@ import logging
 import socket
 from dataclasses import dataclass
 
-from v2v.media.g711 import G711Codec
 from v2v.media.playout import PlayoutBuffer
+from v2v.media.rtp_codecs import DEFAULT_PREFERENCE, RtpCodec, codec_info, make_codec
 from v2v.worker.tasks import TaskSet
 from v2v.worker.transport import QueueAudioInput
 
 from .calls import Call, CallManager
 from .dispatch import BadRequest, MediaRequest
 from .sip.rtp_session import PortAllocator, RtpSession
-from .sip.sdp import AudioOffer, SdpError, SdpSession, check_address, parse_offer
+from .sip.sdp import DTMF48_PT, DTMF_PT, OPUS_PT, AudioOffer, SdpError, SdpSession, check_address, parse_offer
 from .sip.srtp import CallSrtp
 
 log = logging.getLogger("v2v.sip")
@@ -29,20 +32,30 @@ log = logging.getLogger("v2v.sip")
 
 @dataclass
 class RtpMediaConfig:
-    """Where a worker's RTP lives: bind host, advertised host, port range, timeout."""
+    """Where a worker's RTP lives: bind host, advertised host, port range, timeout; codecs, SRTP policy."""
 
     rtp_host: str
     public_host: str
     ports: PortAllocator
     media_timeout: float
     srtp: str = "allow"  # --sip-srtp: off | allow | require (sip/srtp.py)
+    codecs: tuple[str, ...] = DEFAULT_PREFERENCE  # --sip-codecs, as media.rtp_codecs keys
+
+
+def offer_codec(desc: AudioOffer) -> RtpCodec:
+    """The codec an offer or answer chose, with Opus FEC out when the peer asks for it (RFC 7587)."""
+    return make_codec(desc.codec, fec=desc.fmtp_params().get("useinbandfec") == "1")
 
 
 class RtpCall:
     """One SIP call's RTP session and its :class:`Call`."""
 
-    def __init__(self, call: Call, rtp: RtpSession, sdp: SdpSession, answer_sdp: str, awaiting_answer: bool) -> None:
+    def __init__(self, call: Call, rtp: RtpSession, sdp: SdpSession, answer_sdp: str, awaiting_answer: bool,
+                 codecs: tuple[str, ...] = DEFAULT_PREFERENCE) -> None:
         self.call = call
+        self.codecs = codecs
+        self.audio_in: QueueAudioInput | None = None
+        self.started = False
         self.rtp = rtp
         self.sdp = sdp
         self.answer_sdp = answer_sdp
@@ -58,7 +71,7 @@ class RtpCall:
         srtp = CallSrtp(cfg.srtp, lambda reason: manager.metrics.srtp_dropped.labels(reason=reason).inc())
         if req.offer_sdp.strip():
             try:
-                offer = parse_offer(req.offer_sdp)
+                offer = parse_offer(req.offer_sdp, cfg.codecs)
                 srtp.on_offer(offer)  # the --sip-srtp policy: 488 with its reason
             except SdpError as e:
                 raise BadRequest(str(e)[:80]) from e
@@ -70,12 +83,15 @@ class RtpCall:
             except BadRequest:
                 sock.close()
                 raise
-        audio_in = QueueAudioInput(8000)
-        playout = PlayoutBuffer()
         if offer is not None:
-            codec, pt, dtmf_pt, remote = offer.codec, offer.payload_type, offer.dtmf_pt, (offer.address, offer.port)
-        else:  # delayed offer: we offer PCMU/PCMA/telephone-event, the ACK answers
-            codec, pt, dtmf_pt, remote = "PCMU", 0, 101, ("0.0.0.0", 0)
+            codec, pt, dtmf_pt, remote = offer_codec(offer), offer.payload_type, offer.dtmf_pt, (offer.address, offer.port)
+        else:  # delayed offer: we offer --sip-codecs and telephone-event, the ACK answers
+            first = codec_info(cfg.codecs[0])
+            codec, remote = make_codec(first.key), ("0.0.0.0", 0)
+            pt = first.static_pt if first.static_pt is not None else OPUS_PT
+            dtmf_pt = DTMF_PT if first.clock_rate == 8000 else DTMF48_PT
+        audio_in = QueueAudioInput(codec.info.audio_rate)
+        playout = PlayoutBuffer()
         holder: list[RtpCall] = []
         rtp = RtpSession(
             sock, codec, pt, dtmf_pt, remote, playout,
@@ -95,32 +111,39 @@ class RtpCall:
         except BaseException:
             sock.close()
             raise
-        call.log.event("sip-call", sip_call_id=req.sip_call_id, codec=codec, rtp_port=rtp.local_port,
+        call.log.event("sip-call", sip_call_id=req.sip_call_id, codec=codec.name, rtp_port=rtp.local_port,
                        user=req.user, from_uri=req.from_uri, delayed_offer=offer is None)
         sdp = SdpSession(cfg.public_host)
-        answer = sdp.build_answer(offer, rtp.local_port) if offer is not None else sdp.build_offer(rtp.local_port)
+        answer = (sdp.build_answer(offer, rtp.local_port) if offer is not None
+                  else sdp.build_offer(rtp.local_port, codecs=cfg.codecs))
         answer = srtp.sdp(answer, rtp.local_port, offer)
-        self = cls(call, rtp, sdp, answer, offer is None)
+        self = cls(call, rtp, sdp, answer, offer is None, cfg.codecs)
+        self.audio_in = audio_in
         holder.append(self)
         return self
 
     async def start(self) -> None:
         if self.call.ending:
             return
+        self.started = True
         await self.rtp.start()
         self.call.manager.start_call(self.call)
 
     def _apply(self, desc: AudioOffer) -> None:
         check_reachable(self.rtp.sock, desc.address)
-        if desc.codec != self.rtp.codec.name or desc.payload_type != self.rtp.payload_type:
-            self.rtp.codec = G711Codec(desc.codec)
-            self.rtp.payload_type = desc.payload_type
+        if desc.codec != self.rtp.codec.name:
+            self.call.log.event("sip-codec", codec=desc.codec, was=self.rtp.codec.name)
+            codec = offer_codec(desc)
+            if not self.started and self.audio_in is not None:  # the worker has not taken the input's rate yet
+                self.audio_in.sample_rate = self.rtp.input_rate = codec.info.audio_rate
+            self.rtp.set_codec(codec, desc.payload_type)
+        self.rtp.payload_type = desc.payload_type
         self.rtp.dtmf_pt = desc.dtmf_pt
         self.rtp.update_remote((desc.address, desc.port), not desc.on_hold, desc.direction in ("sendrecv", "sendonly"))
 
     async def reoffer(self, sdp: str) -> str:
         try:
-            offer = parse_offer(sdp)
+            offer = parse_offer(sdp, self.codecs)
             self.srtp.on_offer(offer)
         except SdpError as e:
             raise BadRequest(str(e)[:80]) from e
@@ -132,7 +155,7 @@ class RtpCall:
     async def set_answer(self, sdp: str) -> None:
         self.awaiting_answer = False
         try:
-            answer = parse_offer(sdp)
+            answer = parse_offer(sdp, self.codecs)
             self.srtp.on_answer(answer)
             self._apply(answer)
         except SdpError as e:

@@ -398,7 +398,8 @@ async def test_delayed_offer_answer_in_ack() -> None:
             r = await sip.recv_final(call.call_id, "INVITE")
             assert r.status == 200
             offer = r.body.decode()
-            assert "m=audio" in offer and " RTP/AVP 0 8 101" in offer and "telephone-event/8000" in offer
+            # our offer lists --sip-codecs (default opus, g722, pcmu, pcma) and telephone-event at both clocks
+            assert "m=audio" in offer and " RTP/AVP 111 9 0 8 101 110" in offer and "telephone-event/8000" in offer
             call.to_tag = r.to.tag
             # answer PCMA in the ACK
             sip.send(sip.request("ACK", call.uri, call.call_id, from_tag=call.from_tag, to_tag=call.to_tag, cseq=1,
