@@ -182,7 +182,7 @@ class Dialer:
         resp: SipResponse | None = None
         for cseq in (1, 2):
             invite = link.request("INVITE", uri, from_, f"<{uri}>", sip_call_id, cseq, extra=[
-                ("Contact", link.contact()), ("Allow", ALLOW), ("Supported", "timer"),
+                ("Contact", link.contact()), ("Allow", ALLOW),  # no "Supported: timer": we do not refresh
                 ("Content-Type", "application/sdp")], body=media.answer_sdp.encode())
             if att is not None and resp is not None:
                 header = self._credentials(resp, invite)
