@@ -133,6 +133,7 @@ class Call:
         self._runner: asyncio.Task | None = None
         self._end_task: asyncio.Task | None = None
         self._listeners: list[Callable[[object], None]] = []
+        self.end_fields: list[Callable[[], dict[str, Any]]] = []  # transports' figures for the call-ended line
 
     @property
     def ending(self) -> bool:
@@ -176,7 +177,13 @@ class Call:
         self.end_reason = reason
         # The caller is gone: the call leaves the active gauge at once.
         self.manager._call_ending(self)
-        self.log.event("call-ended", reason=reason, duration_s=round(time.monotonic() - self.started_at, 3))
+        fields: dict[str, Any] = {}
+        for more in self.end_fields:
+            try:
+                fields.update(more())
+            except Exception:
+                log.exception("call end fields failed", extra={"call": self.call_id})
+        self.log.event("call-ended", reason=reason, duration_s=round(time.monotonic() - self.started_at, 3), **fields)
 
     async def _finish(self, reason: str) -> None:
         try:

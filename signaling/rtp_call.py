@@ -23,6 +23,7 @@ from v2v.worker.transport import QueueAudioInput
 
 from .calls import Call, CallManager
 from .dispatch import BadRequest, MediaRequest
+from .sip.rtcp import RtcpSession
 from .sip.rtp_session import PortAllocator, RtpSession
 from .sip.sdp import DTMF48_PT, DTMF_PT, OPUS_PT, AudioOffer, SdpError, SdpSession, check_address, parse_offer
 from .sip.srtp import CallSrtp
@@ -55,6 +56,7 @@ class RtpCall:
         self.call = call
         self.codecs = codecs
         self.audio_in: QueueAudioInput | None = None
+        self.rtcp: RtcpSession | None = None  # sender/receiver reports (sip/rtcp.py)
         self.started = False
         self.rtp = rtp
         self.sdp = sdp
@@ -117,8 +119,10 @@ class RtpCall:
         answer = (sdp.build_answer(offer, rtp.local_port) if offer is not None
                   else sdp.build_offer(rtp.local_port, codecs=cfg.codecs))
         answer = srtp.sdp(answer, rtp.local_port, offer)
+        rtcp, answer = RtcpSession.for_call(rtp, call, req.offer_sdp, answer)  # RTCP: port+1 or a=rtcp-mux
         self = cls(call, rtp, sdp, answer, offer is None, cfg.codecs)
         self.audio_in = audio_in
+        self.rtcp = rtcp
         holder.append(self)
         return self
 
@@ -127,6 +131,8 @@ class RtpCall:
             return
         self.started = True
         await self.rtp.start()
+        if self.rtcp is not None:
+            await self.rtcp.start()
         self.call.manager.start_call(self.call)
 
     def _apply(self, desc: AudioOffer) -> None:
@@ -150,6 +156,8 @@ class RtpCall:
         self._apply(offer)
         self.call.log.event("sip-hold" if offer.on_hold else "sip-unhold", direction=offer.direction)
         self.answer_sdp = self.srtp.sdp(self.sdp.build_answer(offer, self.rtp.local_port), self.rtp.local_port, offer)
+        if self.rtcp is not None:
+            self.answer_sdp = self.rtcp.answer(self.answer_sdp)
         return self.answer_sdp
 
     async def set_answer(self, sdp: str) -> None:
@@ -176,6 +184,8 @@ class RtpCall:
 
     async def _on_call_end(self, reason: str) -> None:
         await self._tasks.cancel_all()
+        if self.rtcp is not None:
+            await self.rtcp.close()  # the last report and a BYE, before the RTP socket closes (muxed)
         await self.rtp.close()
 
 

@@ -75,6 +75,7 @@ class RtpStats:
     dtmf_in: int = 0
     keepalives_out: int = 0
     relatches: int = 0
+    octets_out: int = 0  # RTP payload octets sent (RTCP sender reports)
 
 
 class PortAllocator:
@@ -166,6 +167,8 @@ class RtpSession:
         self.expect_inbound = True
         self.stats = RtpStats()
         self.srtp: CallSrtp | None = None  # SDES-SRTP hook (srtp.py), set by the call
+        self.on_rtp_in: Callable[[RtpPacket], None] | None = None  # RTCP hooks (rtcp.py): each admitted packet,
+        self.on_rtcp: Callable[[bytes, tuple], object] | None = None  # and RTCP muxed on this port
         # (timestamp, payload, comfort noise?) in sequence order
         self._jitter: JitterBuffer[tuple[int, bytes, bool]] = JitterBuffer(depth=jitter_depth)
         # the caller's timeline, in samples: where the next packet is expected
@@ -247,7 +250,9 @@ class RtpSession:
                 return
             data = plain
         pt = data[1] & 0x7F
-        if 72 <= pt <= 76:  # RTCP (RFC 5761 range): ignore
+        if 72 <= pt <= 76:  # RTCP (RFC 5761 range): to rtcp.py when muxed, else ignored
+            if self.on_rtcp is not None:
+                self.on_rtcp(data, addr)
             return
         try:
             pkt = RtpPacket.parse(data)
@@ -258,6 +263,8 @@ class RtpSession:
             self.stats.foreign_packets += 1
             return
         self.stats.packets_in += 1
+        if self.on_rtp_in is not None:
+            self.on_rtp_in(pkt)
         self._last_rx = time.monotonic()
         if pkt.payload_type == self.dtmf_pt and self.dtmf_pt is not None:
             self._on_event(pkt)
@@ -379,6 +386,7 @@ class RtpSession:
     # ---- outbound
     def _packet(self, pt: int, payload: bytes) -> bytes:
         self._seq = (self._seq + 1) & 0xFFFF
+        self.stats.octets_out += len(payload)
         p = RtpPacket(payload_type=pt, sequence_number=self._seq, timestamp=self._ts, ssrc=self._ssrc,
                       payload=payload)
         return p.serialize()
