@@ -11,13 +11,16 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
 
-from tests.sip.harness import HERE, Server, running_server, wait_for
+from tests.sip.harness import FIXTURES, HERE, Server, free_udp_port, running_server, wait_for
+from tests.test_sip_baresip import Baresip, normalized_xcorr_peak
 from tests.test_sip_sipp import Recorder
 from v2v.signaling.app import DISPATCHER
 from v2v.signaling.sip.outbound import OUTBOUND_APP_KEY
 from v2v.worker import events as ev
+from v2v.worker.wavcall import read_wav, write_wav
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -235,3 +238,33 @@ async def test_v2v_dial_cli_busy_and_answered(tmp_path: Path) -> None:
             assert (await uas.result())[0] == 0
     finally:
         uas.kill()
+
+
+async def test_dial_baresip_auto_answer_hears_its_echo(tmp_path: Path) -> None:
+    """baresip as the callee (answermode=auto): it hears its own speech back from the echo model."""
+    speech, rate = read_wav(FIXTURES / "speech_8k.wav")
+    lead, tail = 4000, 7 * 8000  # 0.5 s, then 7 s of silence while the echo plays
+    write_wav(tmp_path / "mic.wav", np.concatenate(
+        [np.zeros(lead, np.int16), speech.astype(np.int16), np.zeros(tail, np.int16)]), 8000)
+    bs = Baresip(tmp_path, tmp_path / "mic.wav")
+    sip_port = free_udp_port()
+    cfg = tmp_path / "config"
+    cfg.write_text(cfg.read_text().replace("127.0.0.1:0", f"127.0.0.1:{sip_port}", 1))
+    (tmp_path / "accounts").write_text(f"<sip:callee@127.0.0.1:{sip_port}>;regint=0;answermode=auto;"
+                                       "audio_codecs=PCMU\n")
+    await bs.start()
+    try:
+        async with running_server(sip_trunk=f"127.0.0.1:{sip_port}") as srv:
+            status, out = await dial(srv, {"to": f"sip:callee@127.0.0.1:{sip_port}", "profile": "echo"})
+            assert status == 200 and out["outcome"] == "answered", (out, "\n".join(bs.log[-30:]))
+            await bs.wait_event("CALL_ESTABLISHED", 5)
+            # the microphone file ends after ~11.3 s: baresip hangs up (its BYE)
+            await bs.wait_event("CALL_CLOSED", 20)
+            await wait_for(lambda: srv.active() == 0, 2.0, "the call to end")
+            assert srv.metric("v2v_calls_total", transport="sip_udp", outcome="hangup") == 1
+    finally:
+        await bs.stop()
+    (dec,) = list(bs.rec.glob("dump-*-dec.wav"))
+    heard, _ = read_wav(dec)
+    score, _lag = normalized_xcorr_peak(speech.astype(np.int16), heard)
+    assert score > 0.6, f"the callee did not hear its echo (score {score:.2f})"
