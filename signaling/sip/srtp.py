@@ -51,7 +51,11 @@ SUITES = {
 }
 KEY_SALT_LEN = 30
 HARMLESS_PARAMS = ("WSH=",)  # window size hint: libsrtp's default window serves
-DROP_REASONS = ("auth", "replay", "no-key", "error")
+# auth: the tag does not match (tampered, another key); replay: seen before or too old; plain: too short
+# to carry SRTP's tag (a packet sent in clear, e.g. baresip's RTCP "PING"); no-key: the peer's key is not
+# known yet (our offer, before its answer); error: anything else libsrtp refuses
+DROP_REASONS = ("auth", "replay", "plain", "no-key", "error")
+SRTCP_TRAILER = 4 + 10  # E flag + index, and an 80-bit tag for both suites (RFC 3711 section 3.4)
 _CRYPTO_RE = re.compile(r"^crypto:(\d{1,9})\s+(\S+)\s+(\S+)(?:\s+(.*))?$", re.I)
 
 
@@ -227,6 +231,7 @@ class SrtpProtector:
                  on_drop: Callable[[str], None] | None = None) -> None:
         profile = SUITES[suite]
         self.suite = suite
+        self._min_rtp = 12 + (4 if suite.endswith("_32") else 10)
         self._tx = Session(Policy(key=tx_key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile))
         self._rx = (Session(Policy(key=rx_key, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=profile))
                     if rx_key is not None else None)
@@ -249,11 +254,16 @@ class SrtpProtector:
         if self._rx is None:
             self._drop("no-key", "")
             return None
+        rtcp = _is_rtcp(packet)
+        if len(packet) < (8 + SRTCP_TRAILER if rtcp else self._min_rtp):
+            self._drop("plain", f"{len(packet)}-byte {'RTCP' if rtcp else 'RTP'} packet without SRTP's tag")
+            return None
         try:
-            out = self._rx.unprotect_rtcp(packet) if _is_rtcp(packet) else self._rx.unprotect(packet)
+            out = self._rx.unprotect_rtcp(packet) if rtcp else self._rx.unprotect(packet)
         except LibSrtpError as e:
-            text = str(e)
-            self._drop("auth" if "authentication" in text else "replay" if "replay" in text else "error", text)
+            text = str(e)  # "unable to perform desired validation": an SRTCP E flag saying "not encrypted"
+            self._drop("auth" if "authentication" in text else "replay" if "replay" in text
+                       else "plain" if "validation" in text else "error", text)
             return None
         except (ValueError, TypeError) as e:
             self._drop("error", str(e))
