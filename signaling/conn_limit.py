@@ -27,6 +27,7 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from .metrics import ServerMetrics
+from .sip.addr import tcp_socket
 
 log = logging.getLogger("v2v.net")
 
@@ -167,9 +168,19 @@ class CappedTCPSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            admitting(server, self.limit, HTTP_REFUSAL), self._host, self._port, ssl=self._ssl_context,
-            backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port,
-        )
+        factory = admitting(server, self.limit, HTTP_REFUSAL)
+        if self._host == "::":  # dual-stack like SIP (create_server would make '::' IPv6-only): sip/addr.py
+            sock = tcp_socket("::")
+            try:
+                sock.bind(("::", self._port or 0))
+            except OSError:
+                sock.close()
+                raise
+            self._server = await loop.create_server(factory, sock=sock, ssl=self._ssl_context, backlog=self._backlog)
+        else:
+            self._server = await loop.create_server(
+                factory, self._host, self._port, ssl=self._ssl_context,
+                backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port,
+            )
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port

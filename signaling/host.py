@@ -44,6 +44,7 @@ from .dispatch import (
 )
 from .metrics import ServerMetrics
 from .rtp_call import RtpCall, RtpMediaConfig
+from .sip.addr import MediaAddresses
 from .sip.rtp_session import PortAllocator, public_address
 from .webrtc import WebRTCCall, WebRTCTransport
 
@@ -176,6 +177,8 @@ class CallHost:
                 media_timeout=cfg.media_timeout,
                 srtp=cfg.sip_srtp,  # --sip-srtp (sip/srtp.py)
                 codecs=tuple(c.upper() for c in cfg.sip_codecs),  # --sip-codecs (checked by validate)
+                addresses=MediaAddresses(list(cfg.media_address) or [cfg.host],
+                                         cfg.advertise or cfg.sip_public_address or None),  # per family
             )
         return self._rtp
 

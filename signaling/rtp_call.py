@@ -23,6 +23,7 @@ from v2v.worker.transport import QueueAudioInput
 
 from .calls import Call, CallManager
 from .dispatch import BadRequest, MediaRequest
+from .sip.addr import AddressMismatch, MediaAddresses
 from .sip.rtcp import RtcpSession
 from .sip.rtp_session import PortAllocator, RtpSession
 from .sip.sdp import DTMF48_PT, DTMF_PT, OPUS_PT, AudioOffer, SdpError, SdpSession, check_address, parse_offer
@@ -41,6 +42,16 @@ class RtpMediaConfig:
     media_timeout: float
     srtp: str = "allow"  # --sip-srtp: off | allow | require (sip/srtp.py)
     codecs: tuple[str, ...] = DEFAULT_PREFERENCE  # --sip-codecs, as media.rtp_codecs keys
+    addresses: MediaAddresses | None = None  # bind/SDP address per offer family (sip/addr.py)
+
+    def media_host(self, remote: str | None) -> tuple[str, str]:
+        """(RTP bind address, SDP address) toward ``remote``; BadRequest (488) if no address has its family."""
+        if self.addresses is None:
+            return self.rtp_host, self.public_host
+        try:
+            return self.addresses.choose(remote)
+        except AddressMismatch as e:
+            raise BadRequest(str(e)) from e
 
 
 def offer_codec(desc: AudioOffer) -> RtpCodec:
@@ -78,7 +89,8 @@ class RtpCall:
             except SdpError as e:
                 raise BadRequest(str(e)[:80]) from e
         manager.check_capacity(req.transport)
-        sock = cfg.ports.bind(cfg.rtp_host)
+        bind_host, sdp_host = cfg.media_host(offer.address if offer is not None else req.peer.rpartition(":")[0])
+        sock = cfg.ports.bind(bind_host)
         if offer is not None:
             try:
                 check_reachable(sock, offer.address)
@@ -115,7 +127,7 @@ class RtpCall:
             raise
         call.log.event("sip-call", sip_call_id=req.sip_call_id, codec=codec.name, rtp_port=rtp.local_port,
                        user=req.user, from_uri=req.from_uri, delayed_offer=offer is None)
-        sdp = SdpSession(cfg.public_host)
+        sdp = SdpSession(sdp_host)
         answer = (sdp.build_answer(offer, rtp.local_port) if offer is not None
                   else sdp.build_offer(rtp.local_port, codecs=cfg.codecs))
         answer = srtp.sdp(answer, rtp.local_port, offer)

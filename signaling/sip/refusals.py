@@ -23,6 +23,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 
+from .addr import bracket
 from .dialog import Conn
 from .message import REASONS as PHRASES
 from .message import SipRequest
@@ -120,7 +121,7 @@ class Refusals:
         if self.on_refusal is not None:
             self.on_refusal(status, reason)
         log.warning("sip: refused %s from %s %s:%s: %d %s%s; Call-ID %s", describe(req), conn.transport.lower(),
-                    conn.remote[0], conn.remote[1], status, reason, f" ({clean(detail)})" if detail else "",
+                    bracket(conn.remote[0]), conn.remote[1], status, reason, f" ({clean(detail)})" if detail else "",
                     clean(req.call_id, 80), exc_info=exc_info)
 
     @staticmethod

@@ -45,6 +45,7 @@ from v2v.media.resample import ExactResampler, Resampler
 from v2v.media.rtp_codecs import RtpCodec, make_codec
 from v2v.worker.dtmf import DTMF_DIGITS
 
+from .addr import DatagramSender, udp_socket
 from .srtp import CallSrtp
 
 log = logging.getLogger("v2v.sip.rtp")
@@ -98,7 +99,6 @@ class PortAllocator:
 
     def bind(self, host: str) -> socket.socket:
         span = (self.hi - self.lo) // 2 + 1
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         start, step = self._rng.randrange(span), 1
         if span > 2:  # a random stride coprime with span walks every port once, in a random order
             step = self._rng.randrange(1, span)
@@ -106,7 +106,7 @@ class PortAllocator:
                 step = self._rng.randrange(1, span)
         for i in range(span):
             port = self.lo + 2 * ((start + i * step) % span)
-            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock = udp_socket(host)  # '::' dual-stack (sip/addr.py)
             try:
                 sock.bind((host, port))
             except OSError:
@@ -126,6 +126,13 @@ class _Proto(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:  # ICMP unreachable etc.
         log.debug("rtp socket error: %s", exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        s = self.session
+        if exc is not None and not s._closed:  # asyncio closed the transport on an error: no media any more
+            log.warning("rtp: port %d transport failed (%s: %s), ending the call", s.local_port, type(exc).__name__, exc)
+            s.timeout_reason = f"RTP transport failed ({type(exc).__name__})"
+            s.on_timeout()
 
 
 class RtpSession:
@@ -183,6 +190,7 @@ class RtpSession:
         self._seq = random.getrandbits(16)
         self._ts = random.getrandbits(32)
         self._transport: asyncio.DatagramTransport | None = None
+        self._sender: DatagramSender | None = None
         self._task: asyncio.Task | None = None
         self._last_rx = time.monotonic()
         self._last_keepalive = -KEEPALIVE_S
@@ -400,14 +408,9 @@ class RtpSession:
                 return False
             data = sealed
         if self._transport is not None and not self._closed:
-            dest = self.remote
-            if self.sock.family == socket.AF_INET6 and "." in dest[0] and ":" not in dest[0]:
-                dest = ("::ffff:" + dest[0], dest[1])  # IPv4 on a dual-stack socket
-            try:
-                self._transport.sendto(data, dest)
-                return True
-            except OSError as e:  # bad address from SDP: keep going
-                log.debug("rtp send failed: %s", e)
+            if self._sender is None:  # checks the family, catches what asyncio and uvloop raise (sip/addr.py)
+                self._sender = DatagramSender(self.sock, f"rtp port {self.local_port}")
+            return self._sender.send(self._transport, data, self.remote)
         return False
 
     def _timed_out(self, now: float) -> bool:

@@ -24,6 +24,8 @@ from .admission import REASONS, Admission, exposure_warning, parse_networks
 from .core import CallRequest, SipCore, SipMedia, SipReject
 from .digest import DigestAuth
 from .outbound import setup_outbound
+from .refusals import ADMISSION_STATUS
+from .refusals import REASONS as INVITE_REASONS
 from .rtp_session import public_address
 from .tls import SipTlsServer, start_listener
 from .transfer import SipTransfers
@@ -37,9 +39,9 @@ log = logging.getLogger("v2v.sip")
 
 def _reject(e: DispatchError) -> SipReject:
     """A dispatcher's refusal as a SIP status: bad offer 488, overload 503, else 480."""
-    if e.status == 400:
-        return SipReject(488, e.message[:80])
-    return SipReject(503 if e.status == 503 else 480, e.message[:80])
+    if e.status == 400:  # the core cuts the phrase and puts the whole reason in a Warning (refusals.py)
+        return SipReject(488, e.message[:200])
+    return SipReject(503 if e.status == 503 else 480, e.message[:200])
 
 
 class DispatchedMedia(SipMedia):
@@ -176,12 +178,16 @@ class SipServers:
             log.warning("%s", warning)
 
     def count_refusals(self, metrics: ServerMetrics) -> None:
-        """Count admission refusals in ``metrics`` as ``v2v_sip_refusals_total{reason}``."""
-        counter = Counter("v2v_sip_refusals_total", "SIP INVITEs/REGISTERs refused by admission, by reason",
-                          ["reason"], registry=metrics.registry)
+        """Count refusals in ``metrics`` as ``v2v_sip_refusals_total{status,reason}``: admission's and the core's."""
+        counter = Counter("v2v_sip_refusals_total", "SIP INVITEs refused or failed (and REGISTERs refused by "
+                          "admission), by status and reason", ["status", "reason"], registry=metrics.registry)
         for r in REASONS:
-            counter.labels(reason=r)
-        self.admission.on_refusal = lambda reason: counter.labels(reason=reason).inc()
+            counter.labels(status=str(ADMISSION_STATUS[r]), reason=r)
+        for r, st in INVITE_REASONS.items():
+            counter.labels(status=str(st), reason=r)
+        self.admission.on_refusal = lambda reason: counter.labels(status=str(ADMISSION_STATUS.get(reason, 0)),
+                                                                  reason=reason).inc()
+        self.core.refusals.on_refusal = lambda status, reason: counter.labels(status=str(status), reason=reason).inc()
         self.tcp_limit.count_in(metrics)  # v2v_connection_refusals_total{listener="sip_tcp"}
         self.tls_failed = metrics.sip_tls_failures.inc
 
