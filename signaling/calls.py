@@ -346,8 +346,9 @@ class CallManager:
             raise Overloaded("server is shutting down", retry_after=self.RETRY_AFTER_S)
         if len(self._live) >= self.config.max_calls:
             self.metrics.call_rejected(transport)
-            log.warning("call-rejected", extra={"transport": transport, "reason": "max-calls",
-                                                "max_calls": self.config.max_calls})
+            # SIP: the dialog's refusal line (sip/refusals.py) is the one WARNING, with the caller and codecs
+            (log.info if transport.startswith("sip") else log.warning)(
+                "call-rejected", extra={"transport": transport, "reason": "max-calls", "max_calls": self.config.max_calls})
             raise Overloaded(
                 f"too many calls (max {self.config.max_calls}); retry later", retry_after=self.RETRY_AFTER_S
             )

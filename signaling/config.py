@@ -101,7 +101,8 @@ class ServerConfig:
     """Every setting of ``v2v serve`` and ``v2v worker`` (one field, one flag)."""
 
     # network
-    host: str = setting("127.0.0.1", group="network", help="address to listen on")
+    host: str = setting("127.0.0.1", group="network",
+                        help="address to listen on ('::' = IPv6 and IPv4, dual-stack: HTTP, SIP and RTP)")
     port: int = setting(8080, group="network", parse=port_number, help="HTTP port (0 picks a free one)")
     max_body: int = setting(64 * 1024, group="network",
                             help="largest HTTP request body in bytes (413 above)")
@@ -115,8 +116,8 @@ class ServerConfig:
     media_address: list[str] = setting(
         group="network", factory=list, parse=comma_list, metavar="ADDR[,ADDR]",
         help="local addresses media uses: WebRTC's ICE host candidates (and their sockets) and SIP's RTP socket "
-        "(the first; also its SDP address unless --sip-public-address/--advertise); default: every interface "
-        "for ICE, --host for RTP")
+        "(the first of the SDP offer's family, IPv4 or IPv6; also its SDP address unless "
+        "--sip-public-address/--advertise); default: every interface for ICE, --host for RTP")
     # access control (shared/DESIGN.md section 7)
     auth_secret: str = setting(
         "", group="access", commands=SERVE, metavar="SECRET",

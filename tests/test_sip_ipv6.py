@@ -253,13 +253,16 @@ async def test_each_refusal_is_logged_once_and_counted(caplog: pytest.LogCapture
             return [r.getMessage() for r in caplog.records if "sip: refused" in r.getMessage()]
 
         async def expect(status: int, reason: str, send, codec: str | None = None) -> SipResponse:
-            before = len(refusal_lines())
+            before, records = len(refusal_lines()), len(caplog.records)
             r = await send()
             assert r.status == status, f"{r.status} {r.reason}"
             await wait_for(lambda: len(refusal_lines()) > before, 2.0, f"the {status} log line")
             await asyncio.sleep(0.1)  # retransmissions of the final response: still one line
             new = refusal_lines()[before:]
             assert len(new) == 1, new
+            # and the only WARNING of any logger for it (the worker's capacity check stays at INFO for SIP)
+            warnings = [x.getMessage() for x in caplog.records[records:] if x.levelno >= logging.WARNING]
+            assert warnings == new, warnings
             assert f"{status} {reason}" in new[0] and "127.0.0.1" in new[0], new[0]
             if codec:
                 assert codec in new[0], new[0]
