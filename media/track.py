@@ -28,6 +28,7 @@ from .resample import ExactResampler
 FRAME_MS = 20
 OUT_RATE = 48000
 MAX_LAG = 0.1  # seconds behind schedule before the clock is re-anchored
+QUIET_FRAMES = 4  # exact-silence frames after which the upsampler's delay line holds only zeros (1 measured)
 
 
 class AssistantTrack(MediaStreamTrack):
@@ -50,6 +51,9 @@ class AssistantTrack(MediaStreamTrack):
         self._start: float | None = None
         self._pts = 0
         self.frames_sent = 0
+        self._quiet = 0  # consecutive frames of exact silence read from the playout
+        self._silence = np.zeros(self._out_per_frame, dtype=np.int16)
+        self._silence.flags.writeable = False
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -74,8 +78,21 @@ class AssistantTrack(MediaStreamTrack):
         return frame
 
     def pull(self) -> np.ndarray:
-        """The next 20 ms at ``out_rate`` (mono int16), at once: for a sender paced by a clock of its own."""
-        out = self._upsample.process(self.playout.read(self._in_per_frame))
+        """The next 20 ms at ``out_rate`` (mono int16), at once: for a sender paced by a clock of its own.
+
+        Exact silence (idle or paused playout) once the upsampler has settled is
+        returned without running it: its state is all zeros then, and stays so.
+        """
+        pcm = self.playout.read(self._in_per_frame)
+        if pcm.any():
+            self._quiet = 0
+        elif self._quiet >= QUIET_FRAMES:
+            return self._advance(self._silence)
+        else:
+            self._quiet += 1
+        return self._advance(self._upsample.process(pcm))
+
+    def _advance(self, out: np.ndarray) -> np.ndarray:
         self._pts += self._out_per_frame
         self.frames_sent += 1
         return out

@@ -36,6 +36,8 @@ SAMPLE_RATE = 48000
 SAMPLES_PER_FRAME = 960  # 20 ms at 48 kHz
 _RTP_HEADER = struct.Struct("!BBHLL")
 _TIME_BASE = Fraction(1, SAMPLE_RATE)
+SILENCE_SETTLE = 20  # silent frames encoded before their packets are checked for a period
+MAX_PERIOD = 16  # longest period of silent packets looked for (12 measured)
 
 
 def audio_level_dbov(pcm: np.ndarray) -> int:
@@ -132,7 +134,17 @@ class RtpPacketizer:
 
 
 class OpusVoiceEncoder:
-    """libopus for mono voice, fed 20 ms int16 frames straight into the codec (no re-framing graph)."""
+    """libopus for mono voice, fed 20 ms int16 frames straight into the codec (no re-framing graph).
+
+    Exact silence costs libopus as much as speech (9 of 10 ms per call-second
+    here), and a voice agent's outgoing audio is silent most of the time. After
+    :data:`SILENCE_SETTLE` silent frames the encoder's packets for silence
+    repeat with a short period (12 packets with this libopus); once a whole
+    period has repeated, further silence replays the period without running
+    the encoder. The decoder receives the packets the encoder itself was
+    emitting; the speech after it decodes as faithfully as without the replay
+    (12.6 dB SNR against the source either way, 50-100 frames of silence).
+    """
 
     def __init__(self, bit_rate: int, complexity: int) -> None:
         codec = av.CodecContext.create("libopus", "w")
@@ -145,14 +157,45 @@ class OpusVoiceEncoder:
         codec.open()
         self.codec: Any = codec
         self._pts = 0
+        self._silent: list[bytes] = []  # the packets of the current silence, while looking for their period
+        self._cycle: list[bytes] = []  # the period found: replayed while the silence lasts
+        self._replayed = 0
+        self.encoded = 0  # frames through libopus
+        self.replayed = 0  # silent frames sent from the period
 
     def encode(self, pcm: np.ndarray) -> bytes | None:
         """One 20 ms frame (960 int16 samples) -> one Opus packet (None while the codec holds it back)."""
+        if pcm.any():
+            if self._silent or self._cycle:
+                self._silent, self._cycle = [], []
+        elif self._cycle:
+            packet = self._cycle[self._replayed % len(self._cycle)]
+            self._replayed += 1
+            self.replayed += 1
+            return packet
+        packet = self._encode(pcm)
+        if packet is not None and not pcm.any() and len(self._silent) < SILENCE_SETTLE + 4 * MAX_PERIOD:
+            self._silent.append(packet)
+            self._find_period()
+        return packet
+
+    def _find_period(self) -> None:
+        """The shortest period that the whole window after the settling frames repeats with."""
+        window = self._silent[SILENCE_SETTLE:]
+        if len(window) < 2 * MAX_PERIOD:
+            return
+        for period in range(1, MAX_PERIOD + 1):
+            if window[period:] == window[:-period]:
+                self._cycle, self._replayed = window[-period:], 0
+                return
+
+    def _encode(self, pcm: np.ndarray) -> bytes | None:
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = SAMPLE_RATE
         frame.pts = self._pts
         frame.time_base = _TIME_BASE
         self._pts += len(pcm)
+        self.encoded += 1
         packets = self.codec._send_frame_and_recv(frame)  # PyAV's encode() would re-frame through a resampler
         if not packets:
             return None

@@ -238,3 +238,43 @@ async def test_aiortc_stock_still_carries_a_call(monkeypatch: pytest.MonkeyPatch
             assert set(np.diff([g[1] for g in got]) % 65536) == {1}
         finally:
             await caller.hangup()
+
+
+# -- silence costs nothing (exact either way) ---------------------------------------------------------
+def _speech_48k() -> list[np.ndarray]:
+    pcm = hello()  # 48 kHz mono
+    return [pcm[i:i + 960] for i in range(0, len(pcm) - 960, 960)]
+
+
+def test_silence_replays_the_encoders_own_packets() -> None:
+    from v2v.signaling.lean_sender import OpusVoiceEncoder
+
+    speech, zero = _speech_48k(), np.zeros(960, np.int16)
+    frames = speech[:60] + [zero] * 150 + speech[60:120] + [zero] * 30 + speech[120:150]
+    tuned, plain = OpusVoiceEncoder(32000, 5), OpusVoiceEncoder(32000, 5)
+    ours = [tuned.encode(f) for f in frames[:210]]
+    theirs = [plain._encode(f) for f in frames[:210]]  # libopus on every frame
+    assert tuned.replayed > 50 and tuned.encoded + tuned.replayed == 210
+    assert ours == theirs  # the replayed silence is byte for byte what libopus emits
+    rest = [tuned.encode(f) for f in frames[210:]]  # speech after the replay: encoded again
+    assert all(p for p in rest) and tuned.encoded + tuned.replayed == len(frames)
+
+
+def test_the_track_skips_the_upsampler_only_when_it_would_output_zeros() -> None:
+    from v2v.media.playout import PlayoutBuffer
+    from v2v.media.resample import ExactResampler
+    from v2v.media.track import AssistantTrack
+
+    pcm24 = ExactResampler(48000, 24000).process(hello())
+    playout = PlayoutBuffer()
+    track = AssistantTrack(playout)
+    reference = ExactResampler(24000, 48000)
+    playout.add("a", pcm24[:24000])
+    playout.end_item("a")
+    outs = [track.pull() for _ in range(80)]  # 1 s of speech, then silence
+    playout.add("b", pcm24[24000:36000])
+    outs += [track.pull() for _ in range(40)]
+    expect = reference.process(np.concatenate([pcm24[:24000], np.zeros(480 * 30, np.int16), pcm24[24000:36000],
+                                               np.zeros(480 * 15, np.int16)]))
+    assert np.array_equal(np.concatenate(outs), expect)
+    assert track.frames_sent == 120
