@@ -76,7 +76,7 @@ def test_trunk_parse_and_target_uris() -> None:
     for bad in ("sips:trunk.example.com", "sip:trunk.example.com;transport=tcp", "", "a b:5060", "host:99999"):
         with pytest.raises(ValueError):
             Trunk.parse(bad)
-    for bad in ("", "a b", "sip:@host", "<sip:x@y>", "x;y"):
+    for bad in ("", "a b", "sip:@host", "<sip:x@y>", "x;y", "sip:a\r@b", "sip:a@b\r\nX-Evil: 1", "sip:a\x00@b"):
         with pytest.raises(ValueError):
             t.target_uri(bad)
 

@@ -69,6 +69,8 @@ class Trunk:
     def target_uri(self, to: str) -> str:
         """The request-URI of a call to ``to``: a sip: URI as given, a number or tel: URI at the trunk."""
         to = to.strip()
+        if any(ord(c) < 33 or c in '<>"' for c in to):
+            raise ValueError("'to' must not hold spaces, control characters, <, > or quotes")
         if to.lower().startswith("tel:"):
             to = to[4:].split(";", 1)[0]
         if to.lower().startswith("sip:"):

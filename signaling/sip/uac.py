@@ -135,6 +135,11 @@ class Dialer:
             out.detail = f"trunk unreachable: {e}"[:120]
         except SipReject as e:  # the media could not be opened (overload, bad profile)
             out.sip_status, out.reason, out.detail = e.status, e.reason or "", "no media for the call"
+        except ValueError as e:  # a malformed final response (SipParseError) or target
+            out.detail = f"bad SIP from the trunk: {e}"[:120]
+        except Exception:  # a bug: the API still gets an answer, the media is closed (finally in _dial)
+            log.exception("sip: dial %s failed", sip_call_id)
+            out.detail = "internal error"
         out.elapsed_ms = int((time.monotonic() - started) * 1000)
         return out
 
@@ -235,7 +240,11 @@ class Dialer:
                         att.conn.try_send(att.cancel)  # Timer E of the CANCEL
                         att.cancel_interval = min(att.cancel_interval * 2, T2)
                     continue
-                final = self._on_response(att, resp)
+                try:
+                    final = self._on_response(att, resp)
+                except ValueError as e:  # a response with a malformed CSeq/To: dropped, as a lost one
+                    log.info("sip: dial %s: bad response ignored: %s", att.invite.call_id, e)
+                    continue
                 if final is not None:
                     ack = self._ack(att, final)
                     att.conn.try_send(ack)  # now: a retried INVITE must not overtake it
