@@ -174,6 +174,8 @@ def test_media_addresses_pick_the_offers_family() -> None:
     assert both.choose("::1") == ("::1", "::1") and both.choose("127.0.0.1") == ("127.0.0.1", "127.0.0.1")
     dual = MediaAddresses(["::"], dual_stack=True)
     assert dual.choose("127.0.0.1") == ("::", "127.0.0.1") and dual.choose("::1") == ("::", "::1")
+    v6only = MediaAddresses(["::"], dual_stack=False)  # an OS that keeps '::' IPv6-only: IPv4 on 0.0.0.0
+    assert v6only.choose("127.0.0.1") == ("0.0.0.0", "127.0.0.1") and v6only.choose("::1") == ("::", "::1")
     assert MediaAddresses(["::1"], advertise="203.0.113.5").choose("::1") == ("::1", "::1")  # advertise is IPv4
     assert MediaAddresses(["0.0.0.0"], advertise="203.0.113.5").choose("127.0.0.1") == ("0.0.0.0", "203.0.113.5")
     with pytest.raises(ValueError, match="no IPv6 media address"):
@@ -374,3 +376,36 @@ async def test_admission_and_ringing_refusals_are_explained(caplog: pytest.LogCa
             await wait_for(lambda: srv.active() == 0, 1.0, "the call released")
         finally:
             await rtp.close()
+
+
+async def test_media_address_of_the_offers_family_is_used() -> None:
+    """--media-address 127.0.0.1,::1 on an IPv4 SIP host: an IPv6 offer is answered from ::1, an IPv4 one from 127.0.0.1."""
+    async with running_server(host="127.0.0.1", media_address=["127.0.0.1", "::1"]) as srv:
+        assert (await call_and_hear("127.0.0.1", srv.sip_port, "127.0.0.1", media="::1"))[0] == "::1"
+        assert (await call_and_hear("127.0.0.1", srv.sip_port, "127.0.0.1"))[0] == "127.0.0.1"
+        assert srv.metric("v2v_sip_refusals_total") == 0
+
+
+async def test_rtp_transport_closed_by_the_loop_ends_the_call(caplog: pytest.LogCaptureFixture) -> None:
+    """asyncio closes a datagram transport on a non-OSError from sendto: the call ends, said why (no silent death)."""
+    caplog.set_level(logging.WARNING, logger="v2v.sip.rtp")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    ended = asyncio.Event()
+
+    class Silence:
+        def read(self, n: int) -> np.ndarray:
+            return np.zeros(n, np.int16)
+
+    s = RtpSession(sock, "PCMU", 0, 101, ("127.0.0.1", 9), Silence(), lambda pcm: None, lambda d: None,
+                   ended.set, timeout=30.0)
+    await s.start()
+    try:
+        assert s._transport is not None
+        s._transport.sendto(b"x", ("127.0.0.1", 70000))  # asyncio: OverflowError -> _fatal_error -> closed
+        await asyncio.wait_for(ended.wait(), 2.0)
+        assert s.timeout_reason == "RTP transport failed (OverflowError)"
+        assert any("transport failed" in r.getMessage() for r in caplog.records)
+    finally:
+        await s.close()

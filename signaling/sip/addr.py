@@ -212,9 +212,11 @@ class MediaAddresses:
 
     def _bind_for(self, v: int) -> str | None:
         for b in self.binds:
-            fam = 6 if ":" in b else 4
-            if fam == v or (b.strip("[]") == "::" and v == 4 and self.dual_stack):
-                return b.strip("[]")
+            b = b.strip("[]")
+            if (6 if ":" in b else 4) == v:
+                return b
+            if b == "::" and v == 4:  # the IPv6 wildcard takes IPv4 too, or the IPv4 wildcard beside it
+                return b if self.dual_stack else "0.0.0.0"
         return None
 
     def choose(self, remote: str | None) -> tuple[str, str]:
