@@ -409,7 +409,9 @@ class CallManager:
         turn: Literal["local", "server"] = (
             "server" if self.config.turn_detection == "server" and getattr(caps, "server_vad", False) else "local"
         )
-        cc = CallConfig(turn_detection=turn, greeting=self.config.greeting, aec=call_aec(self.config.aec, transport))
+        cc = CallConfig(turn_detection=turn, greeting=self.config.greeting, aec=call_aec(self.config.aec, transport),
+                        turn_model=self.config.turn_model,  # type: ignore[arg-type]  # validated: off|smart-turn
+                        turn_max_wait_ms=self.config.turn_max_wait_ms)
         tools = _tools_for(factory)
         if self._app_tools is not None:
             from v2v.worker.tools import ToolRegistry

@@ -22,6 +22,7 @@ LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TURN_DETECTION = ("server", "local")
 AEC_MODES = ("auto", "on", "off")
+TURN_MODELS = ("off", "smart-turn")
 SRTP_POLICIES = ("off", "allow", "require")
 RTP_TRANSPORTS = ("sip_udp", "sip_tcp", "sip_tls")  # media over plain RTP: phones and trunks, no echo canceller we know of
 
@@ -155,6 +156,14 @@ class ServerConfig:
         help="cancel the assistant's echo in the caller's audio before VAD and the model (auto: for SIP "
         "phones over RTP, bypassed once 8 s of assistant audio showed no echo; off for WebRTC and SIP over "
         "WebSocket, whose browsers and apps cancel echo themselves; on: every call)")
+    turn_model: str = setting(
+        "off", group="model", choices=TURN_MODELS,
+        help="end of turn with local turn detection: smart-turn asks Smart Turn v3 (pip install 'v2v[turn]') at "
+        "each 200 ms pause whether the caller is done: the turn ends there if so, else the caller has up to "
+        "--turn-max-wait-ms of silence; off: a fixed 500 ms silence ends the turn")
+    turn_max_wait_ms: int = setting(1500, group="model", parse=non_negative_int, metavar="MS",
+                                    help="with --turn-model: the longest silence after a pause the model found "
+                                    "mid-sentence before the turn ends anyway")
     # calls
     max_calls: int = setting(100, group="calls", help="concurrent calls; past it offers get 503 + Retry-After")
     media_timeout: float = setting(30.0, group="calls", parse=positive_float,
@@ -266,6 +275,18 @@ class ServerConfig:
     webhook_turns: bool = setting(False, group="recording", help="also POST call.turn for each user and "
                                   "assistant turn (text as heard)")
 
+    def _validate_turn_model(self) -> None:
+        if self.turn_model not in TURN_MODELS:
+            raise ValueError(f"--turn-model must be off or smart-turn, not {self.turn_model!r}")
+        if self.turn_max_wait_ms < 300:
+            raise ValueError("--turn-max-wait-ms must be at least 300")
+        if self.turn_model == "smart-turn":
+            from v2v.worker.turn_model import smart_turn_missing
+
+            missing = smart_turn_missing()
+            if missing is not None:
+                raise ValueError(f"--turn-model smart-turn: {missing}")
+
     def validate(self) -> None:
         """Raise ValueError with a clear message on an impossible setting."""
         if self.model not in MODELS:
@@ -276,6 +297,7 @@ class ServerConfig:
             raise ValueError(f"--turn-detection must be server or local, not {self.turn_detection!r}")
         if self.aec not in AEC_MODES:
             raise ValueError(f"--aec must be auto, on or off, not {self.aec!r}")
+        self._validate_turn_model()
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port out of range: {self.port}")
         if self.max_calls < 0:

@@ -31,7 +31,7 @@ SERVE_FLAGS = [
     "--redis", "--workers", "--name", "--capacity", "--drain-timeout",
     "--connect-timeout", "--auth-secret", "--cors-origin", "--media-address", "--max-conns-per-source",
     "--record-dir", "--record-max-mb", "--record-keep-days", "--webhook", "--webhook-secret", "--webhook-turns",
-    "--transfer-targets",
+    "--transfer-targets", "--turn-model", "--turn-max-wait-ms",
     "--sip-tls-port", "--sip-tls-cert", "--sip-tls-key", "--sip-srtp",
 ]
 SIP_SIGNALING_FLAGS = ["--sip-port", "--sip-ring-ms", "--sip-user", "--sip-realm", "--sip-allow", "--sip-rate",

@@ -37,6 +37,7 @@ from v2v.media.vad import VadEvent, VoiceActivityDetector
 
 from . import events as ev
 from .barge import BargeIn
+from .end_of_turn import EndOfTurn, end_of_turn_for
 from .models import base as mb
 from .pacing import TranscriptPacer
 from .reply_audio import ReplyAudio
@@ -73,6 +74,10 @@ class CallConfig:
     aec: Literal["auto", "on", "off"] = "off"
     aec_margin_db: float = 20.0  # on a line that echoes, while assistant audio may echo back, VAD
     # ignores input this far below its level (half of it until the canceller has converged)
+    turn_model: Literal["off", "smart-turn"] = "off"  # semantic end of turn (worker/end_of_turn.py)
+    turn_max_wait_ms: int = 1500  # ... the longest silence a turn the model found incomplete is held
+    turn_pause_ms: int = 200  # ... the VAD's hangover with a model: the pause at which it is asked
+    turn_threshold: float = 0.5  # ... probability of "complete" at or above which the turn ends there
 
 
 class CallSession:
@@ -117,6 +122,7 @@ class CallSession:
         self._vad_rate = 0
         self._model_resampler: Resampler | None = None
         self._aec: EchoCanceller | None = None
+        self._eot: EndOfTurn | None = None
         self._vad_floor = -55.0
         caps = self.model.capabilities
         chunk_ms = DUPLEX_CHUNK_MS if caps.full_duplex else CHUNK_MS
@@ -182,6 +188,8 @@ class CallSession:
             tap(pcm)
         if self._aec is not None:
             pcm = self._cancel_echo(self._aec, pcm)
+        if self._eot is not None:
+            self._eot.feed(pcm)
         # VAD branch
         vad_pcm = self._vad_resampler.process(pcm) if self._vad_resampler else pcm
         for vev in self._vad.process(vad_pcm):
@@ -257,9 +265,10 @@ class CallSession:
         self._vad_resampler = Resampler(rate, vad_rate) if vad_rate != rate else None
         self._vad_rate = vad_rate
         c = self.config
+        self._eot = end_of_turn_for(self.call_id, rate, c, self.server_vad, self._end_turn_by, self._spawn)
         self._vad = VoiceActivityDetector(
             vad_rate, aggressiveness=c.vad_aggressiveness, frame_ms=c.vad_frame_ms,
-            start_ms=c.vad_start_ms, end_ms=c.vad_end_ms,
+            start_ms=c.vad_start_ms, end_ms=c.vad_end_ms if self._eot is None else c.turn_pause_ms,
         )
         self._vad_floor = self._vad.energy_floor_dbfs
         if c.aec != "off":
@@ -307,11 +316,17 @@ class CallSession:
             self.publish(ev.UserStartedSpeaking(onset))
             log.debug("call %s: user started speaking at %.2fs", self.call_id, onset / self.input_rate)
             self.barge.speech_started(onset, decided, self.position, self._assistant_active())
+            if self._eot is not None:
+                self._eot.speech_started(onset)
         else:
             self._user_speaking = False
             self.publish(ev.UserStoppedSpeaking(onset))
             if self.barge.speech_stopped():
                 self._spawn(self.model.clear_input(), "clear-input")
+                if self._eot is not None:
+                    self._eot.drop()
+            elif self._eot is not None:
+                self._eot.speech_ended(onset)  # the model decides; it calls _end_turn_by
             elif not self.server_vad:
                 self._spawn(self._end_turn(), "end-turn")
 
@@ -323,6 +338,10 @@ class CallSession:
             self._spawn(self._interrupt(reason="speech"), "interrupt")
         elif decision == "resume" and not self.playout.has_audio() and self.responses.current is None:
             self._set_state("listening")
+
+    def _end_turn_by(self, reason: str) -> None:
+        log.debug("call %s: turn ended (%s)", self.call_id, reason)
+        self._spawn(self._end_turn(), "end-turn")
 
     async def _end_turn(self) -> None:
         """Local turn detection: the caller's speech ended."""
