@@ -21,6 +21,7 @@ from tests.sip.harness import FIXTURES, HERE, Server, artifacts, record_call_eve
 from tests.sip.uac import SipClient, offer_sdp
 from tests.test_sip_baresip import Baresip, normalized_xcorr_peak
 from v2v.signaling.config import ServerConfig
+from v2v.signaling.sip.message import SipResponse
 from v2v.signaling.sip.srtp import SrtpPlan
 from v2v.worker import events as ev
 from v2v.worker.wavcall import read_wav, write_wav
@@ -101,14 +102,16 @@ async def bad_handshakes(port: int, ca: Path) -> None:
     distrust = ssl.create_default_context()  # the system CAs: ours is not one of them
     with pytest.raises(ssl.SSLCertVerificationError):
         await asyncio.open_connection("127.0.0.1", port, ssl=distrust, server_hostname="127.0.0.1")
-    # and a client that does trust it gets an answer on the same listener
+    # and a client that does trust it gets answers on the same listener: Contact sip:...;transport=tls, or
+    # sips: when it asked for a sips: URI (RFC 3261 12.1.1)
     good = ssl.create_default_context(cafile=str(ca))
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=good, server_hostname="127.0.0.1")
-    writer.write(b"OPTIONS sip:echo@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKtls1\r\n"
-                 b"From: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:echo@127.0.0.1>\r\nCall-ID: tls-opt\r\n"
-                 b"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    assert head.startswith(b"SIP/2.0 200") and b";transport=tls>" in head, head
+    for n, scheme, contact in ((1, b"sip", b";transport=tls>"), (2, b"sips", b"<sips:v2v@127.0.0.1:%d>" % port)):
+        writer.write(b"OPTIONS %s:echo@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKtls%d\r\n"
+                     b"From: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:echo@127.0.0.1>\r\nCall-ID: tls-opt\r\n"
+                     b"CSeq: %d OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n" % (scheme, n, n))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"SIP/2.0 200") and contact in head and b"SIP/2.0/TLS" in head, head
     writer.close()
 
 
@@ -245,3 +248,34 @@ async def test_cli_refuses_a_missing_certificate_at_start() -> None:
                                    env={"PYTHONPATH": str(ROOT)})
     assert rc == 2 and "--sip-tls-cert /nonexistent/cert.pem: cannot read it" in err, err
     assert "Traceback" not in err
+
+
+async def test_our_bye_reaches_a_tls_caller_over_its_connection() -> None:
+    """--sip-srtp allow (the default) answers baresip's SRTP offer with SRTP; when the server ends the call its
+    BYE (Via SIP/2.0/TLS) goes over the caller's TLS connection and baresip closes the call."""
+    work = artifacts("baresip-tls-bye")
+    ca, cert, key = await make_certs(work)
+    _speech, _lead, mic = speech_mic(work, tail_s=20.0)
+    async with running_server(sip_tls_port=0, sip_tls_cert=str(cert), sip_tls_key=str(key)) as srv:
+        assert srv.sip.tls is not None
+        responses: list[SipResponse] = []  # what the server's SIP core receives as responses (observed only)
+        on_response = srv.sip.core._on_response
+        srv.sip.core._on_response = lambda r: (responses.append(r), on_response(r))[1]  # type: ignore[method-assign]  # observe, then handle
+        bs = tls_baresip(work, mic, ca, "srtp-mand")
+        await bs.start()
+        try:
+            await bs.command("dial", f"sip:echo@127.0.0.1:{srv.sip.tls.port};transport=tls")
+            await bs.wait_event("CALL_ESTABLISHED", 5)
+            media = the_media(srv)
+            assert media.srtp.suite and "RTP/SAVP" in media.answer_sdp
+            await wait_for(lambda: media.srtp.current.stats.unprotected > 10, 3.0, "SRTP from baresip")
+            await srv.manager.hangup(media.call.call_id, "hangup")
+            closed = await bs.wait_event("CALL_CLOSED", 3)
+            await wait_for(lambda: srv.active() == 0, 1.0, "active calls back to 0")
+        finally:
+            await bs.stop()
+    # baresip answered our BYE (over the TLS connection: the only way back) and reports it as a reset by peer
+    bye_answers = [r for r in responses if r.cseq[1] == "BYE"]
+    assert [r.status for r in bye_answers] == [200], bye_answers
+    assert bye_answers[0].vias[0].transport == "TLS"
+    assert closed["param"] == "Connection reset by peer", closed

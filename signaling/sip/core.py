@@ -127,7 +127,7 @@ class SipCore(InDialogMixin, RegistrarMixin):
     def _on_options(self, req: SipRequest, conn: Conn) -> None:
         self._respond(req, conn, 200, to_tag=None if req.to.tag else new_tag(),
                       extra=[("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", "timer"),
-                             ("Contact", self.contact(conn))])
+                             ("Contact", self.contact(conn, req))])
 
     # ------------------------------------------------------------ INVITE
     def _on_invite(self, req: SipRequest, conn: Conn) -> None:
@@ -177,7 +177,7 @@ class SipCore(InDialogMixin, RegistrarMixin):
         d.task = self._tasks.spawn(self._setup(d, req, conn, creq), f"sip-invite-{d.call_id}")
 
     async def _setup(self, d: Dialog, req: SipRequest, conn: Conn, creq: CallRequest) -> None:
-        extra = [("Contact", self.contact(conn)), ("Allow", ALLOW)]
+        extra = [("Contact", self.contact(conn, req)), ("Allow", ALLOW)]
         extra += [("Record-Route", rr) for rr in d.route_set]
         try:
             try:

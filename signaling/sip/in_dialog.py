@@ -46,7 +46,7 @@ class InDialogMixin(SipCoreBase):
 
     async def _refresh(self, d: Dialog, req: SipRequest, conn: Conn) -> None:
         """re-INVITE or UPDATE: new offer (hold/unhold) and/or session refresh."""
-        extra = [("Contact", self.contact(conn)), ("Allow", ALLOW)]
+        extra = [("Contact", self.contact(conn, req)), ("Allow", ALLOW)]
         se = req.headers.get("Session-Expires")
         if se:
             extra += [("Session-Expires", refresher_uac(se)), ("Require", "timer")]

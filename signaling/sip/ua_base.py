@@ -122,10 +122,12 @@ class SipCoreBase:
             return conn.local[0]
         return route_source(conn.remote[0]) or self.public_host  # dual-stack: the other family's address
 
-    def contact(self, conn: Conn) -> str:
+    def contact(self, conn: Conn, req: SipRequest | None = None) -> str:
         if conn.transport in ("WS", "WSS"):
             return f"<sip:v2v@{self.public_host};transport=ws>"
         port = self.ports.get(conn.transport, conn.local[1])
+        if conn.transport == "TLS" and req is not None and req.request_uri.scheme == "sips":
+            return f"<sips:v2v@{bracket(self.local_host(conn))}:{port}>"  # RFC 3261 12.1.1: sips asks sips
         return f"<sip:v2v@{bracket(self.local_host(conn))}:{port};transport={conn.transport.lower()}>"
 
     def _fix_via(self, req: SipRequest, conn: Conn) -> None:
