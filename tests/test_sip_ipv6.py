@@ -77,6 +77,20 @@ async def call_and_hear(srv_host: str, sip_port: int, local: str, media: str | N
         await sip.close()
 
 
+async def options_over_tcp(port: int) -> None:
+    """OPTIONS over TCP from 127.0.0.1 and from ::1: both answered 200, Contact bracketed for IPv6."""
+    for host in ("127.0.0.1", "::1"):
+        sip = await SipClient("TCP", (host, port), local_host=host).connect()
+        try:
+            sip.send(sip.request("OPTIONS", f"sip:{'[::1]' if ':' in host else host}", "opt-" + host, from_tag="o"))
+            r = await sip.recv()
+            assert r.status == 200
+            if host == "::1":
+                assert "@[::1]:" in (r.headers.get("Contact") or ""), r.headers.get("Contact")
+        finally:
+            await sip.close()
+
+
 async def test_baresip_calls_echo_over_ipv6(tmp_path: Path) -> None:
     """baresip -6 on ::1: SIP and RTP over IPv6, the caller's speech comes back as its echo."""
     work = artifacts("baresip_ipv6")
@@ -121,15 +135,7 @@ async def test_dual_stack_host_takes_ipv4_and_ipv6_callers() -> None:
         # mixed: IPv4 signaling, IPv6 media -- the dual-stack server answers with IPv6 media
         addr_mixed, _ = await call_and_hear("127.0.0.1", srv.sip_port, "127.0.0.1", media="::1")
         assert addr_mixed == "::1"
-        # TCP over both families too
-        for host in ("127.0.0.1", "::1"):
-            sip = await SipClient("TCP", (host, srv.sip_port), local_host=host).connect()
-            try:
-                sip.send(sip.request("OPTIONS", f"sip:{'[::1]' if ':' in host else host}", "opt-" + host,
-                                     from_tag="o"))
-                assert (await sip.recv()).status == 200
-            finally:
-                await sip.close()
+        await options_over_tcp(srv.sip_port)  # TCP over both families too
         await wait_for(lambda: srv.active() == 0, 1.0, "calls released")
         assert srv.metric("v2v_calls_total", transport="sip_udp", outcome="hangup") == 3
 
@@ -325,6 +331,7 @@ async def test_serve_process_on_dual_stack_host() -> None:
         addr4, _ = await call_and_hear("127.0.0.1", sip_port, "127.0.0.1")
         addr6, _ = await call_and_hear("::1", sip_port, "::1")
         assert (addr4, addr6) == ("127.0.0.1", "::1")
+        await options_over_tcp(sip_port)
         sip = await SipClient("UDP", ("::1", sip_port), local_host="::1").connect()
         rtp = await rtp_peer("::1")
         try:
