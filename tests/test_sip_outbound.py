@@ -187,6 +187,7 @@ async def test_register_with_digest_and_unregister(tmp_path: Path) -> None:
             assert reg is not None
             await wait_for(lambda: reg.registered, 5.0, "registered")
             assert reg.granted == 60 and reg.last_status == 200
+            assert srv.metric("v2v_sip_registered") == 1
         # the server has shut down: its unREGISTER (Expires: 0) was the registrar's last message
         rc, log = await uas.result(10)
         assert rc == 0, log
@@ -268,3 +269,21 @@ async def test_dial_baresip_auto_answer_hears_its_echo(tmp_path: Path) -> None:
     heard, _ = read_wav(dec)
     score, _lag = normalized_xcorr_peak(speech.astype(np.int16), heard)
     assert score > 0.6, f"the callee did not hear its echo (score {score:.2f})"
+
+
+async def test_register_refreshed_before_expiry(tmp_path: Path) -> None:
+    uas = await Uas(tmp_path, "uas_registrar_refresh.xml").start()
+    try:
+        async with running_server(**trunk(uas, sip_trunk_user="trunkuser", sip_trunk_password="s3cret",
+                                          sip_register=True)) as srv:
+            reg = srv.app[OUTBOUND_APP_KEY].registration
+            assert reg is not None
+            await wait_for(lambda: reg.registered and reg.granted == 10, 5.0, "registered for 10 s")
+            t0 = asyncio.get_running_loop().time()
+            await wait_for(lambda: reg.successes >= 2, 9.0, "the refresh accepted")  # at half of 10 s
+            assert 3.0 < asyncio.get_running_loop().time() - t0 < 9.0
+            assert reg.registered and reg.last_status == 200
+        rc, log = await uas.result(10)
+        assert rc == 0, log  # the refresh carried credentials, the unREGISTER came last
+    finally:
+        uas.kill()

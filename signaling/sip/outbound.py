@@ -9,7 +9,8 @@ that pins a profile may only dial with it). It waits for the outcome and
 answers JSON: ``answered`` (200, with the ``call_id``), ``busy``/``rejected``
 (502, with the SIP status and reason), ``no-answer`` (504), ``failed`` (502;
 504 when the trunk never answered; 503 when no worker could take the call).
-Each dial is one log line and a count in ``v2v_sip_dials_total{outcome}``.
+Each dial is one log line and a count in ``v2v_sip_dials_total{outcome}``;
+``v2v_sip_registered`` is 1 while the registration holds.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from ..auth import TokenClaims
 from ..config import ServerConfig
@@ -65,6 +66,10 @@ class Outbound:
                              ["outcome"], registry=metrics.registry if metrics else None)
         for o in OUTCOMES:
             self.dials.labels(outcome=o)
+        reg = self.registration
+        if reg is not None and metrics is not None:
+            Gauge("v2v_sip_registered", "1 while our registration at the trunk's registrar holds (--sip-register)",
+                  registry=metrics.registry).set_function(lambda: 1.0 if reg.registered else 0.0)
         self._pending: set[asyncio.Task[DialOutcome]] = set()
 
     async def dial(self, to: str, profile: str | None, timeout: float | None = None) -> DialOutcome:

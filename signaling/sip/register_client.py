@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from .dialog import new_tag
 from .message import NameAddr, SipRequest, SipResponse
-from .trunk import TrunkLink
+from .trunk import AuthCache, TrunkLink
 
 __all__ = ["Registration"]
 
@@ -44,6 +44,8 @@ class Registration:
         self.registered = False
         self.granted = 0  # seconds the registrar granted last
         self.last_status = 0  # the last final status (0: none yet / no response)
+        self.successes = 0  # REGISTERs the registrar accepted (the first and each refresh)
+        self.auth = AuthCache()  # refreshes answer the registrar's last challenge up front
         self.changed = asyncio.Event()  # set after every attempt (tests wait on it)
         self._task: asyncio.Task[None] | None = None
 
@@ -63,7 +65,7 @@ class Registration:
         """One REGISTER transaction (digest retry included); updates the state and logs a change."""
         expires = self.expires if expires is None else expires
         addr = await self.link.resolve()
-        resp, self.cseq = await self.link.request_authed(self._make(expires), addr, self.cseq + 1)
+        resp, self.cseq = await self.link.request_authed(self._make(expires), addr, self.cseq + 1, self.auth)
         if resp is not None and resp.status == 423 and expires:
             floor = (resp.headers.get("Min-Expires") or "").strip()
             if floor.isdigit() and int(floor) > expires:
@@ -74,6 +76,7 @@ class Registration:
         self.registered = resp is not None and 200 <= resp.status < 300 and expires > 0
         if self.registered and resp is not None:
             self.granted = _granted(resp, expires)
+            self.successes += 1
         if expires == 0:
             log.info("sip: unregistered from %s (%s)", self.link.trunk.hostport, _status(resp))
         elif self.registered and not was:

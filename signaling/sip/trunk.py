@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .dialog import T1, T2, Conn, new_branch
-from .digest_client import ClientCredentials, authorization, pick_challenge
+from .digest_client import Challenge, ClientCredentials, authorization, pick_challenge
 from .message import Headers, SipParseError, SipRequest, SipResponse, SipUri, split_hostport
 
-__all__ = ["Trunk", "TrunkLink", "USER_AGENT"]
+__all__ = ["AuthCache", "Trunk", "TrunkLink", "USER_AGENT", "challenge_of", "with_credentials"]
 
 USER_AGENT = "v2v"
 TIMER_B = 64 * T1  # an INVITE (or, as Timer F, any request) unanswered this long has failed
@@ -192,30 +192,54 @@ class TrunkLink:
         finally:
             self.close_tx(branch)
 
-    async def request_authed(self, make: Callable[[int], SipRequest], addr: tuple[str, int],
-                             cseq: int) -> tuple[SipResponse | None, int]:
+    async def request_authed(self, make: Callable[[int], SipRequest], addr: tuple[str, int], cseq: int,
+                             cache: AuthCache | None = None) -> tuple[SipResponse | None, int]:
         """``make(cseq)`` sent; a 401/407 answered once with our credentials (CSeq + 1).
 
-        -> (final response or None, the CSeq used last).
+        With a ``cache`` the last challenge is answered up front (nc counting up), as a
+        registrar's refreshes expect, and a new one replaces it. -> (final response or None,
+        the CSeq used last).
         """
-        req = make(cseq)
-        resp = await self.transact(req, addr)
         creds = self.trunk.credentials
-        if resp is not None and resp.status in (401, 407) and creds is not None:
-            header = with_credentials(resp, creds, req.method, req.uri)
-            if header is not None:
-                cseq += 1
-                req = make(cseq)
-                req.headers.add(*header)
-                resp = await self.transact(req, addr)
+        req = make(cseq)
+        if cache is not None and creds is not None and cache.challenge is not None:
+            cache.nc += 1
+            req.headers.add(cache.header, authorization(cache.challenge, creds, req.method, req.uri, nc=cache.nc))
+        resp = await self.transact(req, addr)
+        found = challenge_of(resp) if resp is not None and creds is not None else None
+        if found is not None and creds is not None:
+            name, ch = found
+            if cache is not None:
+                cache.header, cache.challenge, cache.nc = name, ch, 1
+            cseq += 1
+            req = make(cseq)
+            req.headers.add(name, authorization(ch, creds, req.method, req.uri, nc=1))
+            resp = await self.transact(req, addr)
         return resp, cseq
+
+
+@dataclass
+class AuthCache:
+    """The last digest challenge of a server we send to again and again (a registrar)."""
+
+    header: str = "Authorization"  # or Proxy-Authorization (a 407's)
+    challenge: Challenge | None = None
+    nc: int = 0  # the nonce count used last with it
+
+
+def challenge_of(resp: SipResponse) -> tuple[str, Challenge] | None:
+    """A 401/407's strongest answerable challenge and the header that answers it, else None."""
+    if resp.status not in (401, 407):
+        return None
+    ask, answer = ("Proxy-Authenticate", "Proxy-Authorization") if resp.status == 407 else \
+        ("WWW-Authenticate", "Authorization")
+    ch = pick_challenge(resp.headers.get_all(ask))
+    return (answer, ch) if ch is not None else None
 
 
 def with_credentials(resp: SipResponse, creds: ClientCredentials, method: str, uri: str) -> tuple[str, str] | None:
     """The (Proxy-)Authorization header answering a 401/407, or None when it offers nothing we can answer."""
-    ask, answer = ("Proxy-Authenticate", "Proxy-Authorization") if resp.status == 407 else \
-        ("WWW-Authenticate", "Authorization")
-    ch = pick_challenge(resp.headers.get_all(ask))
-    if ch is None:
+    found = challenge_of(resp)
+    if found is None:
         return None
-    return answer, authorization(ch, creds, method, uri)
+    return found[0], authorization(found[1], creds, method, uri)
