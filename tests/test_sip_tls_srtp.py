@@ -211,6 +211,7 @@ async def test_plain_offer_under_require_gets_488_with_reason() -> None:
             await sip.close()
         assert resp.status == 488 and "SRTP required" in resp.reason, resp.reason
         assert srv.active() == 0 and srv.manager.metrics.active() == 0
+        assert srv.metric("v2v_sip_refusals_total", reason="srtp-policy") == 2
 
 
 async def test_srtp_offer_under_off_gets_488() -> None:
