@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tests.sip.harness import FIXTURES, HERE, Server, free_udp_port, running_ser
 from tests.test_sip_baresip import Baresip, normalized_xcorr_peak
 from tests.test_sip_sipp import Recorder
 from v2v.signaling.app import DISPATCHER
+from v2v.signaling.sip import uac
 from v2v.signaling.sip.outbound import OUTBOUND_APP_KEY
 from v2v.worker import events as ev
 from v2v.worker.wavcall import read_wav, write_wav
@@ -287,3 +289,39 @@ async def test_register_refreshed_before_expiry(tmp_path: Path) -> None:
         assert rc == 0, log  # the refresh carried credentials, the unREGISTER came last
     finally:
         uas.kill()
+
+
+async def test_dial_callee_holds_and_hangs_up(tmp_path: Path) -> None:
+    """The callee's re-INVITE (hold) and BYE reach the dialog v2v made (the core's in-dialog handling)."""
+    uas = await Uas(tmp_path, "uas_reinvite.xml").start()
+    try:
+        async with running_server(**trunk(uas)) as srv:
+            status, out = await dial(srv, {"to": "+15551234567", "profile": "echo"})
+            assert status == 200 and out["outcome"] == "answered", out
+            rc, log = await uas.result()
+            assert rc == 0, log  # our 200 to the re-INVITE said recvonly; our 200 answered its BYE
+            await wait_for(lambda: srv.active() == 0 and not srv.sip.core.dialogs, 2.0, "call over")
+    finally:
+        uas.kill()
+
+
+async def test_dial_silent_trunk_fails_after_timer_b(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trunk that never answers: the INVITE is retransmitted (Timer A) until Timer B, outcome failed."""
+    monkeypatch.setattr(uac, "TIMER_B", 2.0)  # 64*T1 = 32 s in production
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.setblocking(False)
+        async with running_server(sip_trunk=f"127.0.0.1:{silent.getsockname()[1]}") as srv:
+            status, out = await dial(srv, {"to": "+15551234567"})
+            assert status == 504 and out["outcome"] == "failed", out
+            assert out["detail"] == "no response from the trunk" and 1900 < out["elapsed_ms"] < 4000, out
+            got = []
+            while True:
+                try:
+                    got.append(silent.recv(65536))
+                except BlockingIOError:
+                    break
+            assert len(got) >= 3 and all(g.startswith(b"INVITE ") for g in got)  # sent at 0, 0.5 and 1.5 s
+            assert len(set(got)) == 1  # retransmissions are the same request
+            assert srv.active() == 0  # the call's media was released
+            assert srv.metric("v2v_sip_dials_total", outcome="failed") == 1

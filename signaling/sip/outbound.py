@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
@@ -74,6 +75,7 @@ class Outbound:
 
     async def dial(self, to: str, profile: str | None, timeout: float | None = None) -> DialOutcome:
         """Place one call, count it, log it (one line)."""
+        started = time.monotonic()
         task = asyncio.ensure_future(self.dialer.dial(to, profile, timeout))
         self._pending.add(task)
         try:
@@ -82,7 +84,8 @@ class Outbound:
             me = asyncio.current_task()
             if not task.cancelled() or (me is not None and me.cancelling()):
                 raise
-            out = DialOutcome("failed", detail="the server is shutting down")  # close() ended the dial
+            out = DialOutcome("failed", detail="the server is shutting down",  # close() ended the dial
+                              elapsed_ms=int((time.monotonic() - started) * 1000))
         finally:
             self._pending.discard(task)
         self.dials.labels(outcome=out.outcome).inc()
@@ -90,7 +93,7 @@ class Outbound:
         detail = f" detail={out.detail!r}" if out.detail else ""
         log.info("sip: dial to=%s profile=%s outcome=%s%s ringing=%s elapsed_ms=%d call_id=%s sip_call_id=%s%s",
                  to, profile or "-", out.outcome, status, "yes" if out.ringing else "no", out.elapsed_ms,
-                 out.call_id or "-", out.sip_call_id, detail)
+                 out.call_id or "-", out.sip_call_id or "-", detail)
         return out
 
     async def start(self) -> None:
