@@ -19,6 +19,7 @@ a comma-separated list (or pass ``--variant`` before ``serve``):
                       (shipped since issue 15: ``aiortc_tuning.receive_direct``)
 - ``rx=stock``        without the shipped direct receive path (aiortc's receiver, track and ``_consume``)
 - ``send=stock``      without the shipped media clock (aiortc's sender coroutine per call, per packet)
+- ``silence=encode``  the media clock encodes and upsamples exact silence too (no replay of silence packets)
 - ``track=packet[C]`` the assistant track encodes Opus itself (mono, 32 kbit/s, on the event loop) and hands
                       aiortc ready packets (no executor hop, no audio-level loop, no upmix to stereo);
                       C: Opus complexity 0-10 (libopus default 10)
@@ -245,6 +246,12 @@ def apply(variants: list[str]) -> None:
             _direct_rx()
         elif key == "rx" and val == "stock":
             webrtc.receive_direct = lambda receiver, deliver: False  # type: ignore[assignment]  # bench: off
+        elif key == "silence" and val == "encode":
+            from v2v.media import track as mtrack
+            from v2v.signaling import lean_sender
+
+            lean_sender.OpusVoiceEncoder.encode = lean_sender.OpusVoiceEncoder._encode  # type: ignore[method-assign]
+            mtrack.QUIET_FRAMES = 1 << 62  # never skip the upsampler
         elif key == "send" and val == "stock":
             tuning._clocked_sender = lambda sender, codec: None  # type: ignore[assignment]  # bench: off
         elif key == "switch":
