@@ -179,3 +179,40 @@ def test_units() -> None:
     assert sipfrag_status(b"SIP/2.0 200 OK\r\n") == (200, "OK")
     assert sipfrag_status(b"SIP/2.0 603 Declined\r\nContent-Length: 0\r\n") == (603, "Declined")
     assert sipfrag_status(b"garbage") is None
+
+
+async def test_tcp_caller_failure_sipfrag_keeps_the_call() -> None:
+    """SIP over TCP, the HTTP action: the target answers 486 in the sipfrag -> 409, the call goes on;
+    a second try that succeeds ends it as transferred (no retransmission over TCP)."""
+    async with running_server(transfer_targets=["sip:*@127.0.0.1"]) as srv:
+        sip = await SipClient("TCP", ("127.0.0.1", srv.sip_port)).connect()
+        rtp = await RtpPeer.open(TONE)
+        try:
+            call = await Call.dial(sip, rtp, f"sip:echo@127.0.0.1:{srv.sip_port}")
+            (call_id,) = srv.manager.calls
+            url = f"http://127.0.0.1:{srv.http_port}/api/calls/{call_id}/transfer"
+            async with ClientSession() as http:
+                for frag, status in (("SIP/2.0 486 Busy Here", 409), ("SIP/2.0 200 OK", 200)):
+                    post = asyncio.create_task(http.post(url, json={"target": TARGET}))
+                    refer = parse(await asyncio.wait_for(sip.inbox.get(), 5.0))
+                    assert isinstance(refer, SipRequest) and refer.method == "REFER", refer
+                    sip.send(bytes(make_response(refer, 202)))
+                    sip.send(notify(call, refer, frag, "terminated;reason=noresource"))
+                    ok = parse(await asyncio.wait_for(sip.inbox.get(), 5.0))
+                    assert not isinstance(ok, SipRequest) and ok.status == 200
+                    resp = await post
+                    body = await resp.json()
+                    assert resp.status == status, body
+                    if status == 409:
+                        assert body["sip_status"] == 486 and "486" in body["error"], body
+                        assert srv.active("sip_tcp") == 1  # the call goes on
+                bye = parse(await asyncio.wait_for(sip.inbox.get(), 5.0))
+                assert isinstance(bye, SipRequest) and bye.method == "BYE"
+                sip.send(bytes(make_response(bye, 200)))
+            await wait_for_idle(srv)
+            assert srv.metric("v2v_calls_total", transport="sip_tcp", outcome="transferred") == 1
+            assert srv.metric("v2v_transfers_total", result="failed") == 1
+            assert srv.metric("v2v_transfers_total", result="accepted") == 1
+        finally:
+            await rtp.close()
+            await sip.close()

@@ -402,9 +402,9 @@ class RtcpSession:
         return out
 
     def _dest(self) -> tuple[str, int]:
-        if self._remote is not None:
-            return self._remote
         host, port = self.rtp.remote
+        if self._remote is not None and self._remote[0] == _plain_ip(host):
+            return self._remote  # where the caller's RTCP comes from (unless a re-INVITE moved it)
         return host, self.remote_port or port + 1
 
     def _send(self, data: bytes) -> None:
