@@ -19,6 +19,7 @@ from tests.sip.harness import FIXTURES, HERE, Server, free_udp_port, running_ser
 from tests.test_sip_baresip import Baresip, normalized_xcorr_peak
 from tests.test_sip_sipp import Recorder
 from v2v.signaling.app import DISPATCHER
+from v2v.signaling.auth import mint_token
 from v2v.signaling.sip import uac
 from v2v.signaling.sip.outbound import OUTBOUND_APP_KEY
 from v2v.worker import events as ev
@@ -68,9 +69,9 @@ class Uas:
             self.proc.kill()
 
 
-async def dial(srv: Server, body: dict) -> tuple[int, dict]:
+async def dial(srv: Server, body: dict, headers: dict | None = None) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as s, s.post(f"http://127.0.0.1:{srv.http_port}/api/calls/dial",
-                                                    json=body) as r:
+                                                    json=body, headers=headers) as r:
         return r.status, await r.json()
 
 
@@ -105,19 +106,30 @@ async def test_dial_answered_model_heard_both_ways(monkeypatch: pytest.MonkeyPat
 
 
 async def test_dial_answered_v2v_hangs_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With tokens: the dialer's subject (only) ends the call with DELETE /api/calls/{id}; v2v sends BYE."""
+    secret = "s" * 32
     uas = await Uas(tmp_path, "uas_hangup_wait.xml").start()
     try:
-        async with running_server(**trunk(uas)) as srv:
+        async with running_server(**trunk(uas), auth_secret=secret) as srv:
             rec = Recorder(monkeypatch, srv.manager)
-            status, out = await dial(srv, {"to": "+15551234567"})  # a number: sip:+1555...@trunk
+            alice = {"Authorization": f"Bearer {mint_token(secret, subject='alice')}"}
+            mallory = {"Authorization": f"Bearer {mint_token(secret, subject='mallory')}"}
+            assert (await dial(srv, {"to": "+15551234567"}))[0] == 401  # no token: nothing dialled
+            status, out = await dial(srv, {"to": "+15551234567"}, alice)  # a number: sip:+1555...@trunk
             assert status == 200 and out["outcome"] == "answered", out
             assert out["ringing"] is False  # answered at once
-            await srv.app[DISPATCHER].hangup(out["call_id"])  # the call ends on v2v's side
+            url = f"http://127.0.0.1:{srv.http_port}/api/calls/{out['call_id']}"
+            async with aiohttp.ClientSession() as s:
+                for who, want in ((mallory, 404), (alice, 200)):
+                    async with s.delete(url, headers=who) as r:
+                        assert r.status == want, await r.text()
             rc, log = await uas.result()
             assert rc == 0, log  # our BYE reached the callee
             await wait_for(lambda: srv.active() == 0 and not srv.sip.core.dialogs, 2.0, "call over")
             (m,) = rec.media
             assert m.rtp.codec.name == "PCMA"  # the callee's answer chose it
+            async with aiohttp.ClientSession() as s, s.delete(url, headers=alice) as r:
+                assert r.status == 404  # over
     finally:
         uas.kill()
 

@@ -6,7 +6,8 @@ the :class:`~.uac.Dialer` and (``--sip-register``) the
 endpoint is under ``/api/``, so the app's middleware guards it like every
 call-creating endpoint (origin check; a token with ``--auth-secret``; a token
 that pins a profile may only dial with it). It waits for the outcome and
-answers JSON: ``answered`` (200, with the ``call_id``), ``busy``/``rejected``
+answers JSON: ``answered`` (200, with the ``call_id``, which its dialer may end
+with ``DELETE /api/calls/{call_id}``), ``busy``/``rejected``
 (502, with the SIP status and reason), ``no-answer`` (504), ``failed`` (502;
 504 when the trunk never answered; 503 when no worker could take the call).
 Each dial is one log line and a count in ``v2v_sip_dials_total{outcome}``;
@@ -26,6 +27,7 @@ from prometheus_client import Counter, Gauge
 
 from ..auth import TokenClaims
 from ..config import ServerConfig
+from ..dispatch import CallEnded, CallEvent, UnknownCall
 from ..metrics import ServerMetrics
 from .profiles import pick_profile
 from .register_client import Registration
@@ -37,6 +39,7 @@ __all__ = ["OUTBOUND_APP_KEY", "Outbound", "http_status", "setup_outbound"]
 log = logging.getLogger("v2v.sip.dial")
 
 MAX_DIAL_TIMEOUT_S = 300.0  # a request's own "timeout" is capped here
+MAX_OWNED = 10_000  # dialed calls remembered for DELETE /api/calls/{id}
 
 
 def http_status(out: DialOutcome) -> int:
@@ -72,9 +75,22 @@ class Outbound:
             Gauge("v2v_sip_registered", "1 while our registration at the trunk's registrar holds (--sip-register)",
                   registry=metrics.registry).set_function(lambda: 1.0 if reg.registered else 0.0)
         self._pending: set[asyncio.Task[DialOutcome]] = set()
+        self.dispatcher = servers.dispatcher
+        self.owners: dict[str, str] = {}  # answered call id -> the dialer's token subject ("" without tokens)
+        servers.dispatcher.add_listener(self._on_event)
 
-    async def dial(self, to: str, profile: str | None, timeout: float | None = None) -> DialOutcome:
-        """Place one call, count it, log it (one line)."""
+    def _on_event(self, event: CallEvent) -> None:
+        if isinstance(event, CallEnded):
+            self.owners.pop(event.call_id, None)
+
+    async def hangup(self, call_id: str, owner: str) -> None:
+        """End a call this node dialed (its BYE goes out); UnknownCall unless ``owner`` dialed it."""
+        if self.owners.get(call_id) != owner:
+            raise UnknownCall(f"no call {call_id!r} dialed here by this caller")
+        await self.dispatcher.hangup(call_id, "hangup")
+
+    async def dial(self, to: str, profile: str | None, timeout: float | None = None, owner: str = "") -> DialOutcome:
+        """Place one call, count it, log it (one line); ``owner`` (a token subject) may hang it up."""
         started = time.monotonic()
         task = asyncio.ensure_future(self.dialer.dial(to, profile, timeout))
         self._pending.add(task)
@@ -89,6 +105,10 @@ class Outbound:
         finally:
             self._pending.discard(task)
         self.dials.labels(outcome=out.outcome).inc()
+        if out.call_id:
+            self.owners[out.call_id] = owner
+            while len(self.owners) > MAX_OWNED:  # calls that ended before we noted them: the oldest go
+                del self.owners[next(iter(self.owners))]
         status = f" sip_status={out.sip_status} reason={out.reason!r}" if out.sip_status else ""
         detail = f" detail={out.detail!r}" if out.detail else ""
         log.info("sip: dial to=%s profile=%s outcome=%s%s ringing=%s elapsed_ms=%d call_id=%s sip_call_id=%s%s",
@@ -156,14 +176,30 @@ async def post_dial(request: web.Request) -> web.Response:
         outbound.link.trunk.target_uri(to)
     except ValueError as e:
         return _error(400, str(e)[:120])
-    out = await outbound.dial(to, profile.lower() if profile else None, float(timeout) if timeout else None)
+    out = await outbound.dial(to, profile.lower() if profile else None, float(timeout) if timeout else None,
+                              owner=claims.subject)
     return web.json_response(out.to_json(), status=http_status(out))
+
+
+async def delete_call(request: web.Request) -> web.Response:
+    """``DELETE /api/calls/{call_id}``: hang up a call this server dialed (only its dialer's token subject)."""
+    outbound = request.app.get(OUTBOUND_APP_KEY)
+    call_id = request.match_info["call_id"]
+    try:
+        if outbound is None:
+            raise UnknownCall("no dialed call here")
+        await outbound.hangup(call_id, _claims(request).subject)
+    except UnknownCall:
+        return _error(404, f"no call {call_id[:40]!r} dialed here by this caller")
+    return web.json_response({"status": "success"})
 
 
 def setup_outbound(app: web.Application, servers: Any, config: ServerConfig,
                    metrics: ServerMetrics | None) -> Outbound | None:
-    """``POST /api/calls/dial`` always (404 without a trunk); the trunk's parts with ``--sip-trunk``."""
+    """``POST /api/calls/dial`` and ``DELETE /api/calls/{id}`` always (404 without a trunk); the trunk's
+    parts with ``--sip-trunk``."""
     app.router.add_post("/api/calls/dial", post_dial)
+    app.router.add_delete("/api/calls/{call_id}", delete_call)
     if not config.sip_trunk:
         return None
     outbound = Outbound(servers, config, metrics)
