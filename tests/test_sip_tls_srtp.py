@@ -29,22 +29,30 @@ from v2v.worker.wavcall import read_wav, write_wav
 ROOT = HERE.parent.parent
 
 
-async def make_certs(d: Path) -> tuple[Path, Path, Path]:
-    """A test CA and a server certificate for 127.0.0.1 signed by it: (ca.pem, server.pem, server.key)."""
+_CERTS: dict[str, tuple[Path, Path, Path]] = {}
+
+
+async def make_certs() -> tuple[Path, Path, Path]:
+    """A test CA and a server certificate for 127.0.0.1 signed by it (ECDSA P-256, made once per session with
+    the openssl CLI): (ca.pem, server.pem, server.key)."""
+    if "certs" in _CERTS:
+        return _CERTS["certs"]
+    d = artifacts("tls-certs")
     ca_key, ca, key, csr, cert, ext = (d / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem",
                                                         "ext.cnf"))
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
-                   "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+                   "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     steps = [
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2",
-         "-subj", "/CN=v2v test CA"],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=v2v test CA"],
+        ["req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
         ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "2",
          "-extfile", ext],
     ]
     for args in steps:
-        rc, out, err = await run_proc("openssl", *map(str, args), cwd=d)
+        rc, _out, err = await run_proc("openssl", *map(str, args), cwd=d)
         assert rc == 0, err
+    _CERTS["certs"] = (ca, cert, key)
     return ca, cert, key
 
 
@@ -139,7 +147,7 @@ async def test_baresip_tls_srtp_call_hears_its_echo(caplog: pytest.LogCaptureFix
     """TLS signaling, SDES-SRTP media both ways (require), echo heard; during the call a tampered SRTP packet
     is dropped and counted, and two failed TLS handshakes are counted and logged once, the call unharmed."""
     work = artifacts("baresip-tls-srtp")
-    ca, cert, key = await make_certs(work)
+    ca, cert, key = await make_certs()
     speech, lead, mic = speech_mic(work)
     caplog.set_level(logging.INFO, logger="v2v")
     async with running_server(sip_tls_port=0, sip_tls_cert=str(cert), sip_tls_key=str(key),
@@ -188,7 +196,7 @@ async def test_plain_offer_under_require_gets_488_with_reason() -> None:
     """--sip-srtp require: a plain RTP/AVP offer is refused before any call exists, by baresip over TLS and by
     a scripted UAC over UDP (whose 488 reason phrase says why)."""
     work = artifacts("baresip-tls-plain")
-    ca, cert, key = await make_certs(work)
+    ca, cert, key = await make_certs()
     _speech, _lead, mic = speech_mic(work, tail_s=1.0)
     async with running_server(sip_tls_port=0, sip_tls_cert=str(cert), sip_tls_key=str(key),
                               sip_srtp="require") as srv:
@@ -235,9 +243,9 @@ async def test_srtp_offer_under_off_gets_488() -> None:
     ("", "server.key", "needs --sip-tls-cert"),
 ])
 async def test_unusable_certificate_is_a_clear_start_error(cert: str, key: str, message: str) -> None:
-    work = artifacts("tls-config")
-    await make_certs(work)
-    cfg = ServerConfig(sip_tls_port=5061, sip_tls_cert=str(work / cert) if cert else "", sip_tls_key=str(work / key))
+    ca, _cert, _key = await make_certs()
+    d = ca.parent
+    cfg = ServerConfig(sip_tls_port=5061, sip_tls_cert=str(d / cert) if cert else "", sip_tls_key=str(d / key))
     with pytest.raises(ValueError, match=message):
         cfg.validate()
 
@@ -255,7 +263,7 @@ async def test_our_bye_reaches_a_tls_caller_over_its_connection() -> None:
     """--sip-srtp allow (the default) answers baresip's SRTP offer with SRTP; when the server ends the call its
     BYE (Via SIP/2.0/TLS) goes over the caller's TLS connection and baresip closes the call."""
     work = artifacts("baresip-tls-bye")
-    ca, cert, key = await make_certs(work)
+    ca, cert, key = await make_certs()
     _speech, _lead, mic = speech_mic(work, tail_s=20.0)
     async with running_server(sip_tls_port=0, sip_tls_cert=str(cert), sip_tls_key=str(key)) as srv:
         assert srv.sip.tls is not None
@@ -280,3 +288,21 @@ async def test_our_bye_reaches_a_tls_caller_over_its_connection() -> None:
     assert [r.status for r in bye_answers] == [200], bye_answers
     assert bye_answers[0].vias[0].transport == "TLS"
     assert closed["param"] == "Connection reset by peer", closed
+
+
+async def test_tls_listener_on_dual_stack_host_takes_ipv4_and_ipv6() -> None:
+    """--host :: : one TLS port answers OPTIONS from 127.0.0.1 and from ::1 (as SIP over TCP does)."""
+    ca, cert, key = await make_certs()
+    async with running_server(host="::", sip_tls_port=0, sip_tls_cert=str(cert), sip_tls_key=str(key)) as srv:
+        assert srv.sip.tls is not None
+        port = srv.sip.tls.port
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.check_hostname = False  # the certificate names 127.0.0.1, not ::1
+        for host in ("127.0.0.1", "::1"):
+            reader, writer = await asyncio.open_connection(host, port, ssl=ctx)
+            writer.write(b"OPTIONS sip:echo@v2v SIP/2.0\r\nVia: SIP/2.0/TLS x.invalid;branch=z9hG4bKds\r\n"
+                         b"From: <sip:t@x.invalid>;tag=1\r\nTo: <sip:echo@v2v>\r\nCall-ID: ds\r\n"
+                         b"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"SIP/2.0 200") and b";transport=tls>" in head, (host, head)
+            writer.close()

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import cast
 
 from ..conn_limit import SourceLimit, peer_ip
+from .addr import dual_stack_supported, tcp_socket
 from .core import SipCore
 from .udp_tcp import SipTcpProtocol
 
@@ -117,17 +118,31 @@ class SipTlsServer:
         self.on_failure = on_failure
         self.conns: set[SipTcpProtocol] = set()
         self.server: asyncio.base_events.Server | None = None
+        self.extra: asyncio.base_events.Server | None = None  # IPv4 beside an IPv6-only '::'
         self.port = 0
         self.failures = 0
         self._handshakes: set[asyncio.Task[None]] = set()
         self._logged: OrderedDict[str, float] = OrderedDict()
 
     async def start(self, host: str, port: int) -> None:
+        """Listen on ``host:port``; ``::`` is dual-stack as SIP over TCP is (udp_tcp.py)."""
         loop = asyncio.get_running_loop()
+        host = host.strip("[]")
         # not conn_limit.admitting(): start_tls moves the connection to a new protocol, whose end the
         # wrapper would never see; _TlsAccept takes and gives back its place itself
-        self.server = await loop.create_server(lambda: _TlsAccept(self), host, port, reuse_address=True)
+        if host == "::":  # our own socket: create_server would set IPV6_V6ONLY
+            sock = tcp_socket(host)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                raise
+            self.server = await loop.create_server(lambda: _TlsAccept(self), sock=sock)
+        else:
+            self.server = await loop.create_server(lambda: _TlsAccept(self), host, port, reuse_address=True)
         self.port = self.server.sockets[0].getsockname()[1]
+        if host == "::" and not dual_stack_supported():  # the OS keeps '::' IPv6-only: IPv4 on its own
+            self.extra = await loop.create_server(lambda: _TlsAccept(self), "0.0.0.0", self.port, reuse_address=True)
         self.core.ports.setdefault("TLS", self.port)
 
     def spawn_handshake(self, proto: _TlsAccept) -> None:
@@ -172,12 +187,14 @@ class SipTlsServer:
     async def close(self) -> None:
         for t in list(self._handshakes):
             t.cancel()
-        if self.server is not None:
-            self.server.close()
-            for c in list(self.conns):
-                if c.transport is not None:
-                    c.transport.close()
-            await self.server.wait_closed()
+        servers = [s for s in (self.server, self.extra) if s is not None]
+        for s in servers:
+            s.close()
+        for c in list(self.conns):
+            if c.transport is not None:
+                c.transport.close()
+        for s in servers:
+            await s.wait_closed()
 
 
 async def start_listener(core: SipCore, host: str, port: int, cert: str, key: str, limit: SourceLimit | None = None,
