@@ -13,8 +13,9 @@ a live call would wait). Figures:
 - complete: end of speech (the fixture's last speech sample) -> turn ended,
   p50 / p95 / max;
 - incomplete: the share cut off (a turn ended during the mid-sentence pause);
-- CPU per inference (thread time of features + ONNX), and per call-second of
-  the always-on part (resampling the caller to 16 kHz and keeping 8 s).
+- CPU per inference (thread time of features + ONNX), per call-second of these
+  calls (each utterance then 2.5 s of listening, back to back), and per
+  call-second of the always-on part (resampling the caller to 16 kHz, keeping 8 s).
 
     python3 bench/turn_bench.py [--quick]    # writes bench/results/turn.json
 """
@@ -154,9 +155,11 @@ async def main(quick: bool) -> None:
         for mode, pause in configs:
             cfg = CallConfig(turn_detection="local", turn_model=mode, turn_pause_ms=pause)  # type: ignore[arg-type]  # a literal
             runs: dict[str, Any] = {}
+            call_s = 0.0
             for name in files:
                 pcm, r = read_wav(TURN_DIR / name)
                 runs[name] = await run_one(resample_oneshot(pcm, r, rate), rate, cfg)
+                call_s += len(pcm) / r + TAIL_S
             key = f"{mode}@{rate}" + (f"/pause{pause}" if mode != "off" else "")
             res: dict[str, Any] = summarise(files, runs, rate)
             cpu = [d["cpu_ms"] for r in runs.values() for d in r["decisions"]]
@@ -165,6 +168,8 @@ async def main(quick: bool) -> None:
                 res["inference_wall_ms_p50"] = float(np.percentile(
                     [d["wall_ms"] for r in runs.values() for d in r["decisions"]], 50))
                 res["sweep"] = sweep(files, runs, rate, pause, cfg.turn_max_wait_ms)
+                res["inferences_per_utterance"] = len(cpu) / len(files)
+                res["model_cpu_ms_per_call_s"] = sum(cpu) / call_s  # utterance + 2.5 s listening, back to back
             print(key, {k: v for k, v in res.items() if k != "sweep"}, flush=True)
             out["configs"][key] = {**res, "runs": runs}
     out["feed_cpu_ms_per_call_s"] = {str(r): feed_cpu(r) for r in (8000, 16000, 48000)}

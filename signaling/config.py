@@ -159,7 +159,7 @@ class ServerConfig:
     turn_model: str = setting(
         "off", group="model", choices=TURN_MODELS,
         help="end of turn with local turn detection: smart-turn asks Smart Turn v3 (pip install 'v2v[turn]') at "
-        "each 200 ms pause whether the caller is done: the turn ends there if so, else the caller has up to "
+        "each 150 ms pause whether the caller is done: the turn ends there if so, else the caller has up to "
         "--turn-max-wait-ms of silence; off: a fixed 500 ms silence ends the turn")
     turn_max_wait_ms: int = setting(1500, group="model", parse=non_negative_int, metavar="MS",
                                     help="with --turn-model: the longest silence after a pause the model found "

@@ -94,7 +94,7 @@ async def test_complete_utterance_ends_before_the_fixed_hangover(rate: int) -> N
     speech_end = info["speech_end"] * rate // 16000
     assert len(ends) == 1
     after_ms = (ends[0] - speech_end) * 1000 / rate
-    assert 0 < after_ms < HANGOVER_MS - 150  # ~200 ms pause + VAD frames, not 500
+    assert 0 < after_ms < HANGOVER_MS - 150  # the ~150 ms pause the model is asked at, not 500
     ends_off, _ = await turn_ends(COMPLETE, rate, CallConfig(turn_model="off"))
     assert len(ends_off) == 1 and (ends_off[0] - speech_end) * 1000 / rate >= HANGOVER_MS
 
@@ -156,3 +156,17 @@ async def test_a_failing_model_falls_back_to_the_hangover(tmp_path: Path, monkey
     assert len(ends) == 1
     after_ms = (ends[0] - info["speech_end"]) * 1000 / 16000
     assert HANGOVER_MS <= after_ms < HANGOVER_MS + 60
+
+
+def test_turn_model_flag_is_checked_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--turn-model smart-turn without the `turn` extra is refused at start with what to install."""
+    from v2v.signaling.config import ServerConfig
+
+    ServerConfig(turn_model="smart-turn").validate()
+    with pytest.raises(ValueError, match="turn-model"):
+        ServerConfig(turn_model="semantic").validate()
+    with pytest.raises(ValueError, match="max-wait"):
+        ServerConfig(turn_model="smart-turn", turn_max_wait_ms=100).validate()
+    monkeypatch.setattr(turn_model, "WEIGHTS_FILE", "pipecat/not/there.onnx")
+    with pytest.raises(ValueError, match=r"v2v\[turn\]"):
+        ServerConfig(turn_model="smart-turn").validate()

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("v2v.turn")
 
-PAUSE_MS = 200  # silence after the last voiced frame at which the model is asked (the VAD's hangover;
+PAUSE_MS = 150  # silence after the last voiced frame at which the model is asked (the VAD's hangover;
 # CallConfig.turn_pause_ms)
 PRE_SPEECH_MS = 500  # audio before the turn's first onset the model hears (as Pipecat gives it)
 WINDOW_S = 8  # the model hears at most this much

@@ -86,6 +86,7 @@ class SmartTurn(ThreadedEngine):
         so.intra_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        self.predict_blocking(np.zeros(MODEL_RATE, np.float32))  # warm-up: the first run costs several times more
         log.debug("Smart Turn loaded from %s", path)
 
     def predict_blocking(self, audio: np.ndarray) -> TurnPrediction:
