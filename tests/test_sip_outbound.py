@@ -47,10 +47,13 @@ class Uas:
                 "sipp", "-sf", self.scenario, "-i", "127.0.0.1", "-p", str(self.port), "-mp", str(media),
                 "-m", "1", "-nostdin", "-timeout", "60", "-trace_err", cwd=self.dir,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            try:  # a port taken makes sipp exit at once
+            try:  # a port taken (or a bad scenario) makes sipp exit at once
                 await asyncio.wait_for(self.proc.wait(), 0.3)
             except TimeoutError:
                 return self
+            out, err = await self.proc.communicate()
+            if b"bind" not in out + err:
+                raise AssertionError(f"sipp exited: {out.decode()[-2000:]} {err.decode()[-2000:]}")
         raise AssertionError("sipp could not bind a port")
 
     async def result(self, timeout: float = 30.0) -> tuple[int, str]:
@@ -168,8 +171,9 @@ async def test_dial_no_answer_cancelled(tmp_path: Path) -> None:
         uas.kill()
 
 
-async def test_dial_digest_challenge_retried(tmp_path: Path) -> None:
-    uas = await Uas(tmp_path, "uas_auth.xml").start()
+@pytest.mark.parametrize("scenario", ["uas_auth.xml", "uas_auth407.xml"])
+async def test_dial_digest_challenge_retried(tmp_path: Path, scenario: str) -> None:
+    uas = await Uas(tmp_path, scenario).start()
     try:
         async with running_server(**trunk(uas, sip_trunk_user="trunkuser", sip_trunk_password="s3cret")) as srv:
             status, out = await dial(srv, {"to": "sip:+15551234567@127.0.0.1", "profile": "echo"})
