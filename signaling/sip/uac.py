@@ -358,7 +358,11 @@ class Dialer:
         if not ok:
             await self.core.end_dialog(d, "hangup", send_bye=True)
             return False
-        await media.start()
+        try:
+            await media.start()
+        except Exception:  # the worker lost it: the dialog must not outlive its media
+            await self.core.end_dialog(d, "error", send_bye=True)
+            raise
         d.watch = self._tasks.spawn(self._watch(d), f"sip-dial-watch-{inv.call_id}")
         return True
 
