@@ -170,3 +170,17 @@ def test_turn_model_flag_is_checked_at_start(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(turn_model, "WEIGHTS_FILE", "pipecat/not/there.onnx")
     with pytest.raises(ValueError, match=r"v2v\[turn\]"):
         ServerConfig(turn_model="smart-turn").validate()
+
+
+async def test_a_real_webrtc_call_through_serve_ends_its_turn_by_the_model() -> None:
+    """`v2v serve --model echo` with V2V_TURN_MODEL=smart-turn, a real WebRTC call (48 kHz Opus): the
+    model ends the caller's turn and the echo model answers it."""
+    from tests.serve_util import serve_and_call
+
+    async def nothing() -> None:
+        return None
+
+    summary, log = await serve_and_call("echo", {"V2V_TURN_MODEL": "smart-turn"}, TURN / COMPLETE, nothing)
+    assert "Smart Turn loaded" in log
+    assert "turn ended (model)" in log, log[-3000:]
+    assert summary["first_reply_audio_s"] is not None
