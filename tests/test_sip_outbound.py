@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 class Uas:
     """One sipp process playing the callee (or registrar) of ``scenario`` on a free UDP port."""
 
-    def __init__(self, tmp: Path, scenario: str) -> None:
+    def __init__(self, tmp: Path, scenario: str, ip: str = "127.0.0.1") -> None:
         self.dir = tmp
+        self.ip = ip
         for name in (scenario, "speech_8k.ulaw"):
             shutil.copy(HERE / name, tmp / name)
         self.scenario = scenario
@@ -44,7 +45,7 @@ class Uas:
             self.port = random.randrange(35000, 45000)
             media = self.port + 10000 if self.port % 2 == 0 else self.port + 10001
             self.proc = await asyncio.create_subprocess_exec(
-                "sipp", "-sf", self.scenario, "-i", "127.0.0.1", "-p", str(self.port), "-mp", str(media),
+                "sipp", "-sf", self.scenario, "-i", self.ip, "-p", str(self.port), "-mp", str(media),
                 "-m", "1", "-nostdin", "-timeout", "60", "-trace_err", cwd=self.dir,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             try:  # a port taken (or a bad scenario) makes sipp exit at once
@@ -341,3 +342,20 @@ async def test_dial_silent_trunk_fails_after_timer_b(monkeypatch: pytest.MonkeyP
             assert len(set(got)) == 1  # retransmissions are the same request
             assert srv.active() == 0  # the call's media was released
             assert srv.metric("v2v_sip_dials_total", outcome="failed") == 1
+
+
+@pytest.mark.parametrize("server_host,callee_ip", [("::", "127.0.0.1"), ("::1", "::1")])
+async def test_dial_over_ipv6_and_dual_stack(tmp_path: Path, server_host: str, callee_ip: str) -> None:
+    """A dual-stack server (--host ::) dials an IPv4 trunk; an IPv6 server dials an IPv6 trunk."""
+    uas = await Uas(tmp_path, "uas_hangup_wait.xml", ip=callee_ip).start()
+    host = f"[{callee_ip}]" if ":" in callee_ip else callee_ip
+    try:
+        async with running_server(host=server_host, sip_trunk=f"{host}:{uas.port}") as srv:
+            status, out = await dial(srv, {"to": "+15551234567", "profile": "echo"})
+            assert status == 200 and out["outcome"] == "answered", out
+            await srv.app[DISPATCHER].hangup(out["call_id"])
+            rc, log = await uas.result()
+            assert rc == 0, log  # the callee got our INVITE, ACK and BYE on its address family
+            await wait_for(lambda: srv.active() == 0 and not srv.sip.core.dialogs, 2.0, "call over")
+    finally:
+        uas.kill()

@@ -63,7 +63,7 @@ class Outbound:
         trunk = Trunk.parse(config.sip_trunk, config.sip_trunk_user, config.sip_trunk_password, config.sip_caller_id)
         self.link = TrunkLink(trunk, servers.core.client_hooks,
                               lambda: servers.net.udp if servers.net is not None else None,
-                              servers.public_host, lambda: servers.port)
+                              servers.public_host, lambda: servers.port, servers.core.local_host)
         self.dialer = Dialer(servers.core, self.link, config.sip_dial_timeout)
         self.registration = Registration(self.link) if config.sip_register else None
         self.dials = Counter("v2v_sip_dials_total", "Outbound calls placed through the trunk, by outcome",

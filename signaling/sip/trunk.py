@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .addr import bracket, is_dual_stack, send_address
 from .dialog import T1, T2, Conn, new_branch
 from .digest_client import Challenge, ClientCredentials, authorization, pick_challenge
 from .message import Headers, SipParseError, SipRequest, SipResponse, SipUri, split_hostport
@@ -101,45 +102,53 @@ class TrunkLink:
 
     def __init__(self, trunk: Trunk, hooks: dict[str, Callable[[SipResponse], None]],
                  udp: Callable[[], asyncio.DatagramTransport | None], public_host: str,
-                 sip_port: Callable[[], int]) -> None:
+                 sip_port: Callable[[], int], local_host: Callable[[Conn], str] | None = None) -> None:
         self.trunk = trunk
         self.hooks = hooks  # SipCore.client_hooks: branch -> handler
         self._udp = udp
         self.public_host = public_host
+        self.host = public_host  # our address toward the trunk (Via, Contact), set by resolve()
         self._port = sip_port
+        self._local_host = local_host  # SipCore.local_host: the public address, or ours of the trunk's family
 
-    async def resolve(self) -> tuple[str, int]:
-        """The trunk's address (IPv4 first unless the SIP socket is IPv6); OSError when it has none."""
+    def _socket(self) -> tuple[asyncio.DatagramTransport, int, bool]:
+        """The SIP UDP transport, its address family, and whether it is dual-stack."""
         udp = self._udp()
         if udp is None:
             raise OSError("SIP over UDP is not running (--sip-port)")
-        family = udp.get_extra_info("socket").family if udp.get_extra_info("socket") else socket.AF_INET
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            self.trunk.host, self.trunk.port, family=family, type=socket.SOCK_DGRAM)
-        if not infos:
-            raise OSError(f"{self.trunk.host} has no address")
-        addr = infos[0][4]
-        return str(addr[0]), int(addr[1])
+        sock = udp.get_extra_info("socket")
+        family = int(sock.family) if sock is not None else socket.AF_INET
+        return udp, family, bool(sock is not None and family == socket.AF_INET6 and is_dual_stack(sock))
+
+    async def resolve(self) -> tuple[str, int]:
+        """The trunk's address that the SIP socket reaches (its own family first); OSError when none."""
+        _udp, family, dual = self._socket()
+        infos = await asyncio.get_running_loop().getaddrinfo(self.trunk.host, self.trunk.port, type=socket.SOCK_DGRAM)
+        found = [(str(i[4][0]), int(i[4][1])) for i in sorted(infos, key=lambda i: i[0] != family)]
+        usable = [a for a in found if send_address(family, dual, a) is not None]
+        if not usable:
+            raise OSError(f"{self.trunk.host} has no address the SIP socket (--host) can reach")
+        addr = usable[0]
+        if self._local_host is not None:
+            self.host = self._local_host(self.conn(addr))
+        return addr
 
     def conn(self, addr: tuple[str, int]) -> Conn:
         """A :class:`Conn` sending to ``addr`` from the SIP UDP socket (dialogs keep it for BYE)."""
-        udp = self._udp()
-        if udp is None:
-            raise OSError("SIP over UDP is not running (--sip-port)")
+        udp, family, dual = self._socket()
         local = udp.get_extra_info("sockname")[:2]
+        dest = send_address(family, dual, addr) or addr  # IPv4 on a dual-stack socket: ::ffff:a.b.c.d
 
         def send(data: bytes) -> None:
-            udp.sendto(data, addr)
+            udp.sendto(data, dest)
 
         return Conn("UDP", addr, (local[0], local[1]), send, lambda: not udp.is_closing())
 
     def via(self, branch: str) -> str:
-        host = f"[{self.public_host}]" if ":" in self.public_host else self.public_host
-        return f"SIP/2.0/UDP {host}:{self._port()};branch={branch};rport"
+        return f"SIP/2.0/UDP {bracket(self.host)}:{self._port()};branch={branch};rport"
 
     def contact(self, user: str = "v2v") -> str:
-        host = f"[{self.public_host}]" if ":" in self.public_host else self.public_host
-        return f"<sip:{user}@{host}:{self._port()};transport=udp>"
+        return f"<sip:{user}@{bracket(self.host)}:{self._port()};transport=udp>"
 
     def open_tx(self, branch: str) -> asyncio.Queue[SipResponse]:
         """Start receiving the responses whose top Via carries ``branch``."""
