@@ -89,9 +89,8 @@ class EndOfTurn:
         self.max_wait = input_rate * max_wait_ms // 1000
         self.fallback = max(0, input_rate * (fallback_ms - pause_ms) // 1000)
         self._rs = Resampler(input_rate, MODEL_RATE) if input_rate != MODEL_RATE else None
-        self._keep = MODEL_RATE * (WINDOW_S + 1)
-        self._buf = np.zeros(0, dtype=np.int16)
-        self._buf_end = 0  # 16 kHz samples fed in total (the end of _buf)
+        self._ring = np.zeros(MODEL_RATE * WINDOW_S, dtype=np.int16)  # the last 8 s at 16 kHz (256 KB)
+        self._buf_end = 0  # 16 kHz samples fed in total (the ring's write position, unwrapped)
         self.position = 0  # input samples fed
         self.turn_open = False
         self._onset16 = 0  # 16 kHz position of the open turn's first onset
@@ -106,17 +105,26 @@ class EndOfTurn:
         self.position += len(pcm)
         x = self._rs.process(pcm) if self._rs is not None else pcm
         if len(x):
-            self._buf = np.concatenate([self._buf, x]) if len(self._buf) else x.copy()
-            self._buf_end += len(x)
-            if len(self._buf) > 2 * self._keep:
-                self._buf = self._buf[-self._keep :].copy()
+            self._append(x)
         if self._hold_until is not None and self.position >= self._hold_until:
             self._finish("max-wait")
 
+    def _append(self, x: np.ndarray) -> None:
+        ring, k = self._ring, len(self._ring)
+        x = x[-k:]
+        i = self._buf_end % k
+        head = min(len(x), k - i)
+        ring[i : i + head] = x[:head]
+        ring[: len(x) - head] = x[head:]
+        self._buf_end += len(x)
+
     def _segment(self) -> np.ndarray:
         """The open turn from PRE_SPEECH_MS before its onset to now, float32 at 16 kHz (last 8 s at most)."""
-        start = max(self._onset16 - MODEL_RATE * PRE_SPEECH_MS // 1000, self._buf_end - MODEL_RATE * WINDOW_S)
-        seg = self._buf[max(0, len(self._buf) - (self._buf_end - start)) :]
+        ring, k = self._ring, len(self._ring)
+        start = max(self._onset16 - MODEL_RATE * PRE_SPEECH_MS // 1000, self._buf_end - k, 0)
+        n = self._buf_end - start
+        end = self._buf_end % k
+        seg = ring[end - n : end] if n <= end else np.concatenate([ring[end - n :], ring[:end]])
         return seg.astype(np.float32) / 32768.0
 
     # -- VAD events -------------------------------------------------------------
