@@ -20,7 +20,7 @@ import pytest
 import uvloop
 from aiohttp import ClientSession
 
-from tests.sip.harness import FIXTURES, artifacts, free_udp_port, running_server, wait_for
+from tests.sip.harness import FIXTURES, free_udp_port, running_server, wait_for
 from tests.sip.uac import Call, RtpPeer, SipClient, offer_sdp
 from tests.test_drain import serve_process
 from tests.test_sip_baresip import Baresip, normalized_xcorr_peak
@@ -93,7 +93,7 @@ async def options_over_tcp(port: int) -> None:
 
 async def test_baresip_calls_echo_over_ipv6(tmp_path: Path) -> None:
     """baresip -6 on ::1: SIP and RTP over IPv6, the caller's speech comes back as its echo."""
-    work = artifacts("baresip_ipv6")
+    work = tmp_path  # not tests/artifacts: other runs in this tree must not share (and wipe) it
     speech, rate = read_wav(FIXTURES / "speech_8k.wav")
     lead, tail = 4000, 7 * 8000
     mic = np.concatenate([np.zeros(lead, np.int16), speech.astype(np.int16), np.zeros(tail, np.int16)])
