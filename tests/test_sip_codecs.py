@@ -164,9 +164,11 @@ def _high_band_share(x: np.ndarray, rate: int, above: float = 4500.0) -> float:
     return float(spec[freqs > above].sum() / max(spec.sum(), 1e-9))
 
 
-async def _echo_call(name: str, codecs: str, rate: int, want: str, **server: object) -> tuple[float, float]:
+async def _echo_call(name: str, codecs: str, rate: int, want: str, digit: str = "",
+                     **server: object) -> tuple[float, float]:
     """baresip (audio at ``rate``, offering ``codecs``) calls echo; returns the echo's match score and the
-    high-band share of what baresip heard relative to what it said. Asserts the server's codec."""
+    high-band share of what baresip heard relative to what it said. Asserts the server's codec, and
+    that ``digit`` (sent by baresip over RFC 4733 in the leading silence) arrived."""
     work = artifacts(name)
     speech, _lead, _mic = _wideband_mic(work, rate)
     async with running_server(**server) as srv:
@@ -180,6 +182,11 @@ async def _echo_call(name: str, codecs: str, rate: int, want: str, **server: obj
             (d,) = srv.sip.core.dialogs.values()
             rtp = srv.rtp_of(d.media)
             assert rtp.codec.name == want and rtp.input_rate == CODECS[want].audio_rate
+            if digit:  # once baresip's audio flows (its events ride the audio stream's timeline)
+                await wait_for(lambda: rtp.stats.packets_in >= 10, 3.0, "baresip's audio")
+                await bs.command("sndcode", digit)
+                await wait_for(lambda: srv.metric("v2v_dtmf_digits_total") == 1, 2.0, "baresip's digit")
+                assert rtp.stats.dtmf_in == 1
             await bs.wait_event("CALL_CLOSED", 20)  # the microphone file ended: baresip hangs up
             await wait_for(lambda: srv.active() == 0, 1.0, "active calls back to 0")
             assert srv.metric("v2v_calls_total", transport="sip_udp", outcome="hangup") == 1
@@ -207,7 +214,8 @@ async def test_baresip_g722_call_hears_its_wideband_echo() -> None:
 
 
 async def test_baresip_opus_first_gets_opus_and_hears_its_echo() -> None:
-    score, band = await _echo_call("codecs-opus", "opus/48000/2,G722/16000/1,PCMU", 48000, "OPUS")
+    """baresip 1.0 offers telephone-event/8000 only, also beside Opus: its digit arrives all the same."""
+    score, band = await _echo_call("codecs-opus", "opus/48000/2,G722/16000/1,PCMU", 48000, "OPUS", digit="7")
     assert score > 0.6, f"echo does not match what was sent (score {score:.2f})"
     assert band > 0.5, f"the echo lost the band above 4.5 kHz ({band:.2f} of the sent share)"
 
@@ -343,3 +351,35 @@ async def test_rtp_session_g722_clock_8000_with_16k_audio_and_gaps_in_ticks() ->
     assert {p.payload_type for p in out} == {9} and {len(p.payload) for p in out} == {160}
     assert {(b.timestamp - a.timestamp) & 0xFFFFFFFF for a, b in zip(out, out[1:], strict=False)} == {160}
     assert playout.played("item-1") == 480 * s.stats.packets_out  # 20 ms of 24 kHz playout per packet
+
+
+async def test_rtp_session_codec_change_keeps_the_input_rate() -> None:
+    """A re-INVITE moving a PCMU call to G.722: the worker's input stays 8 kHz (resampled), out goes G.722."""
+    from tests.test_sip_rtp import _peer, _rtp
+    from v2v.media.playout import PlayoutBuffer
+    from v2v.signaling.sip.rtp_session import PortAllocator, RtpSession
+
+    peer = await _peer()
+    got: list[np.ndarray] = []
+    sock = PortAllocator(37000, 37999).bind("127.0.0.1")
+    s = RtpSession(sock, "PCMU", 0, 101, ("127.0.0.1", peer.port), PlayoutBuffer(), got.append,
+                   lambda _d: None, lambda: None)
+    await s.start()
+    caller = make_codec("G722")
+    tone = (6000 * np.sin(2 * np.pi * 1000 * np.arange(320 * 25) / 16000)).astype(np.int16)
+    try:
+        assert peer.transport is not None
+        dest = ("127.0.0.1", s.local_port)
+        s.set_codec(make_codec("G722"), 9)
+        assert s.input_rate == 8000 and s.codec.name == "G722"
+        for i in range(25):
+            peer.transport.sendto(_rtp(10 + i, caller.encode(tone[i * 320:(i + 1) * 320]), pt=9, ts=160 * i), dest)
+        await wait_for(lambda: sum(map(len, got)) >= 24 * 160, 2.0, "the caller's audio at 8 kHz")
+        n0 = len(peer.packets)
+        await wait_for(lambda: len(peer.packets) >= n0 + 5, 2.0, "packets out")
+    finally:
+        await s.close()
+    pcm = np.concatenate(got)[:24 * 160].astype(np.float64)
+    peak = np.argmax(np.abs(np.fft.rfft(pcm[800:]))) * 8000 / len(pcm[800:])
+    assert abs(peak - 1000) < 20  # the 1 kHz tone, at 8 kHz
+    assert {p.payload_type for _, p in peer.packets[n0:]} == {9}
