@@ -23,7 +23,7 @@ from v2v.worker.transport import QueueAudioInput
 
 from .calls import Call, CallManager
 from .dispatch import BadRequest, MediaRequest
-from .sip.addr import AddressMismatch, MediaAddresses
+from .sip.addr import AddressMismatch, MediaAddresses, sdp_address_for
 from .sip.rtcp import RtcpSession
 from .sip.rtp_session import PortAllocator, RtpSession
 from .sip.sdp import DTMF48_PT, DTMF_PT, OPUS_PT, AudioOffer, SdpError, SdpSession, check_address, parse_offer
@@ -166,6 +166,7 @@ class RtpCall:
         except SdpError as e:
             raise BadRequest(str(e)[:80]) from e
         self._apply(offer)
+        self.sdp.address = sdp_address_for(self.sdp.address, offer.address)  # dual-stack: the family may change
         self.call.log.event("sip-hold" if offer.on_hold else "sip-unhold", direction=offer.direction)
         self.answer_sdp = self.srtp.sdp(self.sdp.build_answer(offer, self.rtp.local_port), self.rtp.local_port, offer)
         if self.rtcp is not None:

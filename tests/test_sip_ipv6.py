@@ -416,3 +416,24 @@ async def test_rtp_transport_closed_by_the_loop_ends_the_call(caplog: pytest.Log
         assert any("transport failed" in r.getMessage() for r in caplog.records)
     finally:
         await s.close()
+
+
+async def test_reinvite_to_the_other_family_on_dual_stack() -> None:
+    """A re-INVITE moving the media from 127.0.0.1 to ::1 is answered c=IN IP6 and the audio follows."""
+    async with running_server(host="::") as srv:
+        sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
+        rtp4, rtp6 = await rtp_peer("127.0.0.1"), await rtp_peer("::1")
+        try:
+            call = AnyFamilyCall(sip, rtp4, f"sip:echo@127.0.0.1:{srv.sip_port}")
+            r = await call.invite(offer(rtp4.port, "127.0.0.1"))
+            assert r.status == 200 and "c=IN IP4 127.0.0.1" in r.body.decode()
+            await wait_for(lambda: len(rtp4.received) > 10, 3.0, "RTP over IPv4")
+            r = await call.invite(offer(rtp6.port, "::1"))
+            assert r.status == 200 and "c=IN IP6 ::1" in r.body.decode(), r.body.decode()
+            rtp6.start(("::1", call._remote_rtp(r)[1]))  # the caller's new address proves itself
+            await wait_for(lambda: len(rtp6.received) > 10, 3.0, "RTP over IPv6 after the re-INVITE")
+            assert (await call.bye()).status == 200
+        finally:
+            await rtp4.close()
+            await rtp6.close()
+            await sip.close()

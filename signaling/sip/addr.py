@@ -193,6 +193,17 @@ def guess_local(version: int) -> str | None:
     return route_source("2001:db8::1" if version == 6 else "192.0.2.1")
 
 
+def sdp_address_for(current: str, remote: str) -> str:
+    """Our SDP address after a re-offer from ``remote``: kept if of its family, else one of the new family.
+
+    Only a dual-stack socket reaches both families (the RTP session checks that first).
+    """
+    v = ip_family(remote)
+    if v is None or ip_family(current) in (None, v) or ipaddress.ip_address(plain_ip(remote).split("%")[0]).is_unspecified:
+        return current  # same family, a host name (ours, configured), or hold
+    return route_source(remote) or guess_local(v) or current
+
+
 class AddressMismatch(ValueError):
     """No media address of the offer's family (answered 488, with this text as the reason)."""
 
@@ -245,5 +256,5 @@ class MediaAddresses:
 
 __all__ = [
     "SEND_ERRORS", "AddressMismatch", "DatagramSender", "MediaAddresses", "bracket", "dual_stack_supported", "guess_local", "ip_family",
-    "is_dual_stack", "is_wildcard", "plain_ip", "route_source", "send_address", "tcp_socket", "udp_socket",
+    "is_dual_stack", "is_wildcard", "plain_ip", "route_source", "sdp_address_for", "send_address", "tcp_socket", "udp_socket",
 ]
