@@ -27,6 +27,24 @@ Hysteresis:
   event's `sample` is the end of the last voiced frame; `decided_at` is the
   end of the frame that completed the hangover.
 
+Line noise that starts abruptly (a phone line opening: silence, then steady
+noise) sits far above a floor learnt on the silence, and webrtcvad takes it for
+speech. With ``settle_ms`` > 0 the gate adapts before it decides:
+
+* settle: while not speaking, once the last ``settle_ms`` of frame levels all
+  lie within ``noise_margin_db`` of each other and at least that far above the
+  floor, they *are* the new floor (the window restarts from them): a step of
+  stationary noise is gated after ``settle_ms`` instead of ``noise_window_ms``;
+* evidence: a start also needs the current voiced run's levels to span at
+  least ``rise_db`` (speech is modulated, a noise step is flat), so the step
+  never starts speech before the floor has settled on it.
+
+Eager onset (``onset_ms`` set): after ``onset_ms`` of consecutive voiced
+frames an ``onset`` event (tentative speech, for a cheap reversible pause)
+comes before the ``start``; if no start follows before ``drop_ms`` of
+unvoiced frames, a ``drop`` event retracts it. A start that follows an onset
+carries the onset's sample.
+
 Events depend only on whole frames, so the way the input is split into pieces
 never changes them. Positions count input samples since the first sample fed
 (or since `reset()`).
@@ -51,8 +69,8 @@ PREEMPHASIS = 0.97
 class VadEvent:
     """Speech start or end; positions in input samples."""
 
-    kind: Literal["start", "end"]
-    sample: int  # where speech began (start) / ended (end)
+    kind: Literal["start", "end", "onset", "drop"]
+    sample: int  # where speech began (start, onset) / ended (end, drop: the last voiced sample)
     decided_at: int  # input position at which the decision was made
 
 
@@ -69,6 +87,10 @@ class VoiceActivityDetector:
         energy_floor_dbfs: float = -55.0,
         noise_margin_db: float = 6.0,
         noise_window_ms: int = 2000,
+        settle_ms: int = 0,
+        rise_db: float = 9.0,
+        onset_ms: int | None = None,
+        drop_ms: int = 100,
     ) -> None:
         if sample_rate not in SUPPORTED_RATES:
             raise ValueError(f"unsupported VAD sample rate {sample_rate} (use one of {SUPPORTED_RATES})")
@@ -76,8 +98,8 @@ class VoiceActivityDetector:
             raise ValueError(f"unsupported VAD frame length {frame_ms} ms (use one of {SUPPORTED_FRAME_MS})")
         if aggressiveness not in (0, 1, 2, 3):
             raise ValueError(f"VAD aggressiveness must be 0..3, not {aggressiveness}")
-        if start_ms < 0 or end_ms < 0 or noise_window_ms < 0:
-            raise ValueError("start_ms, end_ms and noise_window_ms must be >= 0")
+        if min(start_ms, end_ms, noise_window_ms, settle_ms, drop_ms, onset_ms or 0) < 0:
+            raise ValueError("start_ms, end_ms, noise_window_ms, settle_ms, onset_ms and drop_ms must be >= 0")
         self.sample_rate = sample_rate
         self.aggressiveness = aggressiveness
         self.frame_ms = frame_ms
@@ -91,6 +113,10 @@ class VoiceActivityDetector:
         self.end_frames = max(1, math.ceil(end_ms / frame_ms))
         self._decim = sample_rate // 8000  # box-car factor to ~8 kHz (frame_len is a multiple)
         self._window_frames = max(1, noise_window_ms // frame_ms)
+        self.settle_frames = math.ceil(settle_ms / frame_ms)  # 0: no settling, no evidence needed
+        self.rise_db = rise_db
+        self.onset_frames = None if onset_ms is None else max(1, math.ceil(onset_ms / frame_ms))
+        self.drop_frames = max(1, math.ceil(drop_ms / frame_ms))
         self._floor_power = (32768.0 * 10 ** (energy_floor_dbfs / 20)) ** 2  # mean square, int16 units
         self.reset()
 
@@ -113,6 +139,11 @@ class VoiceActivityDetector:
         self._silent = 0  # consecutive unvoiced frames
         self._prev = np.float32(0.0)  # last decimated sample (pre-emphasis across pieces)
         self._levels: deque[float] = deque(maxlen=self._window_frames)
+        self._recent: deque[float] = deque(maxlen=max(1, self.settle_frames))  # levels for settling
+        self._run_lo = self._run_hi = 0.0  # level range of the current voiced run
+        self.tentative = False  # an onset was reported and neither a start nor a drop followed
+        self._onset = 0
+        self.settled = 0  # how many times the floor settled on a step of stationary noise
 
     def process(self, pcm: np.ndarray) -> list[VadEvent]:
         """Feed int16 mono samples (any length); return the events they complete."""
@@ -137,31 +168,67 @@ class VoiceActivityDetector:
         is_speech = self._vad.is_speech
         rate = self.sample_rate
         margin = self.noise_margin_db
-        hist = self._levels
         events: list[VadEvent] = []
         pos = self._frames_done * fl
         for i in range(n):
             lv = levels[i]
-            hist.append(lv)
-            voiced = loud[i] and lv - min(hist) >= margin and is_speech(data[i * step : (i + 1) * step], rate)
+            floor = self._floor(lv)
+            voiced = loud[i] and lv - floor >= margin and is_speech(data[i * step : (i + 1) * step], rate)
             start, pos = pos, pos + fl
             if voiced:
-                if self._run == 0:
-                    self._run_start = start
-                self._run += 1
-                self._silent = 0
-                self.last_voiced_end = pos
-                if not self.speaking and self._run >= self.start_frames:
-                    self.speaking = True
-                    events.append(VadEvent("start", self._run_start, pos))
+                self._voiced(lv, start, pos, events)
             else:
-                self._run = 0
-                self._silent += 1
-                if self.speaking and self._silent >= self.end_frames:
-                    self.speaking = False
-                    events.append(VadEvent("end", self.last_voiced_end, pos))
+                self._unvoiced(pos, events)
         self._frames_done += n
         return events
+
+    def _floor(self, lv: float) -> float:
+        """Add a frame level to the window; return the noise floor (settled on a noise step)."""
+        hist = self._levels
+        hist.append(lv)
+        floor = min(hist)
+        if self.settle_frames and not self.speaking:
+            recent = self._recent
+            recent.append(lv)
+            if len(recent) == self.settle_frames:
+                lo = min(recent)
+                if lo - floor >= self.noise_margin_db and max(recent) - lo < self.noise_margin_db:
+                    hist.clear()
+                    hist.extend(recent)
+                    self.settled += 1
+                    floor = lo
+        return floor
+
+    def _voiced(self, lv: float, start: int, pos: int, events: list[VadEvent]) -> None:
+        if self._run == 0:
+            self._run_start = start
+            self._run_lo = self._run_hi = lv
+        else:
+            self._run_lo, self._run_hi = min(self._run_lo, lv), max(self._run_hi, lv)
+        self._run += 1
+        self._silent = 0
+        self.last_voiced_end = pos
+        if self.speaking:
+            return
+        if self.onset_frames is not None and not self.tentative and self._run >= self.onset_frames:
+            self.tentative = True
+            self._onset = self._run_start
+            events.append(VadEvent("onset", self._onset, pos))
+        if self._run >= self.start_frames and (not self.settle_frames or self._run_hi - self._run_lo >= self.rise_db):
+            self.speaking = True
+            self._recent.clear()
+            events.append(VadEvent("start", self._onset if self.tentative else self._run_start, pos))
+            self.tentative = False
+
+    def _unvoiced(self, pos: int, events: list[VadEvent]) -> None:
+        self._run = 0
+        self._silent += 1
+        if self.speaking and self._silent >= self.end_frames:
+            self.speaking = False
+            events.append(VadEvent("end", self.last_voiced_end, pos))
+        elif self.tentative and self._silent >= self.drop_frames:
+            self.tentative = False
+            events.append(VadEvent("drop", self.last_voiced_end, pos))
 
     def _levels_db(self, flat: np.ndarray, n: int) -> list[float]:
         """Per-frame level (dB, int16 units) of the decimated, pre-emphasised signal."""

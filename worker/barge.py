@@ -4,6 +4,12 @@
 
 - *pause*: speech starts while the assistant is audible (or a reply arrives
   while the caller talks): playout pauses at once and a candidate is held;
+- *eager pause*: the VAD's tentative onset (its first voiced 10-20 ms, before
+  it has the evidence for a start) pauses an audible assistant already; if the
+  VAD drops the onset (noise), playout resumes at once, so the gap is the
+  burst plus the VAD's drop hangover, with the playout's fades. For
+  ``EAGER_HOLDOFF_MS`` after such a dropped pause onsets do not pause again
+  (a noisy line would flutter); a VAD start still pauses as before;
 - *confirm*: ``min_interruption_ms`` of voiced speech: :meth:`BargeIn.interrupt`
   cancels the response, flushes the playout and truncates every item at the
   samples the caller actually heard (or deletes what was not heard at all);
@@ -40,6 +46,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("v2v.call")
 
+EAGER_HOLDOFF_MS = 1000  # after a dropped eager pause, onsets do not pause again for this long
+
 
 @dataclass
 class Candidate:
@@ -49,6 +57,7 @@ class Candidate:
     t_decided: float
     ended: bool = False  # the burst's VAD end was seen
     t_paused: float | None = None
+    started: bool = True  # False: an eager pause on a VAD onset that is not (yet) a start
 
 
 class BargeIn:
@@ -74,16 +83,34 @@ class BargeIn:
         self.input_rate = 0
         self.candidate: Candidate | None = None
         self.full_duplex = model.capabilities.full_duplex
+        self._eager_after = 0  # input position from which an onset may pause eagerly again
 
     def _samples(self, ms: int) -> int:
         return self.input_rate * ms // 1000
 
     # -- pause ---------------------------------------------------------------
+    def speech_onset(self, onset: int, decided: int, position: int, assistant_active: bool) -> bool:
+        """The VAD's tentative onset: pause the assistant now (or hold its reply); True if it did."""
+        if self.candidate is not None or self.full_duplex or not assistant_active or position < self._eager_after:
+            return False
+        self.playout.pause()
+        self.candidate = Candidate(onset, decided, position, self.clock(), started=False)
+        log.debug("call %s: eager pause on a speech onset", self.call_id)
+        return True
+
+    def speech_dropped(self, position: int) -> None:
+        """The VAD dropped the onset (not speech): an eager pause resumes at once."""
+        b = self.candidate
+        if b is not None and not b.started:
+            self._eager_after = position + self._samples(EAGER_HOLDOFF_MS)
+            self._resume()
+
     def speech_started(self, onset: int, decided: int, position: int, assistant_active: bool) -> None:
         if self.candidate is not None:
-            # speech again while a burst is pending: measure from the new onset
+            # speech again while a burst is pending (or the eager pause's onset started): from this onset
             self.candidate.onset = onset
             self.candidate.ended = False
+            self.candidate.started = True
         elif assistant_active:
             if not self.full_duplex:  # a full-duplex model's live stream is never paused
                 self.playout.pause()
@@ -125,6 +152,12 @@ class BargeIn:
         b = self.candidate
         if b is None:
             return None
+        timed_out = position - b.paused_at >= self._samples(self.config.false_interruption_timeout_ms)
+        if not b.started:  # an eager pause confirms only once the VAD started speech
+            if timed_out:
+                self._resume()
+                return "resume"
+            return None
         if not b.ended and voiced_end - b.onset >= self._samples(self.config.min_interruption_ms):
             self.candidate = None
             return "confirm"
@@ -133,16 +166,18 @@ class BargeIn:
                 self.candidate = None
                 log.debug("call %s: caller backchannel, the assistant goes on", self.call_id)
             return None
-        if position - b.paused_at >= self._samples(self.config.false_interruption_timeout_ms) and (
-            b.ended or not user_speaking
-        ):
-            self.candidate = None
-            item = self.playout.current_item or ""
-            log.debug("call %s: false interruption, playout resumed", self.call_id)
-            self.publish(ev.FalseInterruption(item))
-            self.playout.resume()
+        if timed_out and (b.ended or not user_speaking):
+            self._resume()
             return "resume"
         return None
+
+    def _resume(self) -> None:
+        """A false interruption: playout resumes where it paused (with a fade-in)."""
+        self.candidate = None
+        item = self.playout.current_item or ""
+        log.debug("call %s: false interruption, playout resumed", self.call_id)
+        self.publish(ev.FalseInterruption(item))
+        self.playout.resume()
 
     # -- truncate ------------------------------------------------------------
     async def interrupt(self, reason: str) -> None:

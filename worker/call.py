@@ -62,6 +62,9 @@ class CallConfig:
     vad_frame_ms: int = 10
     vad_start_ms: int = 30
     vad_end_ms: int = 500
+    vad_settle_ms: int = 120  # a step of stationary noise becomes the VAD's floor after this (media/vad.py)
+    vad_rise_db: float = 9.0  # ... and a start needs its voiced run to span this much (speech is modulated)
+    vad_onset_ms: int | None = 20  # eager pause: this much voiced input pauses an audible assistant (None: off)
     min_interruption_ms: int = 300
     false_interruption_timeout_ms: int = 1000
     greeting: str = ""
@@ -129,6 +132,7 @@ class CallSession:
         self._chunker = Chunker(caps.input_rate * chunk_ms // 1000)
         self.reply_audio = ReplyAudio(playout, caps.output_rate)
         self._user_speaking = False
+        self._eager = False  # the caller's speech so far is the VAD's tentative onset (an eager pause)
         # the units
         self.responses = ResponseLedger()
         self.pacer = TranscriptPacer(self.publish)
@@ -269,6 +273,7 @@ class CallSession:
         self._vad = VoiceActivityDetector(
             vad_rate, aggressiveness=c.vad_aggressiveness, frame_ms=c.vad_frame_ms,
             start_ms=c.vad_start_ms, end_ms=c.vad_end_ms if self._eot is None else c.turn_pause_ms,
+            settle_ms=c.vad_settle_ms, rise_db=c.vad_rise_db, onset_ms=c.vad_onset_ms,
         )
         self._vad_floor = self._vad.energy_floor_dbfs
         if c.aec != "off":
@@ -311,10 +316,20 @@ class CallSession:
     def _on_vad(self, vev: VadEvent) -> None:
         onset = self._input_samples(vev.sample)
         decided = self._input_samples(vev.decided_at)
-        if vev.kind == "start":
-            self._user_speaking = True
-            self.publish(ev.UserStartedSpeaking(onset))
-            log.debug("call %s: user started speaking at %.2fs", self.call_id, onset / self.input_rate)
+        if vev.kind == "onset":  # tentative: an eager pause, published as the caller speaking
+            self._eager = self.barge.speech_onset(onset, decided, self.position, self._assistant_active())
+            if self._eager:
+                self._user_started(onset)
+        elif vev.kind == "drop":  # the onset was not speech: no turn; an eager pause resumed
+            if self._eager:
+                self._eager = self._user_speaking = False
+                self.publish(ev.UserStoppedSpeaking(onset))
+                self.barge.speech_dropped(self.position)
+                self._spawn(self.model.clear_input(), "clear-input")
+        elif vev.kind == "start":
+            if not self._eager:
+                self._user_started(onset)
+            self._eager = False
             self.barge.speech_started(onset, decided, self.position, self._assistant_active())
             if self._eot is not None:
                 self._eot.speech_started(onset)
@@ -329,6 +344,11 @@ class CallSession:
                 self._eot.speech_ended(onset)  # the model decides; it calls _end_turn_by
             elif not self.server_vad:
                 self._spawn(self._end_turn(), "end-turn")
+
+    def _user_started(self, onset: int) -> None:
+        self._user_speaking = True
+        self.publish(ev.UserStartedSpeaking(onset))
+        log.debug("call %s: user started speaking at %.2fs", self.call_id, onset / self.input_rate)
 
     def _check_barge(self) -> None:
         assert self._vad is not None
