@@ -127,6 +127,8 @@ class RtpCall:
             raise
         call.log.event("sip-call", sip_call_id=req.sip_call_id, codec=codec.name, rtp_port=rtp.local_port,
                        user=req.user, from_uri=req.from_uri, delayed_offer=offer is None)
+        if srtp.plan is not None:  # SDES-SRTP negotiated (sip/srtp.py)
+            call.log.event("sip-srtp", suite=srtp.suite)
         sdp = SdpSession(sdp_host)
         answer = (sdp.build_answer(offer, rtp.local_port) if offer is not None
                   else sdp.build_offer(rtp.local_port, codecs=cfg.codecs))

@@ -188,6 +188,8 @@ async def test_baresip_tls_srtp_call_hears_its_echo(caplog: pytest.LogCaptureFix
     assert media.rtp.stats.foreign_packets == 0
     heard = heard_echo(bs, speech, events)
     assert len(heard) > lead + len(speech) + 5 * 8000  # our SRTP stream ran for the whole call
+    assert [getattr(r, "suite", None) for r in caplog.records if r.getMessage() == "sip-srtp"] == [
+        "AES_CM_128_HMAC_SHA1_80"]  # the call's log says it was SRTP
     failures = [r for r in caplog.records if "handshake from 127.0.0.1" in r.getMessage()]
     assert len(failures) == 1 and failures[0].levelno == logging.WARNING  # once a minute per source
 

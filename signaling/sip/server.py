@@ -196,6 +196,9 @@ class SipServers:
         cfg = self.config
         self.tls = await start_listener(self.core, cfg.host, (cfg.sip_tls_port if port is None else port) or 0,
                                         cfg.sip_tls_cert, cfg.sip_tls_key, self.tcp_limit, self.tls_failed)
+        warning = exposure_warning(cfg.host, bool(cfg.sip_users), bool(cfg.sip_allow))
+        if warning and self.net is None:  # TLS alone: start_net did not say it
+            log.warning("%s", warning)
 
     @property
     def port(self) -> int:
