@@ -59,6 +59,17 @@ def offer_codec(desc: AudioOffer) -> RtpCodec:
     return make_codec(desc.codec, fec=desc.fmtp_params().get("useinbandfec") == "1")
 
 
+def initial_media(offer: AudioOffer | None, codecs: tuple[str, ...]) -> tuple[RtpCodec, int, int | None,
+                                                                              tuple[str, int]]:
+    """A new call's codec, payload type, telephone-event type and remote address. No offer (we offer
+    ``codecs``, the ACK or 2xx answers): our first preference until the answer says otherwise."""
+    if offer is not None:
+        return offer_codec(offer), offer.payload_type, offer.dtmf_pt, (offer.address, offer.port)
+    first = codec_info(codecs[0])
+    pt = first.static_pt if first.static_pt is not None else OPUS_PT
+    return make_codec(first.key), pt, DTMF_PT if first.clock_rate == 8000 else DTMF48_PT, ("0.0.0.0", 0)
+
+
 class RtpCall:
     """One SIP call's RTP session and its :class:`Call`."""
 
@@ -97,13 +108,7 @@ class RtpCall:
             except BadRequest:
                 sock.close()
                 raise
-        if offer is not None:
-            codec, pt, dtmf_pt, remote = offer_codec(offer), offer.payload_type, offer.dtmf_pt, (offer.address, offer.port)
-        else:  # delayed offer: we offer --sip-codecs and telephone-event, the ACK answers
-            first = codec_info(cfg.codecs[0])
-            codec, remote = make_codec(first.key), ("0.0.0.0", 0)
-            pt = first.static_pt if first.static_pt is not None else OPUS_PT
-            dtmf_pt = DTMF_PT if first.clock_rate == 8000 else DTMF48_PT
+        codec, pt, dtmf_pt, remote = initial_media(offer, cfg.codecs)
         audio_in = QueueAudioInput(codec.info.audio_rate)
         playout = PlayoutBuffer()
         holder: list[RtpCall] = []
