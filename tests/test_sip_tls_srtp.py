@@ -20,9 +20,10 @@ from aiortc.rtp import RtpPacket
 from tests.sip.harness import FIXTURES, HERE, Server, artifacts, record_call_events, run_proc, running_server, wait_for
 from tests.sip.uac import SipClient, offer_sdp
 from tests.test_sip_baresip import Baresip, normalized_xcorr_peak
+from v2v.media.g711 import ulaw_encode
 from v2v.signaling.config import ServerConfig
 from v2v.signaling.sip.message import SipResponse
-from v2v.signaling.sip.srtp import SrtpPlan
+from v2v.signaling.sip.srtp import SrtpPlan, SrtpProtector, parse_crypto
 from v2v.worker import events as ev
 from v2v.worker.wavcall import read_wav, write_wav
 
@@ -308,3 +309,66 @@ async def test_tls_listener_on_dual_stack_host_takes_ipv4_and_ipv6() -> None:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             assert head.startswith(b"SIP/2.0 200") and b";transport=tls>" in head, (host, head)
             writer.close()
+
+
+class SrtpPeer(asyncio.DatagramProtocol):
+    """A scripted caller's RTP: 20 ms PCMU packets of one tone, protected with ``plan``; what comes back is
+    unprotected with it (packets that fail are counted)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.protector: SrtpProtector | None = None
+        self.got: list[bytes] = []
+        self.failed = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a datagram endpoint's transport
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        plain = self.protector.unprotect(data) if self.protector is not None else None
+        if plain is None:
+            self.failed += 1
+        elif 192 <= plain[1] <= 223:
+            pass  # SRTCP
+        else:
+            self.got.append(plain)
+
+    async def stream(self, remote: tuple[str, int], packets: int) -> None:
+        assert self.transport is not None and self.protector is not None
+        tone = ulaw_encode((8000 * np.sin(np.arange(160) * 2 * np.pi * 440 / 8000)).astype(np.int16))
+        for i in range(packets):
+            pkt = RtpPacket(payload_type=0, sequence_number=i, timestamp=160 * i, ssrc=0xCA11, payload=tone)
+            self.transport.sendto(self.protector.protect(pkt.serialize()) or b"", remote)
+            await asyncio.sleep(0.02)
+
+
+async def test_require_makes_our_offer_srtp_and_takes_the_answer_in_ack() -> None:
+    """--sip-srtp require, an INVITE without SDP: the 200 offers RTP/SAVP with our key, the caller's answer in
+    the ACK brings its key; then media flows encrypted both ways."""
+    async with running_server(sip_srtp="require") as srv:
+        sip = await SipClient("UDP", ("127.0.0.1", srv.sip_port)).connect()
+        loop = asyncio.get_running_loop()
+        tr, peer = await loop.create_datagram_endpoint(SrtpPeer, local_addr=("127.0.0.1", 0))
+        try:
+            sip.send(sip.request("INVITE", "sip:echo@127.0.0.1", "late-1", from_tag="l", cseq=1))
+            ok = await sip.recv_final("late-1", "INVITE")
+            offer = ok.body.decode()
+            assert ok.status == 200 and "RTP/SAVP " in offer, offer
+            ours = parse_crypto(next(x for x in offer.split("\r\n") if x.startswith("a=crypto:"))[2:])
+            assert (ours.tag, ours.suite) == (1, "AES_CM_128_HMAC_SHA1_80") and ours.usable
+            mine = SrtpPlan(1, ours.suite, remote_key=ours.key)
+            peer.protector = mine.protector()
+            answer = offer_sdp(tr.get_extra_info("sockname")[1], codecs="0 101").replace("RTP/AVP", "RTP/SAVP")
+            answer += f"a={mine.local_attr.line()}\r\n"
+            sip.send(sip.request("ACK", "sip:echo@127.0.0.1", "late-1", from_tag="l", to_tag=ok.to.tag, cseq=1,
+                                 body=answer))
+            port = int(offer.split("m=audio ", 1)[1].split()[0])
+            await peer.stream(("127.0.0.1", port), 50)
+            media = the_media(srv)
+            assert media.srtp.current.stats.unprotected >= 45, media.srtp.current.stats
+            await wait_for(lambda: len(peer.got) >= 10, 2.0, "SRTP from the server")
+            assert peer.failed == 0 and all(RtpPacket.parse(p).payload_type == 0 for p in peer.got)
+            assert media.rtp.stats.packets_in >= 45
+        finally:
+            tr.close()
+            await sip.close()
