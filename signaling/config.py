@@ -226,8 +226,10 @@ class ServerConfig:
     # SIP: outbound calls through a trunk (signaling/sip/uac.py, register_client.py)
     sip_trunk: str = setting(
         "", group="SIP", commands=SERVE, metavar="URI",
-        help="the trunk (or outbound proxy) outbound calls go through: sip:host[:port] or host[:port], UDP; needs "
-        "--sip-port (its socket sends them); enables POST /api/calls/dial and `v2v dial`")
+        help="the trunk (or outbound proxy) outbound calls go through: sip:host[:port] or host[:port] over UDP "
+        "(needs --sip-port, whose socket sends them), sip:host;transport=tcp, sips:host or ;transport=tls (port "
+        "5061; its certificate checked against the system CAs, SSL_CERT_FILE adds one); enables POST "
+        "/api/calls/dial and `v2v dial`")
     sip_trunk_user: str = setting("", group="SIP", commands=SERVE, metavar="USER",
                                   help="our account at --sip-trunk: digest user name (answers its 401/407)")
     sip_trunk_password: str = setting(
@@ -349,8 +351,7 @@ class ServerConfig:
         if self.sip_trunk:
             from .sip.trunk import Trunk  # here: config stays importable without the SIP stack
 
-            Trunk.parse(self.sip_trunk)
-            if self.sip_port is None:
+            if Trunk.parse(self.sip_trunk).transport == "udp" and self.sip_port is None:
                 raise ValueError("--sip-trunk needs --sip-port (outbound calls are sent from its UDP socket)")
         if self.sip_register and not (self.sip_trunk and self.sip_trunk_user):
             raise ValueError("--sip-register needs --sip-trunk and --sip-trunk-user")

@@ -18,7 +18,8 @@ import pytest
 from tests.sip.harness import FIXTURES, HERE, Server, free_udp_port, running_server, wait_for
 from tests.test_sip_baresip import Baresip, normalized_xcorr_peak
 from tests.test_sip_sipp import Recorder
-from v2v.signaling.app import DISPATCHER
+from tests.test_sip_tls_srtp import make_certs
+from v2v.signaling.app import DISPATCHER, HOST
 from v2v.signaling.auth import mint_token
 from v2v.signaling.sip import uac
 from v2v.signaling.sip.outbound import OUTBOUND_APP_KEY
@@ -31,9 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 class Uas:
     """One sipp process playing the callee (or registrar) of ``scenario`` on a free UDP port."""
 
-    def __init__(self, tmp: Path, scenario: str, ip: str = "127.0.0.1") -> None:
+    def __init__(self, tmp: Path, scenario: str, ip: str = "127.0.0.1", transport: str = "udp") -> None:
         self.dir = tmp
         self.ip = ip
+        self.transport = transport
         for name in (scenario, "speech_8k.ulaw"):
             shutil.copy(HERE / name, tmp / name)
         self.scenario = scenario
@@ -46,7 +48,8 @@ class Uas:
             media = self.port + 10000 if self.port % 2 == 0 else self.port + 10001
             self.proc = await asyncio.create_subprocess_exec(
                 "sipp", "-sf", self.scenario, "-i", self.ip, "-p", str(self.port), "-mp", str(media),
-                "-m", "1", "-nostdin", "-timeout", "60", "-trace_err", cwd=self.dir,
+                "-m", "1", "-nostdin", "-timeout", "60", "-trace_err", "-t", "t1" if self.transport == "tcp" else "u1",
+                cwd=self.dir,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             try:  # a port taken (or a bad scenario) makes sipp exit at once
                 await asyncio.wait_for(self.proc.wait(), 0.3)
@@ -80,7 +83,8 @@ async def dial(srv: Server, body: dict, headers: dict | None = None) -> tuple[in
 
 
 def trunk(uas: Uas, **kw: object) -> dict:
-    return {"sip_trunk": f"sip:127.0.0.1:{uas.port}", "sip_caller_id": "+15550001111", **kw}
+    tp = ";transport=tcp" if uas.transport == "tcp" else ""
+    return {"sip_trunk": f"sip:127.0.0.1:{uas.port}{tp}", "sip_caller_id": "+15550001111", **kw}
 
 
 async def test_dial_answered_model_heard_both_ways(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -138,8 +142,9 @@ async def test_dial_answered_v2v_hangs_up(monkeypatch: pytest.MonkeyPatch, tmp_p
         uas.kill()
 
 
-async def test_dial_busy(tmp_path: Path) -> None:
-    uas = await Uas(tmp_path, "uas_busy.xml").start()
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_dial_busy(tmp_path: Path, transport: str) -> None:
+    uas = await Uas(tmp_path, "uas_busy.xml", transport=transport).start()
     try:
         async with running_server(**trunk(uas)) as srv:
             status, out = await dial(srv, {"to": "sip:+15551234567@127.0.0.1", "profile": "echo"})
@@ -359,3 +364,43 @@ async def test_dial_over_ipv6_and_dual_stack(tmp_path: Path, server_host: str, c
             await wait_for(lambda: srv.active() == 0 and not srv.sip.core.dialogs, 2.0, "call over")
     finally:
         uas.kill()
+
+
+async def test_dial_over_tcp_answered_then_our_bye(tmp_path: Path) -> None:
+    """A TCP trunk: one connection carries the INVITE, the ACK and our BYE (no retransmissions)."""
+    uas = await Uas(tmp_path, "uas_hangup_wait.xml", transport="tcp").start()
+    try:
+        async with running_server(**trunk(uas)) as srv:
+            status, out = await dial(srv, {"to": "+15551234567", "profile": "echo"})
+            assert status == 200 and out["outcome"] == "answered", out
+            assert srv.active("sip_tcp") == 1  # the call is labelled by its signalling transport
+            await srv.app[DISPATCHER].hangup(out["call_id"])
+            rc, log = await uas.result()
+            assert rc == 0, log
+            await wait_for(lambda: srv.active() == 0 and not srv.sip.core.dialogs, 2.0, "call over")
+    finally:
+        uas.kill()
+
+
+async def test_dial_over_tls_with_srtp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """v2v dials v2v through a TLS trunk (sips:) with SRTP required: the callee's certificate is checked
+    (SSL_CERT_FILE trusts the test CA), SRTP flows both ways, our BYE crosses the TLS connection."""
+    ca, cert, key = await make_certs()
+    async with running_server(sip_tls_port=0, sip_tls_cert=str(cert), sip_tls_key=str(key)) as callee:
+        assert callee.sip.tls is not None
+        port = callee.sip.tls.port
+        async with running_server(sip_trunk=f"sips:127.0.0.1:{port}", sip_srtp="require") as srv:
+            status, out = await dial(srv, {"to": f"sip:echo@127.0.0.1:{port}"})
+            assert status == 502 and "CERTIFICATE_VERIFY_FAILED" in out["detail"], out  # CA not trusted yet
+            monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+            status, out = await dial(srv, {"to": f"sip:echo@127.0.0.1:{port}", "profile": "echo"})
+            assert status == 200 and out["outcome"] == "answered", out
+            assert srv.active("sip_tls") == 1 and callee.active("sip_tls") == 1
+            media = srv.app[HOST].hosted(out["call_id"])
+            assert media.srtp.suite and "RTP/SAVP" in media.answer_sdp  # our offer (require) was taken
+            theirs = callee.hosted(next(iter(callee.sip._media.values())))
+            await wait_for(lambda: media.srtp.current.stats.unprotected > 10
+                           and theirs.srtp.current.stats.unprotected > 10, 3.0, "SRTP both ways")
+            await srv.app[DISPATCHER].hangup(out["call_id"])
+            await wait_for(lambda: callee.active() == 0 and srv.active() == 0, 3.0, "the BYE over TLS")
+            assert srv.metric("v2v_sip_dials_total", outcome="answered") == 1

@@ -73,7 +73,13 @@ def test_trunk_parse_and_target_uris() -> None:
     assert Trunk.parse("[::1]:5080").hostport == "[::1]:5080"
     assert Trunk.parse("192.0.2.1:5070").port == 5070
     assert Trunk.parse("192.0.2.1", "acct").from_uri() == "sip:acct@192.0.2.1:5060"
-    for bad in ("sips:trunk.example.com", "sip:trunk.example.com;transport=tcp", "", "a b:5060", "host:99999"):
+    tls = Trunk.parse("sips:trunk.example.com")
+    assert (tls.transport, tls.port) == ("tls", 5061)
+    assert tls.route_for("sip:bob@pbx.example.com") == "<sip:trunk.example.com:5061;transport=tls;lr>"
+    tcp = Trunk.parse("sip:trunk.example.com;transport=TCP")
+    assert (tcp.transport, tcp.port) == ("tcp", 5060)
+    assert Trunk.parse("sip:192.0.2.1:5071;transport=tls").transport == "tls"
+    for bad in ("sips:t;transport=tcp", "sip:t;transport=sctp", "", "a b:5060", "host:99999"):
         with pytest.raises(ValueError):
             Trunk.parse(bad)
     for bad in ("", "a b", "sip:@host", "<sip:x@y>", "x;y", "sip:a\r@b", "sip:a@b\r\nX-Evil: 1", "sip:a\x00@b"):
@@ -96,8 +102,9 @@ def test_outcomes_and_http_statuses() -> None:
 
 def test_config_validation_of_trunk_flags() -> None:
     ServerConfig(sip_port=5060, sip_trunk="sip:trunk.example.com", sip_trunk_user="u", sip_register=True).validate()
+    ServerConfig(sip_trunk="sips:trunk.example.com").validate()  # TLS: its own connection, no --sip-port needed
     for kw, msg in (({"sip_trunk": "trunk.example.com"}, "--sip-port"),
-                    ({"sip_port": 5060, "sip_trunk": "sips:t"}, "UDP"),
+                    ({"sip_port": 5060, "sip_trunk": "sip:t;transport=sctp"}, "udp, tcp or tls"),
                     ({"sip_port": 5060, "sip_register": True}, "--sip-register"),
                     ({"sip_port": 5060, "sip_trunk": "t", "sip_register": True}, "--sip-trunk-user"),
                     ({"sip_dial_timeout": 0.0}, "--sip-dial-timeout")):

@@ -61,9 +61,8 @@ class Outbound:
     def __init__(self, servers: Any, config: ServerConfig, metrics: ServerMetrics | None) -> None:
         self.config = config
         trunk = Trunk.parse(config.sip_trunk, config.sip_trunk_user, config.sip_trunk_password, config.sip_caller_id)
-        self.link = TrunkLink(trunk, servers.core.client_hooks,
-                              lambda: servers.net.udp if servers.net is not None else None,
-                              servers.public_host, lambda: servers.port, servers.core.local_host)
+        self.link = TrunkLink(trunk, servers.core, lambda: servers.net.udp if servers.net is not None else None,
+                              servers.public_host, lambda: servers.port)
         self.dialer = Dialer(servers.core, self.link, config.sip_dial_timeout)
         self.registration = Registration(self.link) if config.sip_register else None
         self.dials = Counter("v2v_sip_dials_total", "Outbound calls placed through the trunk, by outcome",
@@ -211,6 +210,10 @@ def setup_outbound(app: web.Application, servers: Any, config: ServerConfig,
     async def on_shutdown(app: web.Application) -> None:
         await outbound.close()
 
+    async def on_cleanup(app: web.Application) -> None:
+        await outbound.link.close()  # the TCP/TLS connection, once its calls had their BYE
+
     app.on_startup.append(on_startup)  # after SIP's own: the UDP socket is up
     app.on_shutdown.insert(0, on_shutdown)  # before SIP closes its socket
+    app.on_cleanup.append(on_cleanup)
     return outbound

@@ -65,6 +65,7 @@ class Registration:
         """One REGISTER transaction (digest retry included); updates the state and logs a change."""
         expires = self.expires if expires is None else expires
         addr = await self.link.resolve()
+        await self.link.connect(addr)  # our address toward it (Via, Contact); TCP/TLS: the connection
         resp, self.cseq = await self.link.request_authed(self._make(expires), addr, self.cseq + 1, self.auth)
         if resp is not None and resp.status == 423 and expires:
             floor = (resp.headers.get("Min-Expires") or "").strip()

@@ -13,20 +13,27 @@ its client transaction by the top Via branch (``SipCore.client_hooks``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from .addr import bracket, is_dual_stack, send_address
+from .addr import bracket, ip_family, is_dual_stack, send_address
 from .dialog import T1, T2, Conn, new_branch
 from .digest_client import Challenge, ClientCredentials, authorization, pick_challenge
-from .message import Headers, SipParseError, SipRequest, SipResponse, SipUri, split_hostport
+from .message import Headers, SipParseError, SipRequest, SipResponse, SipUri, StreamFramer, split_hostport
 
 __all__ = ["AuthCache", "Trunk", "TrunkLink", "USER_AGENT", "challenge_of", "with_credentials"]
 
+log = logging.getLogger("v2v.sip.dial")
+
 USER_AGENT = "v2v"
 TIMER_B = 64 * T1  # an INVITE (or, as Timer F, any request) unanswered this long has failed
+TRANSPORTS = ("udp", "tcp", "tls")
+CONNECT_TIMEOUT_S = 5.0  # TCP connect + TLS handshake to the trunk
 
 
 @dataclass(frozen=True)
@@ -38,16 +45,20 @@ class Trunk:
     user: str = ""
     password: str = ""
     caller_id: str = ""  # a user part (+15551230000) or a whole sip: URI
+    transport: str = "udp"  # udp | tcp | tls
 
     @classmethod
     def parse(cls, spec: str, user: str = "", password: str = "", caller_id: str = "") -> Trunk:
-        """``sip:trunk.example.com:5060``, ``trunk.example.com``, ``192.0.2.1:5080``; ValueError if not."""
+        """``sip:trunk.example.com:5060``, ``trunk.example.com``, ``192.0.2.1:5080``,
+        ``sip:host;transport=tcp``, ``sips:host`` or ``;transport=tls`` (port 5061); ValueError if not."""
         text = spec.strip()
+        transport = "udp"
         try:
             if text.lower().startswith(("sip:", "sips:")):
                 uri = SipUri.parse(text)
-                if uri.scheme == "sips" or (uri.params.get("transport") or "udp").lower() != "udp":
-                    raise ValueError("only UDP trunks are supported (no sips:, no ;transport=tcp/tls)")
+                transport = (uri.params.get("transport") or ("tls" if uri.scheme == "sips" else "udp")).lower()
+                if transport not in TRANSPORTS or (uri.scheme == "sips" and transport != "tls"):
+                    raise ValueError(f"transport {transport!r}: udp, tcp or tls (sips:)")
                 host, port = uri.host, uri.port
             else:
                 host, port = split_hostport(text)
@@ -56,7 +67,7 @@ class Trunk:
         host = host.strip("[]")
         if not host or any(c in host for c in " ;@/<>"):
             raise ValueError(f"--sip-trunk {spec!r}: want sip:host[:port] or host[:port]")
-        return cls(host, port or 5060, user, password, caller_id)
+        return cls(host, port or (5061 if transport == "tls" else 5060), user, password, caller_id, transport)
 
     @property
     def hostport(self) -> str:
@@ -94,22 +105,34 @@ class Trunk:
         uri = SipUri.parse(request_uri)
         if uri.host.strip("[]").lower() == self.host.lower() and (uri.port or 5060) == self.port:
             return None
-        return f"<sip:{self.hostport};lr>"
+        tp = "" if self.transport == "udp" else f";transport={self.transport}"
+        return f"<sip:{self.hostport}{tp};lr>"
 
 
 class TrunkLink:
-    """Our UDP path to the trunk: address, Via, Conn, response routing, non-INVITE transactions."""
+    """Our path to the trunk: address, connection, Via/Contact, response routing, non-INVITE transactions.
 
-    def __init__(self, trunk: Trunk, hooks: dict[str, Callable[[SipResponse], None]],
-                 udp: Callable[[], asyncio.DatagramTransport | None], public_host: str,
-                 sip_port: Callable[[], int], local_host: Callable[[Conn], str] | None = None) -> None:
+    UDP goes from the ``--sip-port`` socket; TCP and TLS over one connection we open
+    (the trunk's certificate checked against the system's CAs, ``SSL_CERT_FILE`` adds
+    one), read here into the core like any other; it closing ends its calls.
+    """
+
+    def __init__(self, trunk: Trunk, core: Any, udp: Callable[[], asyncio.DatagramTransport | None],
+                 public_host: str, sip_port: Callable[[], int]) -> None:
         self.trunk = trunk
-        self.hooks = hooks  # SipCore.client_hooks: branch -> handler
+        self.core = core  # SipCore: client_hooks, local_host, ports, receive, connection_lost
+        self.hooks: dict[str, Callable[[SipResponse], None]] = core.client_hooks  # branch -> handler
         self._udp = udp
         self.public_host = public_host
-        self.host = public_host  # our address toward the trunk (Via, Contact), set by resolve()
+        self.host = public_host  # our address toward the trunk (Via, Contact), set on connecting
         self._port = sip_port
-        self._local_host = local_host  # SipCore.local_host: the public address, or ours of the trunk's family
+        self._stream: Conn | None = None  # the TCP/TLS connection, while open
+        self._reader: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    @property
+    def reliable(self) -> bool:
+        return self.trunk.transport != "udp"
 
     def _socket(self) -> tuple[asyncio.DatagramTransport, int, bool]:
         """The SIP UDP transport, its address family, and whether it is dual-stack."""
@@ -121,17 +144,72 @@ class TrunkLink:
         return udp, family, bool(sock is not None and family == socket.AF_INET6 and is_dual_stack(sock))
 
     async def resolve(self) -> tuple[str, int]:
-        """The trunk's address that the SIP socket reaches (its own family first); OSError when none."""
-        _udp, family, dual = self._socket()
-        infos = await asyncio.get_running_loop().getaddrinfo(self.trunk.host, self.trunk.port, type=socket.SOCK_DGRAM)
-        found = [(str(i[4][0]), int(i[4][1])) for i in sorted(infos, key=lambda i: i[0] != family)]
-        usable = [a for a in found if send_address(family, dual, a) is not None]
-        if not usable:
+        """The trunk's address (UDP: one the SIP socket reaches, its own family first); OSError when none."""
+        kind = socket.SOCK_STREAM if self.reliable else socket.SOCK_DGRAM
+        infos = await asyncio.get_running_loop().getaddrinfo(self.trunk.host, self.trunk.port, type=kind)
+        found = [(str(i[4][0]), int(i[4][1])) for i in infos]
+        if not self.reliable:
+            _udp, family, dual = self._socket()
+            found = [a for a in sorted(found, key=lambda a: ip_family(a[0]) != (6 if family == socket.AF_INET6 else 4))
+                     if send_address(family, dual, a) is not None]
+        if not found:
             raise OSError(f"{self.trunk.host} has no address the SIP socket (--host) can reach")
-        addr = usable[0]
-        if self._local_host is not None:
-            self.host = self._local_host(self.conn(addr))
-        return addr
+        return found[0]
+
+    async def connect(self, addr: tuple[str, int]) -> Conn:
+        """The :class:`Conn` requests to the trunk go by: the UDP socket, or the TCP/TLS connection."""
+        if not self.reliable:
+            conn = self.conn(addr)
+        elif self._stream is not None and self._stream.is_open():
+            return self._stream
+        else:
+            self._connecting = self._connecting or asyncio.Lock()
+            async with self._connecting:
+                if self._stream is None or not self._stream.is_open():
+                    self._stream = await self._open(addr)
+            conn = self._stream
+        self.host = self.core.local_host(conn)
+        return conn
+
+    async def _open(self, addr: tuple[str, int]) -> Conn:
+        tls = self.trunk.transport == "tls"
+        ctx = ssl.create_default_context() if tls else None
+        if ctx is not None:
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                addr[0], addr[1], ssl=ctx, server_hostname=self.trunk.host if tls else None), CONNECT_TIMEOUT_S)
+        except (TimeoutError, ssl.SSLError) as e:
+            raise OSError(f"cannot connect to {self.trunk.hostport} over {self.trunk.transport}: {e}") from None
+        local = writer.get_extra_info("sockname")
+        conn = Conn("TLS" if tls else "TCP", addr, (str(local[0]), int(local[1])), writer.write,
+                    lambda: not writer.is_closing())
+        self._reader = asyncio.get_running_loop().create_task(self._read(reader, writer, conn), name="sip-trunk-read")
+        return conn
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Conn) -> None:
+        """Feed what the trunk sends on our connection to the core; its end ends the calls on it."""
+        framer = StreamFramer()
+        try:
+            while data := await reader.read(65536):
+                for msg in framer.feed(data):
+                    self.core.receive(msg, conn)
+        except (OSError, SipParseError) as e:
+            log.info("sip: trunk connection to %s lost: %s", self.trunk.hostport, e)
+        finally:
+            if self._stream is conn:
+                self._stream = None
+            writer.close()
+            self.core.connection_lost(lambda c: c is conn)
+
+    async def close(self) -> None:
+        """Close the TCP/TLS connection (after the calls on it had their BYE)."""
+        if self._stream is not None:
+            self._stream = None
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader = None
 
     def conn(self, addr: tuple[str, int]) -> Conn:
         """A :class:`Conn` sending to ``addr`` from the SIP UDP socket (dialogs keep it for BYE)."""
@@ -144,11 +222,18 @@ class TrunkLink:
 
         return Conn("UDP", addr, (local[0], local[1]), send, lambda: not udp.is_closing())
 
+    def _local_port(self) -> int:
+        name = self.trunk.transport.upper()
+        if not self.reliable:
+            return self._port()
+        stream = self._stream
+        return int(self.core.ports.get(name) or (stream.local[1] if stream is not None else 0))
+
     def via(self, branch: str) -> str:
-        return f"SIP/2.0/UDP {bracket(self.host)}:{self._port()};branch={branch};rport"
+        return f"SIP/2.0/{self.trunk.transport.upper()} {bracket(self.host)}:{self._local_port()};branch={branch};rport"
 
     def contact(self, user: str = "v2v") -> str:
-        return f"<sip:{user}@{bracket(self.host)}:{self._port()};transport=udp>"
+        return f"<sip:{user}@{bracket(self.host)}:{self._local_port()};transport={self.trunk.transport}>"
 
     def open_tx(self, branch: str) -> asyncio.Queue[SipResponse]:
         """Start receiving the responses whose top Via carries ``branch``."""
@@ -181,7 +266,7 @@ class TrunkLink:
         """One non-INVITE client transaction over UDP: the final response, or None (Timer F)."""
         branch = req.vias[0].branch or ""
         q = self.open_tx(branch)
-        conn = self.conn(addr)
+        conn = await self.connect(addr)
         data = req.serialize()
         try:
             interval, deadline = T1, time.monotonic() + TIMER_B
@@ -190,7 +275,8 @@ class TrunkLink:
                 try:
                     resp = await asyncio.wait_for(q.get(), min(interval, left))
                 except TimeoutError:
-                    conn.try_send(data)  # Timer E
+                    if not conn.reliable:
+                        conn.try_send(data)  # Timer E
                     interval = min(interval * 2, T2)
                     continue
                 if resp.status >= 200 and resp.cseq == req.cseq:

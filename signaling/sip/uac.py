@@ -132,7 +132,7 @@ class Dialer:
         try:
             out = await self._dial(to, profile, timeout or self.dial_timeout, sip_call_id)
         except OSError as e:
-            out.detail = f"trunk unreachable: {e}"[:120]
+            out.detail = f"trunk unreachable: {e}"[:200]
         except SipReject as e:  # the media could not be opened (overload, bad profile)
             out.sip_status, out.reason, out.detail = e.status, e.reason or "", "no media for the call"
         except ValueError as e:  # a malformed final response (SipParseError) or target
@@ -147,12 +147,13 @@ class Dialer:
         link = self.link
         uri = link.trunk.target_uri(to)
         addr = await link.resolve()
-        creq = CallRequest(call_id=sip_call_id, transport="sip_udp", profile=profile,
+        conn = await link.connect(addr)
+        creq = CallRequest(call_id=sip_call_id, transport=conn.label, profile=profile,
                            user=SipUri.parse(uri).user, offer_sdp="", remote=addr, from_uri=uri)
         media: SipMedia = await self.core.media_factory(creq)
         answered = False
         try:
-            att, resp = await self._invite(uri, link.conn(addr), sip_call_id, media, timeout)
+            att, resp = await self._invite(uri, conn, sip_call_id, media, timeout)
             out = DialOutcome("failed", sip_call_id=sip_call_id, ringing=att.ringing)
             if resp is None:
                 out.detail = "no answer to our CANCEL" if att.cancel else "no response from the trunk"
@@ -233,6 +234,8 @@ class Dialer:
                 try:
                     resp = await asyncio.wait_for(q.get(), max(wait, 0.0))
                 except TimeoutError:
+                    if att.conn.reliable:
+                        continue  # TCP/TLS: no retransmissions, Timer B alone
                     if att.cancel is None and not att.provisional:
                         att.conn.try_send(data)  # Timer A
                         interval *= 2
