@@ -184,3 +184,35 @@ async def test_a_real_webrtc_call_through_serve_ends_its_turn_by_the_model() -> 
     assert "Smart Turn loaded" in log
     assert "turn ended (model)" in log, log[-3000:]
     assert summary["first_reply_audio_s"] is not None
+
+
+async def test_a_short_burst_over_the_reply_is_not_a_turn() -> None:
+    """With the model on, a 150 ms burst over the assistant is still a false interruption: the playout
+    resumes and the burst's input is cleared, never committed as a turn; a confirmed barge-in over a
+    reply is a turn the model ends."""
+    from tests.conftest import load_wav, manifest
+    from tests.scripted import Script, ScriptedFactory
+    from tests.test_call import _barge_input
+
+    async def wait_for_model(step: int, call: CallSession) -> None:
+        if call._eot is not None and call._eot.pending is not None:
+            await call._eot.pending
+
+    cfg = CallConfig(turn_model="smart-turn")
+    factory = ScriptedFactory(Script(reply_seconds=5.0))
+    speech = load_wav("long_speech.wav")[0]
+    onset = manifest()["long_speech.wav"]["speech"][0][0]
+    burst = speech[onset + 16000 : onset + 16000 + 16000 * 150 // 1000]
+    res = await run_wav_call(factory, _barge_input(3.5, burst), 16000, config=cfg, tail_s=6.0,
+                             on_step=wait_for_model)
+    assert res.of_type(ev.FalseInterruption)
+    assert factory.names().count("commit_input") == 1  # the first utterance only
+    assert "clear_input" in factory.names()
+    assert res.of_type(ev.BotInterrupted) == []
+    # a real barge-in (a whole sentence over the reply) interrupts and then becomes the next turn
+    factory = ScriptedFactory(Script(reply_seconds=5.0))
+    pcm, _ = read_wav(TURN / COMPLETE)
+    res = await run_wav_call(factory, _barge_input(3.5, pcm), 16000, config=cfg, tail_s=3.0,
+                             on_step=wait_for_model)
+    assert res.of_type(ev.BotInterrupted)
+    assert factory.names().count("commit_input") == 2
