@@ -227,15 +227,18 @@ async def test_sip_codecs_pcmu_forces_pcmu_on_an_opus_first_phone() -> None:
 
 
 # ------------------------------------------------------------------ Opus + RFC 4733 at 48 kHz
-class OpusPeer(asyncio.DatagramProtocol):
-    """A scripted Opus caller: 20 ms Opus packets (timestamps +960) and RFC 4733 digits at 48000."""
+class CodecPeer(asyncio.DatagramProtocol):
+    """A scripted caller: 20 ms packets of one codec (timestamps + its frame's ticks) and RFC 4733 digits
+    at its clock (3 x 20 ms + 3 end packets each)."""
 
-    def __init__(self) -> None:
-        self.codec = make_codec("OPUS")
+    def __init__(self, name: str = "OPUS", pt: int = 111) -> None:
+        self.codec = make_codec(name)
+        self.pt = pt
         self.received: list[tuple[int, int, bytes]] = []  # (pt, timestamp, payload)
         self.digits: list[int] = []
         self.transport: asyncio.DatagramTransport | None = None
         self.seq, self.ts = 7, 0
+        self.event_left = 0  # audio frames a digit still stands in for
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)  # a datagram endpoint's transport
@@ -250,31 +253,44 @@ class OpusPeer(asyncio.DatagramProtocol):
         hdr = struct.pack("!BBHII", 0x80, (int(marker) << 7) | pt, self.seq & 0xFFFF, ts & 0xFFFFFFFF, 0x5EED)
         self.transport.sendto(hdr + payload, remote)
 
-    async def run(self, remote: tuple[str, int], seconds: float, dtmf_pt: int) -> None:
-        """Audio for ``seconds``; a digit (5, then 9) every 40 frames, each 3 x 20 ms + 3 end packets."""
+    async def run(self, remote: tuple[str, int], seconds: float, dtmf_pt: int = 101,
+                  audio: np.ndarray | None = None) -> None:
+        """``audio`` (at the encoder's rate; a tone if None, silence after its end) for ``seconds``; a
+        queued digit goes out every 0.8 s."""
+        info = self.codec.info
+        step, ticks = info.encode_samples, info.frame_ticks
+        if audio is None:
+            audio = (3000 * np.sin(2 * np.pi * 700 * np.arange(int(seconds * info.encode_rate))
+                                   / info.encode_rate)).astype(np.int16)
         t0 = time.monotonic()
-        tone = (3000 * np.sin(2 * np.pi * 700 * np.arange(480) / 24000)).astype(np.int16)
         for n in range(int(seconds * 50)):
-            k = n % 40
-            if k == 20 and self.digits:
-                event = self.digits.pop(0)
-                start = self.ts
-                for i in range(1, 4):  # durations in 48 kHz ticks: 960 per 20 ms
-                    self._send(remote, dtmf_pt, start, struct.pack("!BBH", event, 10, i * 960), marker=i == 1)
-                    await asyncio.sleep(max(0.0, t0 + (n + i) * 0.02 - time.monotonic()))
-                for _ in range(3):
-                    self._send(remote, dtmf_pt, start, struct.pack("!BBH", event, 0x80 | 10, 2880))
-                self.ts += 3 * 960
+            await asyncio.sleep(max(0.0, t0 + n * 0.02 - time.monotonic()))
+            if n % 40 == 20 and self.digits:
+                self._event(remote, dtmf_pt, ticks)
+            if self.event_left:
+                self.event_left -= 1
                 continue
-            self._send(remote, 111, self.ts, self.codec.encode(tone))
-            self.ts += 960
-            await asyncio.sleep(max(0.0, t0 + (n + 1) * 0.02 - time.monotonic()))
+            frame = audio[n * step:(n + 1) * step]
+            frame = np.pad(frame, (0, step - len(frame)))
+            self._send(remote, self.pt, self.ts, self.codec.encode(frame))
+            self.ts += ticks
+
+    def _event(self, remote: tuple[str, int], dtmf_pt: int, ticks: int) -> None:
+        """One digit in place of three 20 ms audio frames: its updates and three end packets (sent at
+        once: the receiver takes one digit per event timestamp), all stamped with its start."""
+        event, start = self.digits.pop(0), self.ts
+        for i in range(1, 4):
+            self._send(remote, dtmf_pt, start, struct.pack("!BBH", event, 10, i * ticks), marker=i == 1)
+        for _ in range(3):
+            self._send(remote, dtmf_pt, start, struct.pack("!BBH", event, 0x80 | 10, 3 * ticks))
+        self.ts += 3 * ticks
+        self.event_left = 3
 
 
 async def test_opus_call_takes_digits_at_48000_and_sends_opus_at_the_48k_clock() -> None:
     async with running_server() as srv:
         loop = asyncio.get_running_loop()
-        _, peer = await loop.create_datagram_endpoint(OpusPeer, local_addr=("127.0.0.1", 0))
+        _, peer = await loop.create_datagram_endpoint(CodecPeer, local_addr=("127.0.0.1", 0))
         sip = await SipClient("udp", ("127.0.0.1", srv.sip_port)).connect()
         try:
             assert peer.transport is not None
@@ -383,3 +399,56 @@ async def test_rtp_session_codec_change_keeps_the_input_rate() -> None:
     peak = np.argmax(np.abs(np.fft.rfft(pcm[800:]))) * 8000 / len(pcm[800:])
     assert abs(peak - 1000) < 20  # the 1 kHz tone, at 8 kHz
     assert {p.payload_type for _, p in peer.packets[n0:]} == {9}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("name", "pt"), [("G722", 9), ("OPUS", 111)])
+async def test_local_model_over_a_wideband_call_gets_the_time(name: str, pt: int) -> None:
+    """The default local model on a G.722 (16 kHz) or Opus (48 kHz input) call: "what time is it" is
+    understood, get_time runs, the time is spoken back in that codec."""
+    from v2v.worker import events as ev
+    from v2v.worker.models import local_brain as brain
+
+    pcm, rate = read_wav(FIXTURES / "what_time_is_it.wav")
+    peer_rate = CODECS[name].encode_rate
+    rs = Resampler(rate, peer_rate)
+    speech = np.concatenate([rs.process(pcm), rs.flush()])
+    async with running_server(model="local") as srv:
+        events = record_call_events(srv)
+        loop = asyncio.get_running_loop()
+        _, peer = await loop.create_datagram_endpoint(lambda: CodecPeer(name, pt), local_addr=("127.0.0.1", 0))
+        sip = await SipClient("udp", ("127.0.0.1", srv.sip_port)).connect()
+        try:
+            assert peer.transport is not None
+            port = peer.transport.get_extra_info("sockname")[1]
+            call = Call(sip, peer, f"sip:assistant@127.0.0.1:{srv.sip_port}")  # type: ignore[arg-type]  # its RTP is driven here
+            fmts = f"{pt} 0 101"
+            sdp = OPUS_FIRST.replace("10.0.0.5", "127.0.0.1").replace("m=audio 4000 RTP/AVP 111 9 0 8 110 101",
+                                                                       f"m=audio {port} RTP/AVP {fmts}")
+            sip.send(sip.request("INVITE", call.uri, call.call_id, from_tag=call.from_tag, cseq=1, body=sdp))
+            resp = await sip.recv_final(call.call_id, "INVITE")
+            assert resp.status == 200
+            call.to_tag = resp.to.tag
+            sip.send(sip.request("ACK", call.uri, call.call_id, from_tag=call.from_tag, to_tag=call.to_tag, cseq=1))
+            (d,) = srv.sip.core.dialogs.values()
+            assert srv.rtp_of(d.media).codec.name == name
+            sender = asyncio.ensure_future(peer.run(call._remote_rtp(resp), 15.0, audio=speech))
+            try:
+                await wait_for(lambda: any(isinstance(e, ev.BotOutput) and e.final for e in events), 25, "the answer")
+            finally:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+            call.cseq = 2
+            assert (await call.bye()).status == 200
+        finally:
+            await sip.close()
+            assert peer.transport is not None
+            peer.transport.close()
+    heard = [e.text for e in events if isinstance(e, ev.UserTranscript) and e.final]
+    decided = brain.decide(heard[0])
+    assert isinstance(decided, brain.ToolCall) and decided.name == "get_time", heard
+    said = " ".join(e.text for e in events if isinstance(e, ev.BotTranscript))
+    assert said.startswith("It is "), said
+    dec = make_codec(name)
+    answer = np.concatenate([dec.decode(p) for ptype, _ts, p in peer.received if ptype == pt])
+    assert np.abs(answer).max(initial=0) > 2000  # the answer came back as audio in the call's codec
