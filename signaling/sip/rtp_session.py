@@ -178,7 +178,7 @@ class RtpSession:
         self.on_rtcp: Callable[[bytes, tuple], object] | None = None  # and RTCP muxed on this port
         # (timestamp, payload, comfort noise?) in sequence order
         self._jitter: JitterBuffer[tuple[int, bytes, bool]] = JitterBuffer(depth=jitter_depth)
-        # the caller's timeline, in samples: where the next packet is expected
+        # the caller's timeline, in RTP clock ticks: where the next packet is expected
         # (never moves back), when the last one came, silence made up since
         self._next_ts: int | None = None
         self._last_audio_t = time.monotonic()
