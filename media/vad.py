@@ -42,7 +42,8 @@ speech. With ``settle_ms`` > 0 the gate adapts before it decides:
 Eager onset (``onset_ms`` set): after ``onset_ms`` of consecutive voiced
 frames an ``onset`` event (tentative speech, for a cheap reversible pause)
 comes before the ``start``; if no start follows before ``drop_ms`` of
-unvoiced frames, a ``drop`` event retracts it. A start that follows an onset
+unvoiced frames (or the floor settles on it: it was a noise step), a ``drop``
+event retracts it. A start that follows an onset
 carries the onset's sample.
 
 Events depend only on whole frames, so the way the input is split into pieces
@@ -197,6 +198,7 @@ class VoiceActivityDetector:
                     hist.extend(recent)
                     self.settled += 1
                     floor = lo
+                    self._silent = max(self._silent, self.drop_frames - 1)  # an onset on it: drop at once
         return floor
 
     def _voiced(self, lv: float, start: int, pos: int, events: list[VadEvent]) -> None:

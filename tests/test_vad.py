@@ -10,6 +10,9 @@ fixture to the VAD rate):
   fresh white/pink noise at -40..-10 dBFS).
 - the 150 ms noise burst: one start (within a frame + 20 ms of it) and an end < 250 ms later.
 Rates 8/16/48 kHz and frames 10/20/30 ms throughout, at the default parameters.
+- as the call runs it (settle_ms=120, onset_ms=20): steady white/pink/hum noise at -50..-35 dBFS
+  after silence starts nothing (each tentative onset is dropped); speech 0-400 ms after it starts
+  once, decided on the speech; onset events precede the start with the same sample.
 """
 
 from __future__ import annotations
@@ -269,3 +272,83 @@ def test_supported_rates_all_work() -> None:
     pcm, rate = load_fixture("what_time_is_it.wav")
     for r in SUPPORTED_RATES:
         assert [e.kind for e in VoiceActivityDetector(r).process(resample_oneshot(pcm, rate, r))] == ["start", "end"]
+
+
+# -- issue 17: line noise that starts abruptly; eager onset events ---------------------------------
+CALL_VAD = {"settle_ms": 120, "onset_ms": 20}  # as the call runs it (worker.call.CallConfig)
+
+
+def _hum(n: int, rate: int, level: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / rate
+    x = sum(np.sin(2 * np.pi * 50 * h * t + rng.uniform(0, 2 * np.pi)) / h for h in range(1, 8))
+    x = x + 0.3 * np.std(x) * rng.standard_normal(n)
+    return (x / np.sqrt(np.mean(x**2)) * 10 ** (level / 20)).astype(np.float32)
+
+
+def _line_opens(kind: str, rate: int, level: float, at_s: float = 0.3, total_s: float = 4.0, seed: int = 21) -> np.ndarray:
+    n, at = int(total_s * rate), int(at_s * rate)
+    noise = _hum(n - at, rate, level, seed) if kind == "hum" else (white_noise if kind == "white" else pink_noise)(
+        n - at, level, seed)
+    return to_int16(np.concatenate([np.zeros(at, np.float32), noise]))
+
+
+@pytest.mark.parametrize("frame_ms", FRAMES)
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("kind", ("white", "pink", "hum"))
+def test_abrupt_line_noise_settles_without_a_start(kind: str, rate: int, frame_ms: int) -> None:
+    for level in (-50.0, -40.0, -35.0):
+        pcm = _line_opens(kind, rate, level)
+        vad = VoiceActivityDetector(rate, frame_ms=frame_ms, **CALL_VAD)
+        events = vad.process(pcm)
+        assert "start" not in [e.kind for e in events], (level, events)
+        assert vad.settled >= 1 and not vad.tentative
+        kinds = [e.kind for e in events]
+        assert kinds == ["onset", "drop"] * (len(kinds) // 2)  # every tentative onset retracted
+
+
+def test_abrupt_line_noise_started_speech_without_settling() -> None:
+    """The problem the settling solves: the floor learnt on the silence lets the noise step through."""
+    assert [e.kind for e in VoiceActivityDetector(16000).process(_line_opens("white", 16000, -50.0))][:1] == ["start"]
+
+
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("kind", ("white", "pink", "hum"))
+def test_speech_right_after_the_noise_onset_starts(kind: str, rate: int) -> None:
+    clip, k = at_rate("what_time_is_it.wav", rate)
+    info = fixture_info("what_time_is_it.wav")
+    onset = round(info["speech"][0][0] * k)
+    for delay_ms in (0, 50, 150, 400):
+        noise = _line_opens(kind, rate, -40.0, total_s=0.3 + delay_ms / 1000 + len(clip) / rate)
+        at = int(0.3 * rate) + ms(rate, delay_ms)
+        mix = noise.astype(np.int32)
+        mix[at : at + len(clip) - onset] += clip[onset:]
+        events = VoiceActivityDetector(rate, **CALL_VAD).process(np.clip(mix, -32768, 32767).astype(np.int16))
+        starts = [e for e in events if e.kind == "start"]
+        assert len(starts) == 1, (delay_ms, events)
+        assert int(0.3 * rate) <= starts[0].sample <= at + ms(rate, 60)
+        assert starts[0].decided_at > at
+
+
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("name", SPEECH)
+def test_onset_comes_first_and_the_start_keeps_its_sample(name: str, rate: int) -> None:
+    pcm, _ = at_rate(name, rate)
+    events = VoiceActivityDetector(rate, **CALL_VAD).process(pcm)
+    assert [e.kind for e in events] == ["onset", "start", "end"], events
+    onset, start, _ = events
+    assert onset.sample == start.sample and onset.decided_at - onset.sample == ms(rate, 20)
+    assert start.decided_at >= onset.decided_at
+
+
+@pytest.mark.parametrize("name", ["speech_white_snr10.wav", "noise_burst_150ms.wav", "what_time_is_it.wav"])
+def test_settling_and_onsets_do_not_depend_on_pieces(name: str) -> None:
+    pcm = np.concatenate([_line_opens("pink", 16000, -40.0, total_s=1.0), at_rate(name, 16000)[0]])
+    expected = VoiceActivityDetector(16000, **CALL_VAD).process(pcm)
+    assert expected
+    rng = np.random.default_rng(3)
+    vad = VoiceActivityDetector(16000, **CALL_VAD)
+    events: list[VadEvent] = []
+    for piece in _split(pcm, rng.integers(0, 4000, 40).tolist()):
+        events += vad.process(piece)
+    assert events == expected
