@@ -22,6 +22,7 @@ from tests.sip.uac import SipClient, offer_sdp
 from tests.test_sip_baresip import Baresip, normalized_xcorr_peak
 from v2v.media.g711 import ulaw_encode
 from v2v.signaling.config import ServerConfig
+from v2v.signaling.sip import tls as tls_module
 from v2v.signaling.sip.message import SipResponse
 from v2v.signaling.sip.srtp import SrtpPlan, SrtpProtector, parse_crypto
 from v2v.worker import events as ev
@@ -372,3 +373,21 @@ async def test_require_makes_our_offer_srtp_and_takes_the_answer_in_ack() -> Non
         finally:
             tr.close()
             await sip.close()
+
+
+async def test_silent_tls_client_times_out_and_frees_its_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that connects and never starts the handshake is closed after the handshake timeout, counted,
+    and its place in --max-conns-per-source given back."""
+    monkeypatch.setattr(tls_module, "HANDSHAKE_TIMEOUT_S", 0.5)
+    _ca, cert, key = await make_certs()
+    async with running_server(sip_tls_port=0, sip_tls_cert=str(cert), sip_tls_key=str(key),
+                              max_conns_per_source=4) as srv:
+        assert srv.sip.tls is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.sip.tls.port)
+        await wait_for(lambda: srv.sip.tls is not None and srv.sip.tls.limit.open.get("127.0.0.1") == 1, 1.0,
+                       "the connection admitted")
+        assert await asyncio.wait_for(reader.read(), 3) == b""  # closed by the server
+        writer.close()
+        await wait_for(lambda: srv.metric("v2v_sip_tls_handshake_failures_total") == 1, 1.0, "the timeout counted")
+        await wait_for(lambda: srv.sip.tls is not None and not srv.sip.tls.limit.open.get("127.0.0.1"), 1.0,
+                       "its place given back")
