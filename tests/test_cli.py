@@ -33,6 +33,7 @@ SERVE_FLAGS = [
     "--record-dir", "--record-max-mb", "--record-keep-days", "--webhook", "--webhook-secret", "--webhook-turns",
     "--transfer-targets", "--turn-model", "--turn-max-wait-ms",
     "--sip-tls-port", "--sip-tls-cert", "--sip-tls-key", "--sip-srtp",
+    "--sip-codecs",
 ]
 SIP_SIGNALING_FLAGS = ["--sip-port", "--sip-ring-ms", "--sip-user", "--sip-realm", "--sip-allow", "--sip-rate",
                        "--sip-tls-port", "--sip-tls-cert", "--sip-tls-key"]
