@@ -23,6 +23,8 @@ pytestmark = pytest.mark.timeout(90)
 ROOT = Path(__file__).resolve().parent.parent
 V2V = [sys.executable, "-m", "v2v.signaling.cli"]
 
+TRUNK_FLAGS = ["--sip-trunk", "--sip-trunk-user", "--sip-trunk-password", "--sip-caller-id", "--sip-register",
+               "--sip-dial-timeout"]  # outbound calls (signaling/sip/outbound.py)
 SERVE_FLAGS = [
     "--host", "--port", "--model", "--openai-model", "--live-model", "--gemini-model", "--openai-base-url", "--turn-detection",
     "--aec", "--instructions", "--voice", "--greeting", "--app", "--max-calls", "--media-timeout", "--peer-gone-timeout", "--ice-timeout",
@@ -33,10 +35,10 @@ SERVE_FLAGS = [
     "--record-dir", "--record-max-mb", "--record-keep-days", "--webhook", "--webhook-secret", "--webhook-turns",
     "--transfer-targets", "--turn-model", "--turn-max-wait-ms",
     "--sip-tls-port", "--sip-tls-cert", "--sip-tls-key", "--sip-srtp",
-    "--sip-codecs",
+    "--sip-codecs", *TRUNK_FLAGS,
 ]
 SIP_SIGNALING_FLAGS = ["--sip-port", "--sip-ring-ms", "--sip-user", "--sip-realm", "--sip-allow", "--sip-rate",
-                       "--sip-tls-port", "--sip-tls-cert", "--sip-tls-key"]
+                       "--sip-tls-port", "--sip-tls-cert", "--sip-tls-key", *TRUNK_FLAGS]
 HTTP_ACCESS_FLAGS = ["--auth-secret", "--cors-origin", "--max-conns-per-source"]  # signaling's HTTP only
 WORKER_FLAGS = [f for f in SERVE_FLAGS if f not in SIP_SIGNALING_FLAGS + HTTP_ACCESS_FLAGS and f != "--workers"] + [
     "--advertise"]
