@@ -14,7 +14,8 @@ ticks and in samples) and made by :func:`make_codec`: an object with
   audio bandwidth; the decoder gives 48 kHz mono (a stereo stream is down-mixed
   by libopus), the encoder takes the assistant's 24 kHz voice directly (Opus
   codes 24 kHz natively: no resampling on the way out), mono, VoIP mode,
-  32 kbit/s, complexity 5, in-band FEC when the peer's fmtp asks for it.
+  32 kbit/s (less if the peer's ``maxaveragebitrate`` says so), complexity 5,
+  in-band FEC when the peer's fmtp asks for it.
 
 The PyAV encoders are fed frames of exactly their frame size through the codec
 context's send/receive step, as :mod:`signaling.aiortc_tuning` does for
@@ -39,6 +40,7 @@ log = logging.getLogger("v2v.media.rtp_codecs")
 PTIME_MS = 20
 OPUS_BITRATE = 32000
 OPUS_COMPLEXITY = 5
+OPUS_MIN_BITRATE = 6000  # RFC 7587's lower bound of maxaveragebitrate
 OPUS_FEC_LOSS_PCT = 10  # the loss the encoder plans its in-band FEC for, when the peer asked for FEC
 _EMPTY = np.zeros(0, dtype=np.int16)
 
@@ -122,7 +124,7 @@ class G711RtpCodec:
 class AvRtpCodec:
     """G.722 or Opus through PyAV: one encoder and one decoder context per call (both keep state)."""
 
-    def __init__(self, info: CodecInfo, fec: bool = False) -> None:
+    def __init__(self, info: CodecInfo, fec: bool = False, bitrate: int = OPUS_BITRATE) -> None:
         self.info, self.name = info, info.key
         av_name = "libopus" if info.key == "OPUS" else info.name.lower()
         enc: Any = av.CodecContext.create(av_name, "w")
@@ -131,7 +133,7 @@ class AvRtpCodec:
         enc.sample_rate = info.encode_rate
         enc.time_base = Fraction(1, info.encode_rate)
         if info.key == "OPUS":
-            enc.bit_rate = OPUS_BITRATE
+            enc.bit_rate = max(OPUS_MIN_BITRATE, min(bitrate, OPUS_BITRATE))
             enc.options = {"application": "voip", "compression_level": str(OPUS_COMPLEXITY),
                            **({"fec": "1", "packet_loss": str(OPUS_FEC_LOSS_PCT)} if fec else {})}
         enc.open()
@@ -183,12 +185,13 @@ def codec_info(name: str) -> CodecInfo:
     return CODECS[name.upper()]
 
 
-def make_codec(name: str, fec: bool = False) -> RtpCodec:
-    """An encoder/decoder pair for ``name`` (PCMU, PCMA, G722, opus); ``fec``: Opus in-band FEC out."""
+def make_codec(name: str, fec: bool = False, bitrate: int = OPUS_BITRATE) -> RtpCodec:
+    """An encoder/decoder pair for ``name`` (PCMU, PCMA, G722, opus); Opus: ``fec`` in-band FEC out,
+    ``bitrate`` a ceiling below :data:`OPUS_BITRATE` (the peer's maxaveragebitrate)."""
     info = codec_info(name)
     if info.key in ("PCMU", "PCMA"):
         return G711RtpCodec(info)
-    return AvRtpCodec(info, fec=fec)
+    return AvRtpCodec(info, fec=fec, bitrate=bitrate)
 
 
 def parse_preference(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:

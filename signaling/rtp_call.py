@@ -17,7 +17,7 @@ import socket
 from dataclasses import dataclass
 
 from v2v.media.playout import PlayoutBuffer
-from v2v.media.rtp_codecs import DEFAULT_PREFERENCE, RtpCodec, codec_info, make_codec
+from v2v.media.rtp_codecs import DEFAULT_PREFERENCE, OPUS_BITRATE, RtpCodec, codec_info, make_codec
 from v2v.worker.tasks import TaskSet
 from v2v.worker.transport import QueueAudioInput
 
@@ -55,8 +55,12 @@ class RtpMediaConfig:
 
 
 def offer_codec(desc: AudioOffer) -> RtpCodec:
-    """The codec an offer or answer chose, with Opus FEC out when the peer asks for it (RFC 7587)."""
-    return make_codec(desc.codec, fec=desc.fmtp_params().get("useinbandfec") == "1")
+    """The codec an offer or answer chose; Opus (RFC 7587): FEC out when the peer asks for it
+    (useinbandfec=1), never above its maxaveragebitrate."""
+    params = desc.fmtp_params()
+    limit = params.get("maxaveragebitrate", "")
+    bitrate = int(limit) if limit.isascii() and limit.isdigit() and len(limit) <= 7 else OPUS_BITRATE
+    return make_codec(desc.codec, fec=params.get("useinbandfec") == "1", bitrate=bitrate)
 
 
 def initial_media(offer: AudioOffer | None, codecs: tuple[str, ...]) -> tuple[RtpCodec, int, int | None,

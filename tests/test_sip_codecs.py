@@ -452,3 +452,17 @@ async def test_local_model_over_a_wideband_call_gets_the_time(name: str, pt: int
     dec = make_codec(name)
     answer = np.concatenate([dec.decode(p) for ptype, _ts, p in peer.received if ptype == pt])
     assert np.abs(answer).max(initial=0) > 2000  # the answer came back as audio in the call's codec
+
+
+def test_opus_respects_the_peers_maxaveragebitrate() -> None:
+    from v2v.signaling.rtp_call import offer_codec
+
+    speech, rate = read_wav(FIXTURES / "speech_24k.wav")
+    frames = speech[: 480 * 100].astype(np.int16).reshape(-1, 480)
+
+    def mean_bytes(fmtp: str) -> float:
+        codec = offer_codec(parse_offer(OPUS_FIRST.replace("minptime=10;useinbandfec=1", fmtp)))
+        return float(np.mean([len(codec.encode(f)) for f in frames]))
+
+    ours, capped = mean_bytes("minptime=10"), mean_bytes("maxaveragebitrate=12000")
+    assert ours > 60 and capped < 12000 / 50 / 8 * 1.3, (ours, capped)  # 32 kbit/s: 80 B; 12 kbit/s: 30 B
