@@ -202,8 +202,9 @@ async def test_dial_wrong_password_fails(tmp_path: Path) -> None:
         uas.kill()
 
 
-async def test_register_with_digest_and_unregister(tmp_path: Path) -> None:
-    uas = await Uas(tmp_path, "uas_registrar.xml").start()
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_register_with_digest_and_unregister(tmp_path: Path, transport: str) -> None:
+    uas = await Uas(tmp_path, "uas_registrar.xml", transport=transport).start()
     try:
         async with running_server(**trunk(uas, sip_trunk_user="trunkuser", sip_trunk_password="s3cret",
                                           sip_register=True)) as srv:
