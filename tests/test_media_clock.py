@@ -213,6 +213,37 @@ async def test_a_call_leaving_does_not_disturb_another() -> None:
             await b.hangup()
 
 
+async def test_rtcp_sender_reports_describe_the_clocked_stream() -> None:
+    async with running_server() as server:
+        caller = Caller(server.url)
+        try:
+            await caller.connect()
+            await asyncio.wait_for(caller.bot_ready.wait(), 5)
+            got = _record_rtp(caller)
+            assert caller.pc is not None
+            receiver = [t for t in caller.pc.getTransceivers() if t.kind == "audio"][0].receiver
+            reports: list[Any] = []
+            original = receiver._handle_rtcp_packet
+
+            async def hook(packet: Any) -> None:
+                if isinstance(packet, rtp.RtcpSrPacket):
+                    reports.append((len(got), packet))
+                await original(packet)
+
+            receiver._handle_rtcp_packet = hook
+            await wait_until(lambda: len(reports) >= 2, 10, "two sender reports")
+            _, sender = _server_sender(server, caller)
+            ssrc = sender._ssrc
+            for seen, sr in reports:
+                info = sr.sender_info
+                assert sr.ssrc == ssrc and info.packet_count > 0 and info.octet_count > 0
+                assert info.rtp_timestamp in {g[2] for g in got} or seen == 0  # a timestamp the caller was sent
+            assert reports[-1][1].sender_info.packet_count > reports[0][1].sender_info.packet_count
+            assert reports[-1][1].sender_info.ntp_timestamp > reports[0][1].sender_info.ntp_timestamp
+        finally:
+            await caller.hangup()
+
+
 async def test_aiortc_stock_still_carries_a_call(monkeypatch: pytest.MonkeyPatch) -> None:
     """The tuning off (as with an untested aiortc): aiortc's own sender, receiver and decoder thread."""
     monkeypatch.setattr(aiortc_tuning, "_supported", False)  # patch_receiver, receive_direct: no-ops
