@@ -9,8 +9,10 @@ holds), and when the loop stalled past whole ticks those are skipped, never
 sent as a burst (each member still sends one frame per tick, so its RTP
 timestamps stay contiguous and the caller hears a gap, not a rush). Members
 join and leave between ticks or during one without moving the grid; a member
-whose ``tick`` returns False or raises is dropped alone. The clock runs only
-while it has members.
+whose ``tick`` returns False or raises is dropped alone. A paced coroutine of
+its own (the SIP RTP sender) can wait on the same grid with
+:meth:`MediaClock.next_tick`. The clock runs only while it has members or
+waiters.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class MediaClock:
         self.interval = interval
         self._members: dict[ClockMember, None] = {}  # ordered set
         self._handle: asyncio.TimerHandle | None = None
+        self._waiters: list[asyncio.Future[None]] = []  # next_tick() callers, one future each
+        self._waited = False  # the last tick woke someone: keep the grid for their next wait
         self._next = 0.0
         self.ticks = 0
         self.skipped = 0  # grid points passed over after a stall (no burst)
@@ -62,6 +66,16 @@ class MediaClock:
     def add(self, member: ClockMember) -> None:
         """Join: ``member`` sends from the next tick on (the grid is not moved)."""
         self._members[member] = None
+        self._start()
+
+    def next_tick(self) -> asyncio.Future[None]:
+        """A future resolved at the next tick (each caller its own: cancelling one leaves the others)."""
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._waiters.append(fut)
+        self._start()
+        return fut
+
+    def _start(self) -> None:
         if self._handle is None:
             self._next = self.loop.time() + self.interval
             self._handle = self.loop.call_at(self._next, self._tick)
@@ -69,7 +83,7 @@ class MediaClock:
     def discard(self, member: ClockMember) -> None:
         """Leave (at once; a no-op when not a member). The last one out stops the tick."""
         self._members.pop(member, None)
-        if not self._members and self._handle is not None:
+        if not self._members and not self._waiters and not self._waited and self._handle is not None:
             self._handle.cancel()
             self._handle = None
 
@@ -90,9 +104,14 @@ class MediaClock:
                 keep = False
             if not keep:
                 self._members.pop(member, None)
-        if not self._members:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+        if not self._members and not waiters and not self._waited:
             self._handle = None
             return
+        self._waited = bool(waiters)
         self._next += self.interval
         behind = self.loop.time() - self._next
         if behind >= self.interval:  # stalled past whole ticks: skip them (one frame per tick, no burst)

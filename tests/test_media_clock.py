@@ -119,6 +119,30 @@ async def test_a_stalled_tick_is_made_up_without_a_burst() -> None:
     assert gaps.min() > clock.interval / 4  # after the stall, no two frames back to back
 
 
+async def test_paced_coroutines_wait_on_the_same_ticks_and_leave_alone() -> None:
+    """The SIP RTP sender's way onto the clock: ``await clock.next_tick()`` once per frame."""
+    clock = MediaClock(asyncio.get_running_loop())
+    member = _Member(clock)
+    clock.add(member)
+    woke: dict[str, list[int]] = {"a": [], "b": []}
+
+    async def paced(name: str) -> None:
+        while True:
+            await clock.next_tick()
+            woke[name].append(clock.ticks)
+
+    a, b = (asyncio.get_running_loop().create_task(paced(n)) for n in ("a", "b"))
+    await wait_until(lambda: len(woke["a"]) >= 5, 5, "ticks")
+    b.cancel()  # one leaves: its own future is cancelled, not the others'
+    n = len(woke["a"])
+    await wait_until(lambda: len(woke["a"]) >= n + 5, 5, "a goes on")
+    a.cancel()
+    await asyncio.gather(a, b, return_exceptions=True)
+    assert woke["a"] == sorted(set(woke["a"]))  # at most one wake-up per tick: no burst
+    assert set(woke["b"]) <= set(woke["a"]) and set(woke["a"]) <= set(member.tick_ids)  # the same grid
+    clock.discard(member)
+
+
 # -- real calls ------------------------------------------------------------------------------------
 def _record_rtp(caller: Caller) -> list[tuple[float, int, int, Any]]:
     """(arrival, sequence number, timestamp, audio level extension) of every packet the caller receives."""

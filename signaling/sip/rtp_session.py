@@ -45,6 +45,7 @@ from v2v.media.resample import ExactResampler, Resampler
 from v2v.media.rtp_codecs import RtpCodec, make_codec
 from v2v.worker.dtmf import DTMF_DIGITS
 
+from ..media_clock import get_clock
 from .addr import DatagramSender, udp_socket
 from .srtp import CallSrtp
 
@@ -425,16 +426,11 @@ class RtpSession:
         return True
 
     async def _send_loop(self) -> None:
-        next_t = time.monotonic()
+        clock = get_clock()  # the process's one PTIME tick for every call (media_clock.py): no drift, no burst
         try:
             while not self._closed:
+                await clock.next_tick()
                 now = time.monotonic()
-                if next_t - now > 0:
-                    await asyncio.sleep(next_t - now)
-                    now = time.monotonic()
-                if now - next_t > 0.2:  # stalled (suspended loop): don't burst
-                    next_t = now
-                next_t += PTIME
                 if self._timed_out(now):
                     self.on_timeout()
                     return
