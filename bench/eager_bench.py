@@ -8,6 +8,7 @@ is the shipped CallConfig. Virtual time (tests/speakerphone.py, lockstep 20 ms s
   from 0.5 s into the call): with nobody talking, does a caller turn start? With the assistant
   talking: false pauses, turns, confirmed interruptions (cancel + truncate), pause -> resume gap;
 - speech right after the noise onset (and right at the call's start): detected?
+- short noise bursts (20-150 ms) over the assistant: false pauses and their pause -> resume gap;
 - the speakerphone echo with AEC on (-10 dB, 60/150/250 ms, RT60 0.3 s): false pauses per minute;
 - real barge-ins over that echo (aec_bench's five callers): detected, onset -> pause p50/p95.
 
@@ -108,6 +109,30 @@ async def noise_onset(variant: str, seconds: float, seeds: int) -> list[dict[str
     return rows
 
 
+async def noise_bursts(variant: str) -> dict[str, Any]:
+    """Short noise bursts (a knock, a rustle: 20-150 ms at -30 dBFS) over the assistant's speech."""
+    speech = assistant_speech()[: 6 * 24000]
+    rows: dict[str, Any] = {"variant": variant, "bursts": 0, "false_pauses": 0, "interruptions": 0, "starts": 0}
+    gaps: list[float] = []
+    for kind in KINDS:
+        for ms in (20, 50, 100, 150):
+            mic = np.zeros(6 * RATE)
+            burst = line_noise(kind, NOISE_AT + ms / 1000, -30.0, 3)[int(NOISE_AT * RATE):]
+            at = int(3.0 * RATE)
+            mic[at:at + len(burst)] = burst
+            res = await run_speakerphone(speech, 6.0, NO_ECHO, rate=RATE, aec="off", caller=mic,
+                                         config=config(variant, "off"))
+            rows["bursts"] += 1
+            rows["false_pauses"] += res.count(ev.FalseInterruption)
+            rows["interruptions"] += res.count(ev.BotInterrupted)
+            rows["starts"] += res.count(ev.UserStartedSpeaking)
+            gaps += gaps_ms(res)
+    rows |= {"gap_ms_p50": round(float(np.percentile(gaps, 50)), 1) if gaps else None,
+             "gap_ms_max": round(max(gaps), 1) if gaps else None}
+    print(rows, flush=True)
+    return rows
+
+
 async def speech_after_onset(variant: str) -> dict[str, Any]:
     """The callers' phrases 0 / 50 / 150 / 400 ms after the noise onset (and at the call's start, no noise)."""
     detected = total = 0
@@ -197,6 +222,7 @@ async def main() -> None:
                                         "seconds": seconds, "seeds": seeds, "variants": VARIANTS}}
     for v in VARIANTS:
         result[v] = {"noise_onset": await noise_onset(v, seconds, seeds),
+                     "noise_bursts": await noise_bursts(v),
                      "speech_after_onset": await speech_after_onset(v),
                      "echo_aec_on": await echo_false_pauses(v, 3 * seconds),
                      "real_barge_ins": await real_barge_ins(v, positions)}

@@ -23,6 +23,7 @@ a comma-separated list (or pass ``--variant`` before ``serve``):
 - ``track=packet[C]`` the assistant track encodes Opus itself (mono, 32 kbit/s, on the event loop) and hands
                       aiortc ready packets (no executor hop, no audio-level loop, no upmix to stereo);
                       C: Opus complexity 0-10 (libopus default 10)
+- ``eager=off``       the call's VAD without issue 17's noise settling and eager pause (pause at the VAD start)
 
     python bench/v2v_server.py --variant level=aiortc serve --model echo --port 8080
 """
@@ -198,6 +199,18 @@ def _direct_rx() -> None:
     webrtc.WebRTCCall._negotiate = _negotiate
 
 
+def _eager_off() -> None:
+    from v2v.worker import call
+
+    init = call.CallConfig.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.vad_settle_ms, self.vad_onset_ms = 0, None
+
+    call.CallConfig.__init__ = __init__  # type: ignore[method-assign]  # bench: issue 17's VAD changes off
+
+
 def apply(variants: list[str]) -> None:
     from aiortc import rtp
 
@@ -258,6 +271,8 @@ def apply(variants: list[str]) -> None:
             sys.setswitchinterval(float(val) / 1000.0)
         elif key == "decode" and val == "inline":
             _inline_decode()
+        elif key == "eager" and val == "off":
+            _eager_off()
         elif v:
             raise SystemExit(f"unknown bench variant {v!r}")
 
