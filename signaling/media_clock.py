@@ -5,9 +5,12 @@ Instead of a paced coroutine per call (a sleep, a task wake-up and an
 calls each member's ``tick(ntp)`` once per 20 ms, in the order they joined.
 The ticks sit on a fixed monotonic grid (``loop.time()``): a tick that fires
 late does not move the later ones (the next one comes sooner, so the rate
-holds), and when the loop stalled past whole ticks those are skipped, never
-sent as a burst (each member still sends one frame per tick, so its RTP
-timestamps stay contiguous and the caller hears a gap, not a rush). Members
+holds). Ticks the loop missed entirely (a stall) are made up at one extra
+frame per tick, never as a burst: each member is ticked twice on the next
+ticks until the debt is paid, so its stream is back on the wall clock (a
+caller's jitter buffer does not keep the stall as added delay); a debt past
+:data:`MAX_DEBT` (100 ms, where the paced track re-anchored) is dropped
+(``skipped``: the caller hears a gap). Members
 join and leave between ticks or during one without moving the grid; a member
 whose ``tick`` returns False or raises is dropped alone. A paced coroutine of
 its own (the SIP RTP sender) can wait on the same grid with
@@ -25,6 +28,7 @@ from typing import Protocol
 log = logging.getLogger("v2v.webrtc")
 
 INTERVAL = 0.020
+MAX_DEBT = 5  # missed ticks made up (one extra frame per tick); more than that is skipped
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 (NTP) to 1970-01-01 (Unix)
 
 
@@ -50,7 +54,9 @@ class MediaClock:
         self._waited = False  # the last tick woke someone: keep the grid for their next wait
         self._next = 0.0
         self.ticks = 0
-        self.skipped = 0  # grid points passed over after a stall (no burst)
+        self.skipped = 0  # grid points passed over after a stall longer than MAX_DEBT ticks
+        self.made_up = 0  # missed ticks sent as an extra frame on a later tick
+        self._debt = 0
         self.max_late = 0.0  # seconds a tick fired behind its grid point, worst seen
 
     def __len__(self) -> int:
@@ -78,6 +84,7 @@ class MediaClock:
     def _start(self) -> None:
         if self._handle is None:
             self._next = self.loop.time() + self.interval
+            self._debt = 0
             self._handle = self.loop.call_at(self._next, self._tick)
 
     def discard(self, member: ClockMember) -> None:
@@ -94,11 +101,16 @@ class MediaClock:
         if late > self.max_late:
             self.max_late = late
         ntp = ntp_now()
+        frames = 1
+        if self._debt:
+            self._debt -= 1
+            self.made_up += 1
+            frames = 2
         for member in list(self._members):
             if member not in self._members:
                 continue  # left during this tick
             try:
-                keep = member.tick(ntp)
+                keep = member.tick(ntp) and (frames == 1 or member.tick(ntp))
             except Exception:
                 log.warning("media clock member failed, dropped", exc_info=True)
                 keep = False
@@ -114,10 +126,13 @@ class MediaClock:
         self._waited = bool(waiters)
         self._next += self.interval
         behind = self.loop.time() - self._next
-        if behind >= self.interval:  # stalled past whole ticks: skip them (one frame per tick, no burst)
+        if behind >= self.interval:  # stalled past whole ticks: made up one per tick, the rest skipped
             missed = int(behind // self.interval)
             self._next += missed * self.interval
-            self.skipped += missed
+            self._debt += missed
+            if self._debt > MAX_DEBT:
+                self.skipped += self._debt - MAX_DEBT
+                self._debt = MAX_DEBT
         self._handle = self.loop.call_at(self._next, self._tick)
 
 

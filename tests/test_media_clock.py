@@ -19,7 +19,7 @@ from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParam
 
 from tests.signaling_util import running_server, wait_until
 from tests.test_webrtc_calls import hello
-from v2v.signaling import aiortc_tuning
+from v2v.signaling import aiortc_tuning, media_clock
 from v2v.signaling import webrtc as webrtc_mod
 from v2v.signaling.client import Caller
 from v2v.signaling.lean_sender import RtpPacketizer, RtpStream, audio_level_dbov
@@ -73,6 +73,7 @@ class _Member:
     def __init__(self, clock: MediaClock, stop_after: int | None = None, fail_at: int | None = None,
                  stall_at: int | None = None) -> None:
         self.clock, self.stop_after, self.fail_at, self.stall_at = clock, stop_after, fail_at, stall_at
+        self.stall = 0.07
         self.ticks: list[float] = []
         self.tick_ids: list[int] = []  # which of the clock's ticks
 
@@ -83,7 +84,7 @@ class _Member:
         if n == self.fail_at:
             raise RuntimeError("member failed")
         if n == self.stall_at:
-            time.sleep(0.07)  # the loop stalls for three and a half ticks
+            time.sleep(self.stall)  # the loop stalls (default: three and a half ticks)
         return self.stop_after is None or n < self.stop_after
 
 
@@ -107,16 +108,28 @@ async def test_the_clock_drops_a_member_alone_and_stops_when_empty() -> None:
 
 async def test_a_stalled_tick_is_made_up_without_a_burst() -> None:
     clock = MediaClock(asyncio.get_running_loop())
-    m = _Member(clock, stall_at=5)
+    m = _Member(clock, stall_at=5)  # 70 ms: the tick after it finds three grid points gone
     clock.add(m)
     t0 = clock.loop.time()
-    await wait_until(lambda: len(m.ticks) >= 20, 5, "20 ticks")
+    await wait_until(lambda: len(m.ticks) >= 30, 5, "30 frames")
     clock.discard(m)
-    assert clock.skipped >= 2  # the stalled grid points were passed over...
-    # ...so the member never got more frames than grid points elapsed (a burst would)
+    per_tick = np.bincount(m.tick_ids)[1:]
+    assert per_tick.max() == 2  # missed frames come back one extra per tick, never more
+    assert clock.made_up >= 2 and clock.skipped == 0  # 70 ms: two grid points missed, the third late
+    # the member is back on the grid: as many frames as grid points elapsed, no more (a burst would be)
     assert len(m.ticks) <= (m.ticks[-1] - t0) / clock.interval + 1
-    gaps = np.diff(m.ticks[5:])
-    assert gaps.min() > clock.interval / 4  # after the stall, no two frames back to back
+    assert per_tick[-5:].tolist() == [1] * 5  # debt paid: one frame per tick again
+
+
+async def test_a_long_stall_is_skipped_past_the_debt_limit() -> None:
+    clock = MediaClock(asyncio.get_running_loop())
+    m = _Member(clock, stall_at=3)
+    m.stall = 0.25  # 12 ticks: MAX_DEBT made up, the rest skipped
+    clock.add(m)
+    await wait_until(lambda: len(m.ticks) >= 30, 5, "30 frames")
+    clock.discard(m)
+    assert clock.skipped >= 5 and clock.made_up == media_clock.MAX_DEBT
+    assert np.bincount(m.tick_ids)[1:].max() == 2
 
 
 async def test_paced_coroutines_wait_on_the_same_ticks_and_leave_alone() -> None:
