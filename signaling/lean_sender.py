@@ -169,15 +169,14 @@ class OpusVoiceEncoder:
             if self._silent or self._cycle:
                 self._silent, self._cycle = [], []
         elif self._cycle:
-            packet = self._cycle[self._replayed % len(self._cycle)]
             self._replayed += 1
             self.replayed += 1
-            return packet
-        packet = self._encode(pcm)
-        if packet is not None and not pcm.any() and len(self._silent) < SILENCE_SETTLE + 4 * MAX_PERIOD:
-            self._silent.append(packet)
+            return self._cycle[(self._replayed - 1) % len(self._cycle)]
+        encoded = self._encode(pcm)
+        if encoded is not None and not pcm.any() and len(self._silent) < SILENCE_SETTLE + 4 * MAX_PERIOD:
+            self._silent.append(encoded)
             self._find_period()
-        return packet
+        return encoded
 
     def _find_period(self) -> None:
         """The shortest period that the whole window after the settling frames repeats with."""
