@@ -75,7 +75,7 @@ from .lean_sender import (
     TrackEnded,
     audio_level_dbov,
 )
-from .media_clock import get_clock
+from .media_clock import get_clock, ntp_now
 
 log = logging.getLogger("v2v.webrtc")
 
@@ -332,6 +332,7 @@ async def _run_rtp(self: Any, codec: Any) -> None:
     clocked.on_finish = finished
     clock = get_clock()
     clock.add(clocked)
+    clocked.tick(ntp_now())  # the first frame at once, as aiortc's loop sends it; then on the grid
     try:
         await done
     except asyncio.CancelledError:
