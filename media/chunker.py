@@ -1,8 +1,16 @@
-"""Re-chunk a stream of samples into fixed-size chunks (2400 = 100 ms at 24 kHz)."""
+"""Re-chunk a stream of samples into fixed-size chunks (2400 = 100 ms at 24 kHz).
+
+:class:`ResamplingChunker` resamples on the way, in batches: the input is held
+until it completes a chunk, then resampled in one call (one libswresample call
+per 100 ms instead of five), with the same chunks at the same input frames as
+resampling every frame would give.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+
+from .resample import Resampler
 
 MODEL_CHUNK = 2400  # 100 ms at 24 kHz
 
@@ -56,3 +64,37 @@ class Chunker:
         rest = self._buf[: self._fill].copy()
         self._fill = 0
         return rest
+
+
+class ResamplingChunker:
+    """``in_rate`` frames of any size in, exactly ``size``-sample chunks at ``out_rate`` out.
+
+    Equivalent to ``Chunker(size).push(Resampler(in_rate, out_rate).process(pcm))`` on every frame --
+    the same samples (libswresample's output does not depend on how its input is cut) and each chunk
+    returned by the same :meth:`push` -- but the resampler runs only on a push whose held input, at
+    its nominal output length (rounded up), completes a chunk. libswresample lags the nominal length
+    by its fixed filter delay and never runs ahead of it, so no chunk comes later than per frame.
+    """
+
+    def __init__(self, in_rate: int, out_rate: int, size: int) -> None:
+        self.in_rate = in_rate
+        self.out_rate = out_rate
+        self._resampler = Resampler(in_rate, out_rate)
+        self._chunker = Chunker(size)
+        self._held = np.zeros(in_rate // 10, dtype=np.int16)  # grows if a push holds more
+        self._fill = 0
+
+    def push(self, pcm: np.ndarray) -> list[np.ndarray]:
+        n = len(pcm)
+        need = self._fill + n
+        if need > len(self._held):
+            grown = np.zeros(max(need, 2 * len(self._held)), dtype=np.int16)
+            grown[: self._fill] = self._held[: self._fill]
+            self._held = grown
+        self._held[self._fill : need] = pcm
+        self._fill = need
+        nominal = -(-need * self.out_rate // self.in_rate)  # rounded up
+        if nominal + self._chunker.pending < self._chunker.size:
+            return []
+        self._fill = 0
+        return self._chunker.push(self._resampler.process(self._held[:need]))

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -64,6 +65,7 @@ import webrtcvad
 SUPPORTED_RATES = (8000, 16000, 32000, 48000)
 SUPPORTED_FRAME_MS = (10, 20, 30)
 PREEMPHASIS = 0.97
+_EMPTY = np.zeros(0, dtype=np.int16)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class VoiceActivityDetector:
         self.start_frames = max(1, math.ceil(start_ms / frame_ms))
         self.end_frames = max(1, math.ceil(end_ms / frame_ms))
         self._decim = sample_rate // 8000  # box-car factor to ~8 kHz (frame_len is a multiple)
+        self._box = np.ones(self._decim, dtype=np.float32)  # box-car sums as one matrix-vector product
         self._window_frames = max(1, noise_window_ms // frame_ms)
         self.settle_frames = math.ceil(settle_ms / frame_ms)  # 0: no settling, no evidence needed
         self.rise_db = rise_db
@@ -139,7 +142,7 @@ class VoiceActivityDetector:
         self._run = 0  # consecutive voiced frames
         self._silent = 0  # consecutive unvoiced frames
         self._prev = np.float32(0.0)  # last decimated sample (pre-emphasis across pieces)
-        self._levels: deque[float] = deque(maxlen=self._window_frames)
+        self._levels = _WindowMin(self._window_frames)
         self._recent: deque[float] = deque(maxlen=max(1, self.settle_frames))  # levels for settling
         self._run_lo = self._run_hi = 0.0  # level range of the current voiced run
         self.tentative = False  # an onset was reported and neither a start nor a drop followed
@@ -157,14 +160,19 @@ class VoiceActivityDetector:
         buf = np.concatenate([self._pending, pcm]) if len(self._pending) else pcm
         fl = self.frame_len
         n = len(buf) // fl
-        self._pending = buf[n * fl :].copy()
+        self._pending = buf[n * fl :].copy() if len(buf) > n * fl else _EMPTY
         if n == 0:
             return []
         frames = buf[: n * fl].reshape(n, fl)
-        f = frames.astype(np.float32)
-        loud = (np.einsum("ij,ij->i", f, f) / fl >= self._floor_power).tolist()
-        levels = self._levels_db(f.reshape(-1), n)
-        data = frames.tobytes()
+        if self._prev == 0 and not frames.any():
+            # exact silence after silence (or at the start): level 0 dB (10 log10(0 + 1)), not loud --
+            # what the arithmetic below gives, without it
+            levels, loud, data = [0.0] * n, [False] * n, b""
+        else:
+            f = frames.astype(np.float32)
+            loud = (np.einsum("ij,ij->i", f, f) / fl >= self._floor_power).tolist()
+            levels = self._levels_db(f.reshape(-1), n)
+            data = frames.tobytes()
         step = fl * 2
         is_speech = self._vad.is_speech
         rate = self.sample_rate
@@ -187,7 +195,7 @@ class VoiceActivityDetector:
         """Add a frame level to the window; return the noise floor (settled on a noise step)."""
         hist = self._levels
         hist.append(lv)
-        floor = min(hist)
+        floor = hist.min()
         if self.settle_frames and not self.speaking:
             recent = self._recent
             recent.append(lv)
@@ -235,10 +243,41 @@ class VoiceActivityDetector:
     def _levels_db(self, flat: np.ndarray, n: int) -> list[float]:
         """Per-frame level (dB, int16 units) of the decimated, pre-emphasised signal."""
         k = self._decim
-        low = flat.reshape(-1, k).mean(axis=1) if k > 1 else flat
+        # the sums of k int16 samples are exact in float32 in any order: bit-identical to .mean(axis=1)
+        low = flat.reshape(-1, k) @ self._box / np.float32(k) if k > 1 else flat
         emph = np.empty_like(low)
         emph[0] = low[0] - PREEMPHASIS * self._prev
         emph[1:] = low[1:] - PREEMPHASIS * low[:-1]
         self._prev = low[-1]
         e = emph.reshape(n, -1)
         return (10.0 * np.log10(np.einsum("ij,ij->i", e, e) / e.shape[1] + 1.0)).tolist()
+
+
+class _WindowMin:
+    """The minimum of the last ``size`` values appended, in O(1) amortised per value (a monotonic
+    deque: only values that can still become the minimum are kept), instead of ``min()`` over the
+    whole window every frame."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._count = 0
+        self._mono: deque[tuple[int, float]] = deque()  # (index, value), values strictly increasing
+
+    def append(self, value: float) -> None:
+        mono = self._mono
+        while mono and mono[-1][1] >= value:
+            mono.pop()
+        mono.append((self._count, value))
+        self._count += 1
+        if mono[0][0] <= self._count - 1 - self.size:
+            mono.popleft()
+
+    def extend(self, values: Iterable[float]) -> None:
+        for v in values:
+            self.append(v)
+
+    def clear(self) -> None:
+        self._mono.clear()
+
+    def min(self) -> float:
+        return self._mono[0][1]

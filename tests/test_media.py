@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from v2v.media.audio import frame_to_mono, mono_to_frame
-from v2v.media.chunker import MODEL_CHUNK, Chunker
+from v2v.media.chunker import MODEL_CHUNK, Chunker, ResamplingChunker
 from v2v.media.playout import ItemPlayed, PlayoutBuffer, PlayoutStarted, PlayoutStopped
 from v2v.media.resample import ExactResampler, Resampler
 from v2v.media.track import AssistantTrack
@@ -127,6 +127,31 @@ def test_chunker_chunks_are_independent_copies() -> None:
     a = c.push(np.arange(6, dtype=np.int16))[0]
     c.push(np.arange(10, 16, dtype=np.int16))
     np.testing.assert_array_equal(a, [0, 1, 2, 3])
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate", "chunk_ms"), [
+    (48000, 24000, 100), (48000, 16000, 100), (16000, 24000, 100), (8000, 24000, 100), (48000, 24000, 20),
+])
+@pytest.mark.parametrize("frame_ms", [10, 20, 30])
+def test_resampling_chunker_same_chunks_at_same_frames(in_rate: int, out_rate: int, chunk_ms: int,
+                                                        frame_ms: int) -> None:
+    """Resampling held input once per chunk gives exactly what resampling every frame gives, frame by frame."""
+    rng = np.random.default_rng(in_rate + out_rate + frame_ms)
+    fl = in_rate * frame_ms // 1000
+    signal = (rng.standard_normal(in_rate * 2) * 3000).astype(np.int16)
+    size = out_rate * chunk_ms // 1000
+    per_frame, rs = Chunker(size), Resampler(in_rate, out_rate)
+    batched = ResamplingChunker(in_rate, out_rate, size)
+    emitted = 0
+    for i in range(0, len(signal) - fl + 1, fl):
+        frame = signal[i : i + fl]
+        want = per_frame.push(rs.process(frame))
+        got = batched.push(frame)
+        assert len(got) == len(want), f"frame {i // fl}: {len(got)} chunks, per frame {len(want)}"
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+        emitted += len(got)
+    assert emitted >= 2 * 1000 // chunk_ms - 2  # 2 s of input, less the filter delay and a last partial frame
 
 
 # ---------------------------------------------------------------- playout

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from v2v.media.aec import EchoCanceller
-from v2v.media.chunker import Chunker
+from v2v.media.chunker import Chunker, ResamplingChunker
 from v2v.media.playout import ItemPlayed, PlayoutBuffer, PlayoutEvent, PlayoutStarted, PlayoutStopped
 from v2v.media.resample import Resampler
 from v2v.media.vad import VadEvent, VoiceActivityDetector
@@ -123,13 +123,13 @@ class CallSession:
         self._vad: VoiceActivityDetector | None = None
         self._vad_resampler: Resampler | None = None
         self._vad_rate = 0
-        self._model_resampler: Resampler | None = None
         self._aec: EchoCanceller | None = None
         self._eot: EndOfTurn | None = None
         self._vad_floor = -55.0
         caps = self.model.capabilities
         chunk_ms = DUPLEX_CHUNK_MS if caps.full_duplex else CHUNK_MS
-        self._chunker = Chunker(caps.input_rate * chunk_ms // 1000)
+        self._chunk = caps.input_rate * chunk_ms // 1000
+        self._chunker: Chunker | ResamplingChunker = Chunker(self._chunk)  # resampling once the rate is known
         self.reply_audio = ReplyAudio(playout, caps.output_rate)
         self._user_speaking = False
         self._eager = False  # the caller's speech so far is the VAD's tentative onset (an eager pause)
@@ -201,8 +201,7 @@ class CallSession:
         self._check_barge()
         self.pacer.pace(self.playout)
         # model branch
-        model_pcm = self._model_resampler.process(pcm) if self._model_resampler else pcm
-        for chunk in self._chunker.push(model_pcm):
+        for chunk in self._chunker.push(pcm):
             await self.model.push_audio(chunk)
 
     async def close(self, reason: str = "hangup") -> None:
@@ -282,7 +281,8 @@ class CallSession:
             except (ImportError, ValueError) as exc:
                 log.warning("call %s: no echo cancellation: %s", self.call_id, exc)
         model_rate = self.model.capabilities.input_rate
-        self._model_resampler = Resampler(rate, model_rate) if rate != model_rate else None
+        if rate != model_rate:  # resampled per chunk, not per frame: the same chunks at the same frames
+            self._chunker = ResamplingChunker(rate, model_rate, self._chunk)
 
     def _on_played(self, pcm: np.ndarray) -> None:
         """The transport took these playout samples: the echo canceller's reference."""
