@@ -352,3 +352,58 @@ def test_settling_and_onsets_do_not_depend_on_pieces(name: str) -> None:
     for piece in _split(pcm, rng.integers(0, 4000, 40).tolist()):
         events += vad.process(piece)
     assert events == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=1, max_value=12),
+       st.lists(st.one_of(st.floats(min_value=-10, max_value=90), st.just(None)), min_size=1, max_size=300))
+def test_window_min_is_min_of_last_values(size: int, ops: list[float | None]) -> None:
+    """The noise floor's sliding minimum equals min() over a deque of the last `size` values, through
+    clears and re-fills (None: clear, then refill with the last few values, as the floor settles)."""
+    from collections import deque
+
+    from v2v.media.vad import _WindowMin
+
+    win, ref = _WindowMin(size), deque[float](maxlen=size)
+    seen: list[float] = []
+    for op in ops:
+        if op is None:
+            refill = seen[-3:]
+            win.clear()
+            ref.clear()
+            win.extend(refill)
+            ref.extend(refill)
+        else:
+            seen.append(op)
+            win.append(op)
+            ref.append(op)
+        if ref:
+            assert win.min() == min(ref)
+
+
+@pytest.mark.parametrize("rate", SUPPORTED_RATES)
+@pytest.mark.parametrize("frame_ms", [10, 20, 30])
+def test_exact_silence_levels_are_what_the_arithmetic_gives(rate: int, frame_ms: int) -> None:
+    """The VAD skips the level arithmetic on exact silence after silence: 0 dB, not loud; check that this
+    is what the arithmetic gives, and that silence in pieces around speech gives the same events."""
+    vad = VoiceActivityDetector(rate, frame_ms=frame_ms)
+    n = 7
+    zeros = np.zeros(n * vad.frame_len, dtype=np.float32)
+    assert vad._levels_db(zeros, n) == [0.0] * n
+    assert vad._floor_power > 0.0
+    rng = np.random.default_rng(rate + frame_ms)
+    speech = (np.sin(np.arange(rate) * 2 * np.pi * 220 / rate) * 8000 * (1 + np.sin(np.arange(rate) / 800)))
+    noise = rng.standard_normal(rate) * 2000
+    pcm = np.concatenate([np.zeros(rate // 2), speech, np.zeros(rate // 3), noise, np.zeros(rate)])
+    pcm = pcm.astype(np.int16)
+    whole = VoiceActivityDetector(rate, frame_ms=frame_ms, settle_ms=120, onset_ms=20)
+    pieces = VoiceActivityDetector(rate, frame_ms=frame_ms, settle_ms=120, onset_ms=20)
+    want = whole.process(pcm)
+    got: list[VadEvent] = []
+    pos = 0
+    while pos < len(pcm):
+        step = int(rng.integers(1, rate // 25))
+        got += pieces.process(pcm[pos : pos + step])
+        pos += step
+    assert got == want
+    assert want, "the speech and the noise burst must give events"
