@@ -24,6 +24,9 @@ a comma-separated list (or pass ``--variant`` before ``serve``):
                       aiortc ready packets (no executor hop, no audio-level loop, no upmix to stereo);
                       C: Opus complexity 0-10 (libopus default 10)
 - ``eager=off``       the call's VAD without issue 17's noise settling and eager pause (pause at the VAD start)
+- ``pipeline=frame``  the worker pipeline before issue 15's batching: the caller's audio resampled for the
+                      model every 20 ms frame, the VAD's floor as min() over its window, the box-car by
+                      ``.mean()``, exact silence through the level arithmetic (same decisions, more CPU)
 
     python bench/v2v_server.py --variant level=aiortc serve --model echo --port 8080
 """
@@ -211,6 +214,64 @@ def _eager_off() -> None:
     call.CallConfig.__init__ = __init__  # type: ignore[method-assign]  # bench: issue 17's VAD changes off
 
 
+def _pipeline_per_frame() -> None:
+    """The worker pipeline as before issue 15's batching (bench/BENCHMARKS "Worker pipeline")."""
+    from collections import deque
+
+    import numpy as np
+
+    from v2v.media import vad
+    from v2v.media.chunker import Chunker
+    from v2v.media.resample import Resampler
+    from v2v.worker import call
+
+    class PerFrame:
+        def __init__(self, in_rate: int, out_rate: int, size: int) -> None:
+            self._rs, self._chunker = Resampler(in_rate, out_rate), Chunker(size)
+
+        def push(self, pcm: np.ndarray) -> list[np.ndarray]:
+            return self._chunker.push(self._rs.process(pcm))
+
+    class DequeMin(deque):  # bench: min() over the whole window every frame
+        def __init__(self, size: int) -> None:
+            super().__init__(maxlen=size)
+
+        def min(self) -> float:
+            return min(self)
+
+    def levels_db(self: Any, flat: np.ndarray, n: int) -> list[float]:
+        k = self._decim
+        low = flat.reshape(-1, k).mean(axis=1) if k > 1 else flat
+        emph = np.empty_like(low)
+        emph[0] = low[0] - vad.PREEMPHASIS * self._bench_prev
+        emph[1:] = low[1:] - vad.PREEMPHASIS * low[:-1]
+        self._prev = low[-1]
+        e = emph.reshape(n, -1)
+        return (10.0 * np.log10(np.einsum("ij,ij->i", e, e) / e.shape[1] + 1.0)).tolist()
+
+    process = vad.VoiceActivityDetector.process
+
+    class NeverZero:
+        def __eq__(self, other: object) -> bool:
+            return False
+
+    never = NeverZero()
+
+    def process_no_skip(self: Any, pcm: np.ndarray) -> list[vad.VadEvent]:
+        self._bench_prev = self._prev  # what levels_db uses; it sets _prev to a number again
+        self._prev = never  # the exact-silence test (self._prev == 0) fails: the arithmetic runs
+        try:
+            return process(self, pcm)
+        finally:
+            if self._prev is never:  # no whole frame
+                self._prev = self._bench_prev
+
+    call.ResamplingChunker = PerFrame  # type: ignore[misc,assignment]  # bench: per-frame resampling
+    vad._WindowMin = DequeMin  # type: ignore[misc,assignment]  # bench: min() over the window
+    vad.VoiceActivityDetector._levels_db = levels_db  # type: ignore[method-assign]  # bench: .mean()
+    vad.VoiceActivityDetector.process = process_no_skip  # type: ignore[method-assign]  # bench: no skip
+
+
 def apply(variants: list[str]) -> None:
     from aiortc import rtp
 
@@ -273,6 +334,8 @@ def apply(variants: list[str]) -> None:
             _inline_decode()
         elif key == "eager" and val == "off":
             _eager_off()
+        elif key == "pipeline" and val == "frame":
+            _pipeline_per_frame()
         elif v:
             raise SystemExit(f"unknown bench variant {v!r}")
 
