@@ -7,7 +7,11 @@ the playout buffer and the 24->48 kHz upsampler of the outgoing track, in
 lockstep. Reports CPU time per frame and the share of one core per call
 (target: under 2 %). Writes JSON to bench/results/pipeline_micro.json.
 
-    python bench/pipeline_micro.py [--seconds 120]
+    python bench/pipeline_micro.py [--seconds 120] [--variant pipeline=frame] [--wav tests/fixtures/x.wav]
+
+``--variant`` applies a bench/v2v_server.py variant first (``pipeline=frame``: the
+pipeline before issue 15's batching); ``--wav`` another speech fixture (any
+rate: resampled to 48 kHz once, before the run).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 
 from v2v.media.audio import frame_to_mono
 from v2v.media.playout import PlayoutBuffer
-from v2v.media.resample import ExactResampler
+from v2v.media.resample import ExactResampler, Resampler
 from v2v.worker.call import CallConfig, CallSession
 from v2v.worker.models.echo import EchoModelFactory
 from v2v.worker.wavcall import read_wav
@@ -43,9 +47,10 @@ def stereo_frames(pcm48: np.ndarray) -> list[av.AudioFrame]:
     return frames
 
 
-async def run(seconds: float) -> dict:
-    pcm, rate = read_wav(ROOT / "tests/fixtures/hello_48k.wav")
-    assert rate == 48000
+async def run(seconds: float, wav: str) -> dict:
+    pcm, rate = read_wav(ROOT / wav)
+    if rate != 48000:
+        pcm = Resampler(rate, 48000).process(pcm)
     frames = stereo_frames(pcm)
     playout = PlayoutBuffer()
     call = CallSession("bench", EchoModelFactory(), CallConfig(), playout)
@@ -83,9 +88,17 @@ async def run(seconds: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=120.0, help="simulated call length")
+    ap.add_argument("--wav", default="tests/fixtures/hello_48k.wav", help="caller audio, relative to the repo")
+    ap.add_argument("--variant", action="append", default=[], help="a bench/v2v_server.py variant")
     ap.add_argument("--out", default=str(ROOT / "bench/results/pipeline_micro.json"))
     args = ap.parse_args()
-    result = asyncio.run(run(args.seconds))
+    if args.variant:
+        sys.path.insert(0, str(ROOT / "bench"))
+        import v2v_server
+
+        v2v_server.apply(args.variant)
+    result = asyncio.run(run(args.seconds, args.wav))
+    result["wav"], result["variants"] = args.wav, args.variant
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
