@@ -53,3 +53,19 @@ def _logging_restored() -> Iterator[None]:
         lg.handlers[:] = handlers
         lg.propagate = propagate
         lg.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _aioice_mdns_per_loop() -> Iterator[None]:
+    """aioice keeps one mDNS resolver and its ``asyncio.Lock`` per thread for the life of the process
+    (one event loop in ``v2v serve``). Every test here runs its own loop: a test whose loop ended while
+    an mDNS task held that lock would leave it locked and bound to the dead loop, and the next test's
+    first ``.local`` candidate would fail with "bound to a different event loop". Each test starts
+    with aioice's per-thread mDNS state empty (nothing is done if aioice stops keeping it there)."""
+    yield
+    from aioice import ice
+
+    state = getattr(ice, "_mdns", None)
+    for name in ("lock", "protocol", "subscribers"):
+        if state is not None and hasattr(state, name):
+            delattr(state, name)
