@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 
 import numpy as np
 import pytest
@@ -149,3 +150,27 @@ def test_compound_report_parses() -> None:
     assert isinstance(sr, RtcpSrPacket) and sr.ssrc == 0xABCD and sr.sender_info.packet_count == 50
     assert sr.sender_info.octet_count == 8000 and sr.reports[0].ssrc == 0x55
     assert [type(p).__name__ for p in packets] == ["RtcpSrPacket", "RtcpSdesPacket", "RtcpByePacket"]
+
+
+def test_a_report_without_lsr_keeps_the_last_round_trip() -> None:
+    """A block whose LSR is 0 (the peer had no SR of ours at hand, e.g. its last report at hang-up)
+    updates loss and jitter but keeps the round trip measured before."""
+    from aiortc.rtp import RtcpReceiverInfo
+
+    from v2v.signaling.sip.rtcp import RtcpSession, ntp_time
+
+    class FakeRtp:
+        _ssrc, _ts, latched = 0xABCD, 0, True
+
+    r = RtcpSession(FakeRtp(), mux=True)  # type: ignore[arg-type]
+    lsr = (ntp_time(time.time()) >> 16) & 0xFFFFFFFF
+
+    def block(lsr: int, lost: int) -> RtcpReceiverInfo:
+        return RtcpReceiverInfo(ssrc=0xABCD, fraction_lost=0, packets_lost=lost, highest_sequence=100,
+                                jitter=8, lsr=lsr, dlsr=0)
+
+    r._reports([block(lsr, 1)])
+    rtt = r.peer.rtt_ms
+    assert rtt is not None and 0 <= rtt < 1000
+    r._reports([block(0, 2)])
+    assert r.peer.packets_lost == 2 and r.peer.rtt_ms == rtt

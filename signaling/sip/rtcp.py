@@ -349,11 +349,11 @@ class RtcpSession:
         for r in reports:
             if r.ssrc != ours:
                 continue
-            rtt = None
+            rtt = self.peer.rtt_ms  # a block without LSR (no SR of ours seen yet) keeps the last RTT
             if r.lsr:  # RFC 3550 6.4.1: A - LSR - DLSR, in 1/65536 s
                 now = (ntp_time(time.time()) >> 16) & 0xFFFFFFFF
                 rtt = ((now - r.lsr - r.dlsr) & 0xFFFFFFFF) / 65536 * 1000
-                rtt = rtt if rtt < 60_000 else None
+                rtt = rtt if rtt < 60_000 else self.peer.rtt_ms
             self.peer = PeerReport(r.fraction_lost, r.packets_lost, r.jitter, rtt)
             if self.metrics is not None:
                 self.metrics.rtp_jitter.labels(source="reported").observe(r.jitter / self.rtp.codec.info.clock_rate)
