@@ -13,6 +13,7 @@ the same port is bound on ``0.0.0.0`` as well.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from typing import cast
 
@@ -20,6 +21,8 @@ from ..conn_limit import SourceLimit, admitting
 from .addr import dual_stack_supported, plain_ip, tcp_socket, udp_socket
 from .core import Conn, SipCore
 from .message import MAX_MESSAGE, SipParseError, StreamFramer
+
+PORT_TRIES = 8  # port 0: UDP numbers tried when the same TCP port is taken
 
 log = logging.getLogger("v2v.sip.net")
 
@@ -101,6 +104,18 @@ class SipNetServers:
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
+        """Listen on UDP and TCP at one port number. Port 0: the OS picks a free UDP port and TCP takes
+        the same number; when that number is taken for TCP, another is picked (a few tries)."""
+        for attempt in range(PORT_TRIES):
+            try:
+                await self._start_once(host, port)
+                return
+            except OSError as e:
+                if port != 0 or e.errno != errno.EADDRINUSE or attempt == PORT_TRIES - 1:
+                    raise
+                self.udp, self.tcp, self.extra = None, None, []
+
+    async def _start_once(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         host = host.strip("[]")
         if host == "::":  # dual-stack: our own sockets (create_server would set IPV6_V6ONLY)
