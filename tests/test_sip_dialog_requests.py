@@ -138,3 +138,22 @@ def test_refer_of_a_dialog_we_answered() -> None:
         "Subject: to a person",
     ])
 
+
+
+def test_refer_of_a_dialog_we_dialled_has_our_from_and_their_to() -> None:
+    assert _refer(_outbound()) == _wire([
+        "REFER sip:callee@203.0.113.9:5070 SIP/2.0",
+        "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=BRANCH;rport",
+        "Max-Forwards: 70",
+        "From: <sip:v2v@192.0.2.1>;tag=ourtag",
+        "To: \"Callee\" <sip:+15551234@trunk.example>;tag=calleetag",
+        "Call-ID: call-out@v2v",
+        "CSeq: 3 REFER",
+        "Route: <sip:proxy1.example;lr>",
+        "Route: <sip:proxy2.example;lr>",
+        "Contact: <sip:v2v@192.0.2.1>",
+        "Refer-To: <sip:agent@pbx.example>",
+        "Referred-By: <sip:v2v@192.0.2.1>",
+        f"User-Agent: {USER_AGENT}",
+        "Subject: to a person",
+    ])

@@ -15,6 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .message import Headers, SipMessage, SipRequest
 
@@ -121,27 +122,47 @@ class Dialog:
     task: asyncio.Task | None = None
     watch: asyncio.Task | None = None
     session_expires: str | None = None
+    we_called: ClassVar[bool] = False  # True in UacDialog: we sent the INVITE
 
     @property
     def key(self) -> tuple[str, str]:
         return self.call_id, self.local_tag
 
-    def bye_request(self, via: str, user_agent: str) -> SipRequest:
-        """Our BYE (next local CSeq): From is the INVITE's To with our tag, To its From."""
-        self.local_cseq = max(self.local_cseq, 1) + 1
+    @property
+    def local_uri(self) -> str:
+        """Our address in this dialog: the URI of the INVITE's To (we answered), or its From (we called)."""
+        return (self.invite.from_ if self.we_called else self.invite.to).uri
+
+    def request(self, method: str, via: str) -> SipRequest:
+        """A new request of ours in this dialog (RFC 3261 12.2.1.1), next local CSeq, to the remote
+        target through the route set: Via, Max-Forwards, From, To, Call-ID, CSeq and Route headers;
+        the caller adds the rest.
+
+        The INVITE's From goes out verbatim (it carries the caller's tag); its To gets the callee's
+        tag. We answered: From is that To with our tag, To the From. We called (``we_called``): From
+        is the From, To the To with their tag.
+        """
+        self.local_cseq = max(self.local_cseq, 1) + 1  # we called: it starts at our INVITE's (>= 1)
+        callee = self.invite.to
+        callee.params["tag"] = self.remote_tag if self.we_called else self.local_tag
+        caller = self.invite.header("From")
+        ours, theirs = (caller, str(callee)) if self.we_called else (str(callee), caller)
         h = Headers()
         h.add("Via", via)
         h.add("Max-Forwards", "70")
-        to_na = self.invite.to
-        to_na.params["tag"] = self.local_tag
-        h.add("From", str(to_na))
-        h.add("To", self.invite.header("From"))
+        h.add("From", ours)
+        h.add("To", theirs)
         h.add("Call-ID", self.call_id)
-        h.add("CSeq", f"{self.local_cseq} BYE")
+        h.add("CSeq", f"{self.local_cseq} {method}")
         for r in self.route_set:
             h.add("Route", r)
-        h.add("User-Agent", user_agent)
-        return SipRequest(h, b"", method="BYE", uri=self.remote_target)
+        return SipRequest(h, b"", method=method, uri=self.remote_target)
+
+    def bye_request(self, via: str, user_agent: str) -> SipRequest:
+        """Our BYE (next local CSeq)."""
+        bye = self.request("BYE", via)
+        bye.headers.add("User-Agent", user_agent)
+        return bye
 
 
 @dataclass

@@ -32,7 +32,7 @@ from v2v.worker.tasks import TaskSet
 
 from ..dispatch import Dispatcher, DispatchError, TransferRequested, TransferResult
 from .dialog import T1, T2, Conn, Dialog, SipMedia, new_branch
-from .message import Headers, NameAddr, SipParseError, SipRequest, SipResponse, SipUri
+from .message import NameAddr, SipParseError, SipRequest, SipResponse, SipUri
 from .ua_base import SipCoreBase
 
 __all__ = ["NOTIFY_TIMEOUT_S", "REFER_TIMEOUT_S", "SipTransfers", "refer_to_uri", "sipfrag_status"]
@@ -169,28 +169,18 @@ class SipTransfers:
         return branch, f"SIP/2.0/{conn.transport} {host}{port};branch={branch};rport"
 
     def _refer_request(self, d: Dialog, refer_to: str, reason: str) -> tuple[str, SipRequest]:
-        """REFER in dialog ``d`` (next local CSeq; From is the INVITE's To with our tag, To its From)."""
+        """REFER in dialog ``d`` (next local CSeq, From and To as in any request of ours: Dialog.request)."""
         branch, via = self._via(d.conn)
-        d.local_cseq = max(d.local_cseq, 1) + 1
-        ours = d.invite.to
-        ours.params["tag"] = d.local_tag
-        h = Headers()
-        h.add("Via", via)
-        h.add("Max-Forwards", "70")
-        h.add("From", str(ours))
-        h.add("To", d.invite.header("From"))
-        h.add("Call-ID", d.call_id)
-        h.add("CSeq", f"{d.local_cseq} REFER")
-        for r in d.route_set:
-            h.add("Route", r)
+        req = d.request("REFER", via)
+        h = req.headers
         host = f"[{self.core.public_host}]" if ":" in self.core.public_host else self.core.public_host
         h.add("Contact", f"<sip:v2v@{host}>")
         h.add("Refer-To", f"<{refer_to}>")
-        h.add("Referred-By", str(NameAddr("", ours.uri, {})))
+        h.add("Referred-By", str(NameAddr("", d.local_uri, {})))
         h.add("User-Agent", USER_AGENT)
         if reason.strip():
             h.add("Subject", re.sub(r"[\r\n]+", " ", reason.strip())[:120])
-        return branch, SipRequest(h, b"", method="REFER", uri=d.remote_target)
+        return branch, req
 
     async def _send(self, d: Dialog, tx: tuple[str, SipRequest]) -> SipResponse | None:
         """A non-INVITE client transaction: resent over UDP (T1 doubling to T2) until a final response."""

@@ -76,23 +76,10 @@ def outcome_of(status: int, cancelled: bool) -> str:
 
 @dataclass
 class UacDialog(Dialog):
-    """A dialog we created by calling out: our BYE has our From and their To (with their tag)."""
+    """A dialog we created by calling out: our requests in it (BYE) have our From and their To
+    (with their tag), see :meth:`Dialog.request`."""
 
-    def bye_request(self, via: str, user_agent: str) -> SipRequest:
-        self.local_cseq += 1
-        h = Headers()
-        h.add("Via", via)
-        h.add("Max-Forwards", "70")
-        h.add("From", self.invite.header("From"))
-        to = self.invite.to
-        to.params["tag"] = self.remote_tag
-        h.add("To", str(to))
-        h.add("Call-ID", self.call_id)
-        h.add("CSeq", f"{self.local_cseq} BYE")
-        for r in self.route_set:
-            h.add("Route", r)
-        h.add("User-Agent", user_agent)
-        return SipRequest(h, b"", method="BYE", uri=self.remote_target)
+    we_called = True
 
 
 @dataclass
