@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from .rtp_seq import extend_seq
+
 T = TypeVar("T")
 
 
@@ -38,18 +40,13 @@ class JitterBuffer(Generic[T]):
     def __len__(self) -> int:
         return len(self._pending)
 
-    def _extend(self, seq: int) -> int:
-        assert self._next is not None
-        delta = ((seq - (self._next & 0xFFFF) + 0x8000) & 0xFFFF) - 0x8000
-        return self._next + delta
-
     def put(self, seq: int, item: T) -> list[tuple[int, T | None]]:
         """Add a packet; return what is now ready, in order (``None`` = lost)."""
         seq &= 0xFFFF
         self.stats.received += 1
         if self._next is None:
             self._next = seq
-        ext = self._extend(seq)
+        ext = extend_seq(seq, self._next)  # nearest to the one expected: late ones come out below it
         out: list[tuple[int, T | None]] = []
         if ext < self._next:
             if self._next - ext > self.max_gap:

@@ -45,6 +45,8 @@ from aiortc.rtp import (
     RtpPacket,
 )
 
+from v2v.media.rtp_seq import SEQ_MOD, seq_delta
+
 from ..metrics import ServerMetrics
 
 if TYPE_CHECKING:
@@ -59,7 +61,6 @@ REPORT_INTERVAL_S = 5.0
 NTP_EPOCH_OFFSET = 2208988800  # 1900-01-01 -> 1970-01-01, seconds
 MAX_DROPOUT = 3000  # RFC 3550 A.1
 MAX_MISORDER = 100
-SEQ_MOD = 1 << 16
 CN_PT = 13
 SEND_ERRORS = (OSError, ValueError, TypeError, OverflowError)  # asyncio and uvloop transports
 
@@ -109,12 +110,12 @@ class ReceiveStats:
         if ssrc != self.ssrc or self.received == 0:
             self._restart(ssrc, seq)
         else:
-            udelta = (seq - self.max_seq) % SEQ_MOD
-            if udelta < MAX_DROPOUT:
+            delta = seq_delta(seq, self.max_seq)
+            if 0 <= delta < MAX_DROPOUT:
                 if seq < self.max_seq:
                     self.cycles += SEQ_MOD  # wrapped
                 self.max_seq = seq
-            elif udelta <= SEQ_MOD - MAX_MISORDER:  # a very large jump: the sender restarted its numbering
+            elif not -MAX_MISORDER < delta < 0:  # a very large jump: the sender restarted its numbering
                 self._restart(ssrc, seq)
             # else: a duplicate or a late packet from before max_seq: counted, max unchanged
         self.received += 1
