@@ -79,55 +79,72 @@ async def run_one(pcm: np.ndarray, rate: int, cfg: CallConfig) -> dict[str, Any]
 
 
 def summarise(files: dict[str, Any], runs: dict[str, Any], rate: int) -> dict[str, Any]:
-    """Complete: speech end -> turn end (+ the model's wall or CPU time); incomplete: cut off in the pause."""
+    """Complete: speech end -> turn end (+ the model's wall or CPU time); incomplete: cut off (a turn ended
+    in the mid-sentence pause); any fixture: a turn ended at another pause inside the speech (a natural pause
+    of the recording, e.g. between two clauses)."""
     wall: list[float] = []
     cpu: list[float] = []
-    cut = 0
-    n_inc = 0
+    cut = early = n_inc = 0
     scale = rate / 16000
     for name, e in files.items():
         ends = runs[name]["ends"]
+        start, end = e["speech_start"] * scale, e["speech_end"] * scale
+        a, b = (v * scale for v in e["pauses"][0]) if e["pauses"] else (end, end)
+        early += any(start <= p < end and not a <= p < b for p, _, _ in ends)
         if e["label"] == "complete":
-            end = e["speech_end"] * scale
             after = [((p - end) / rate * 1000, w, c) for p, w, c in ends if p >= end]
             wall.append(after[0][0] + after[0][1] if after else float("nan"))
             cpu.append(after[0][0] + after[0][2] if after else float("nan"))
         else:
             n_inc += 1
-            a, b = (v * scale for v in e["pauses"][0])
             cut += any(a <= p < b for p, _, _ in ends)
     w, c = np.array(wall), np.array(cpu)
     return {
         "complete_n": len(w), "incomplete_n": n_inc,
         "complete_ms_p50": float(np.nanpercentile(w, 50)), "complete_ms_p95": float(np.nanpercentile(w, 95)),
         "complete_ms_p50_cpu": float(np.nanpercentile(c, 50)), "complete_ms_p95_cpu": float(np.nanpercentile(c, 95)),
-        "complete_never_ended": int(np.isnan(w).sum()),
+        "complete_never_ended": int(np.isnan(w).sum()), "ended_at_another_pause": early,
         "incomplete_cut_off": cut, "incomplete_cut_off_share": cut / max(1, n_inc),
     }
 
 
-def sweep(files: dict[str, Any], runs: dict[str, Any], rate: int, pause_ms: int, max_wait_ms: int) -> list[dict]:
-    """The same answers under other thresholds (the policy is deterministic given the first pause's answer)."""
+THRESHOLDS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.98)
+PROBE = 1.01  # a threshold no answer reaches: the call asks at every pause and never ends a turn by the model
+
+
+def sweep(files: dict[str, Any], runs: dict[str, Any], rate: int, max_wait_ms: int) -> list[dict[str, Any]]:
+    """Every threshold from one probe run (the answers at every pause, no turn ended by the model).
+
+    Complete: the first pause at or after the end of speech whose answer reaches the threshold ends the turn
+    (+ that inference's CPU time), else max_wait after the last voiced frame. Incomplete: cut off if the
+    answer in the mid-sentence pause reaches it. Any fixture: whether an answer at another pause inside the
+    speech reaches it (that turn would have ended there)."""
     out = []
     scale = rate / 16000
-    for th in (0.5, 0.7, 0.8, 0.9, 0.95, 0.98):
-        lat, cut, n_inc = [], 0, 0
+    for th in THRESHOLDS:
+        lat: list[float] = []
+        cut = other = n_inc = 0
         for name, e in files.items():
-            d = runs[name]["decisions"]
-            if not d:
-                continue
-            first = d[0]
-            p = first["probability"] or 0.0
+            d = [x for x in runs[name]["decisions"] if x["probability"] is not None]
+            end = e["speech_end"] * scale
+            a, b = (v * scale for v in e["pauses"][0]) if e["pauses"] else (end, end)
+            hits = [x for x in d if x["probability"] >= th]
+            other += any(x["asked_at"] < end and not a <= x["asked_at"] < b for x in hits)
             if e["label"] == "complete":
-                base = (first["voiced_end"] - e["speech_end"] * scale) / rate * 1000
-                lat.append(base + pause_ms + first["cpu_ms"] if p >= th else base + max_wait_ms)
+                hit = next((x for x in hits if x["asked_at"] >= end), None)
+                if hit is not None:
+                    lat.append((hit["asked_at"] - end) / rate * 1000 + hit["cpu_ms"])
+                else:
+                    last = d[-1]["voiced_end"] if d else end
+                    lat.append((last - end) / rate * 1000 + max_wait_ms)
             else:
                 n_inc += 1
-                cut += p >= th
-        out.append({"threshold": th, "complete_ms_p50_cpu": float(np.percentile(lat, 50)),
-                    "complete_ms_p95_cpu": float(np.percentile(lat, 95)),
-                    "complete_early_share": float(np.mean(np.array(lat) < max_wait_ms / 2)),
-                    "incomplete_cut_off_share": cut / max(1, n_inc)})
+                cut += any(a <= x["asked_at"] < b for x in hits)
+        out.append({"threshold": th, "complete_ms_p50_cpu": round(float(np.percentile(lat, 50)), 1),
+                    "complete_ms_p95_cpu": round(float(np.percentile(lat, 95)), 1),
+                    "complete_early_share": round(float(np.mean(np.array(lat) < max_wait_ms / 2)), 3),
+                    "incomplete_cut_off_share": round(cut / max(1, n_inc), 3),
+                    "ended_at_another_pause": other})
     return out
 
 
@@ -143,41 +160,53 @@ def feed_cpu(rate: int, seconds: float = 60.0) -> float:
     return (time.process_time() - t) * 1000 / seconds
 
 
-async def main(quick: bool) -> None:
-    meta = json.loads((TURN_DIR / "turn.json").read_text())
-    files = meta["files"]
+async def main(fixtures: Path, split: str, quick: bool, thresholds: list[float]) -> None:
+    """long: one loop over rates and configurations, printing as it goes."""
+    meta = json.loads((fixtures / "turn.json").read_text())
+    files = {k: v for k, v in meta["files"].items() if split == "all" or v.get("split", "dev") == split}
     if quick:
         files = dict(list(files.items())[:4] + list(files.items())[20:24])
     await shared_smart_turn().ready()
-    out: dict[str, Any] = {"fixtures": len(files), "configs": {}}
-    configs = [("off", 200), ("smart-turn", 200), ("smart-turn", 150)]
+    out: dict[str, Any] = {"fixtures": str(fixtures.relative_to(ROOT)) if fixtures.is_relative_to(ROOT) else str(fixtures),
+                           "split": split, "n": len(files), "configs": {}}
+    configs = [("off", 150, 0.5)] + [("smart-turn", 150, th) for th in thresholds] + [("smart-turn", 150, PROBE)]
     for rate in (16000, 8000):
-        for mode, pause in configs:
-            cfg = CallConfig(turn_detection="local", turn_model=mode, turn_pause_ms=pause)  # type: ignore[arg-type]  # a literal
+        for mode, pause, th in configs:
+            cfg = CallConfig(turn_detection="local", turn_model=mode, turn_pause_ms=pause,  # type: ignore[arg-type]  # a literal
+                             turn_threshold=th)
             runs: dict[str, Any] = {}
             call_s = 0.0
             for name in files:
-                pcm, r = read_wav(TURN_DIR / name)
+                pcm, r = read_wav(fixtures / name)
                 runs[name] = await run_one(resample_oneshot(pcm, r, rate), rate, cfg)
                 call_s += len(pcm) / r + TAIL_S
-            key = f"{mode}@{rate}" + (f"/pause{pause}" if mode != "off" else "")
+            key = f"{mode}@{rate}" + (f"/p>={th}" if mode != "off" else "")
             res: dict[str, Any] = summarise(files, runs, rate)
             cpu = [d["cpu_ms"] for r in runs.values() for d in r["decisions"]]
             if cpu:
                 res["inference_cpu_ms_p50"] = float(np.percentile(cpu, 50))
                 res["inference_wall_ms_p50"] = float(np.percentile(
                     [d["wall_ms"] for r in runs.values() for d in r["decisions"]], 50))
-                res["sweep"] = sweep(files, runs, rate, pause, cfg.turn_max_wait_ms)
                 res["inferences_per_utterance"] = len(cpu) / len(files)
                 res["model_cpu_ms_per_call_s"] = sum(cpu) / call_s  # utterance + 2.5 s listening, back to back
+            if th == PROBE:
+                res["sweep"] = sweep(files, runs, rate, cfg.turn_max_wait_ms)
+                for row in res["sweep"]:
+                    print(f"  {rate} sweep", row, flush=True)
             print(key, {k: v for k, v in res.items() if k != "sweep"}, flush=True)
             out["configs"][key] = {**res, "runs": runs}
     out["feed_cpu_ms_per_call_s"] = {str(r): feed_cpu(r) for r in (8000, 16000, 48000)}
     print("feed cpu", out["feed_cpu_ms_per_call_s"])
-    write_result("turn" if not quick else "turn_quick", out)
+    name = "turn" if fixtures == TURN_DIR else f"turn_{fixtures.name}_{split}"
+    write_result(name if not quick else name + "_quick", out)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fixtures", type=Path, default=TURN_DIR,
+                    help="a fixture dir with turn.json (default: the espeak set; bench/turn_human.py makes a human one)")
+    ap.add_argument("--split", default="all", choices=("all", "dev", "test"), help="fixtures of this split only")
+    ap.add_argument("--thresholds", default="0.9", help="comma-separated thresholds run for real (beside the probe)")
     ap.add_argument("--quick", action="store_true", help="8 fixtures only")
-    asyncio.run(main(ap.parse_args().quick))
+    a = ap.parse_args()
+    asyncio.run(main(a.fixtures.resolve(), a.split, a.quick, [float(t) for t in a.thresholds.split(",") if t]))

@@ -411,7 +411,8 @@ class CallManager:
         )
         cc = CallConfig(turn_detection=turn, greeting=self.config.greeting, aec=call_aec(self.config.aec, transport),
                         turn_model=self.config.turn_model,  # type: ignore[arg-type]  # validated: off|smart-turn
-                        turn_max_wait_ms=self.config.turn_max_wait_ms)
+                        turn_max_wait_ms=self.config.turn_max_wait_ms,
+                        turn_threshold=self.config.turn_threshold)
         tools = _tools_for(factory)
         if self._app_tools is not None:
             from v2v.worker.tools import ToolRegistry

@@ -164,6 +164,10 @@ class ServerConfig:
     turn_max_wait_ms: int = setting(1500, group="model", parse=non_negative_int, metavar="MS",
                                     help="with --turn-model: the longest silence after a pause the model found "
                                     "mid-sentence before the turn ends anyway")
+    turn_threshold: float = setting(0.9, group="model", parse=float, metavar="P",
+                                    help="with --turn-model: the model's probability that the caller is done "
+                                    "at or above which a pause ends the turn (0.9: chosen on recorded speech, "
+                                    "BENCHMARKS.md; lower ends more turns early and cuts off more callers)")
     # calls
     max_calls: int = setting(100, group="calls", help="concurrent calls; past it offers get 503 + Retry-After")
     media_timeout: float = setting(30.0, group="calls", parse=positive_float,
@@ -282,6 +286,8 @@ class ServerConfig:
             raise ValueError(f"--turn-model must be off or smart-turn, not {self.turn_model!r}")
         if self.turn_max_wait_ms < 300:
             raise ValueError("--turn-max-wait-ms must be at least 300")
+        if not 0.0 < self.turn_threshold <= 1.0:
+            raise ValueError(f"--turn-threshold must be in (0, 1], not {self.turn_threshold}")
         if self.turn_model == "smart-turn":
             from v2v.worker.turn_model import smart_turn_missing
 

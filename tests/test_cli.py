@@ -33,7 +33,7 @@ SERVE_FLAGS = [
     "--redis", "--workers", "--name", "--capacity", "--drain-timeout",
     "--connect-timeout", "--auth-secret", "--cors-origin", "--media-address", "--max-conns-per-source",
     "--record-dir", "--record-max-mb", "--record-keep-days", "--webhook", "--webhook-secret", "--webhook-turns",
-    "--transfer-targets", "--turn-model", "--turn-max-wait-ms",
+    "--transfer-targets", "--turn-model", "--turn-max-wait-ms", "--turn-threshold",
     "--sip-tls-port", "--sip-tls-cert", "--sip-tls-key", "--sip-srtp",
     "--sip-codecs", *TRUNK_FLAGS,
 ]

@@ -1,7 +1,9 @@
 """Semantic end of turn (issue 17): the log-mel front end, Smart Turn v3, and turns in a real call.
 
 The model is the real Smart Turn v3.2 (from the pipecat-ai wheel, the `turn`
-extra). The calls run in lockstep (worker/wavcall.py); before each 20 ms step
+extra). The turns are recorded human speech (tests/human_speech.py: Debian's
+asterisk-core-sounds-en-g722); the espeak fixtures only pin our inference to
+pipecat's. The calls run in lockstep (worker/wavcall.py); before each 20 ms step
 the test waits for a pending model answer, so the turn ends at the position a
 call whose model answers at once would end it (the answer's own latency is
 what bench/turn_bench.py measures).
@@ -9,15 +11,17 @@ what bench/turn_bench.py measures).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import wave
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from tests.audio_fixtures import read_wav, resample_oneshot
+from tests.human_speech import RATE, Utterance, allison, utterance
 from v2v.media.logmel import log_mel
 from v2v.worker import events as ev
 from v2v.worker import turn_model
@@ -27,10 +31,20 @@ from v2v.worker.turn_model import SmartTurn, smart_turn_missing, smart_turn_weig
 from v2v.worker.wavcall import run_wav_call
 
 TURN = Path(__file__).resolve().parent / "fixtures" / "turn"
-FILES = json.loads((TURN / "turn.json").read_text())["files"]
 HANGOVER_MS = 500  # CallConfig.vad_end_ms: today's fixed end of turn
-COMPLETE = "complete_02.wav"  # "Can you tell me a story?"
-INCOMPLETE = "incomplete_25.wav"  # "The address is twelve ... [1 s] ... Baker Street."
+
+
+@functools.cache
+def complete() -> Utterance:
+    """ "Your call cannot be completed as dialed." """
+    return utterance(allison("cannot-complete-as-dialed"))
+
+
+@functools.cache
+def incomplete() -> Utterance:
+    """ "Weasels have eaten our ... [0.9 s] ... phone system": the pause after "our" (where
+    bench/turn_human.py's forced alignment puts the word's end)."""
+    return utterance(allison("tt-weasels"), cut=25360, pause_ms=900)
 
 
 def reference_signal() -> np.ndarray:
@@ -73,49 +87,49 @@ def test_smart_turn_matches_pipecats_own_inference() -> None:
         model.close()
 
 
-async def turn_ends(name: str, rate: int, config: CallConfig) -> tuple[list[int], dict[str, Any]]:
-    """Input positions (at ``rate``) where the call ended a turn over fixture ``name``, and its manifest entry."""
-    pcm, r = read_wav(TURN / name)
+async def turn_ends(u: Utterance, rate: int, config: CallConfig) -> list[int]:
+    """Input positions (at ``rate``) where the call ended a turn over utterance ``u``."""
 
     async def wait_for_model(step: int, call: CallSession) -> None:
         eot = call._eot
         if eot is not None and eot.pending is not None:
             await eot.pending  # the model's answer for the pause (lockstep)
 
-    res = await run_wav_call(EchoModelFactory(), resample_oneshot(pcm, r, rate), rate, config=config,
+    res = await run_wav_call(EchoModelFactory(), resample_oneshot(u.pcm, RATE, rate), rate, config=config,
                              tail_s=2.5, on_step=wait_for_model)
-    ends = [t.position for t in res.of_type(ev.AgentStateChanged) if t.event.state == "thinking"]
-    return ends, FILES[name]
+    return [t.position for t in res.of_type(ev.AgentStateChanged) if t.event.state == "thinking"]
 
 
 @pytest.mark.parametrize("rate", [16000, 8000])
 async def test_complete_utterance_ends_before_the_fixed_hangover(rate: int) -> None:
-    ends, info = await turn_ends(COMPLETE, rate, CallConfig(turn_model="smart-turn"))
-    speech_end = info["speech_end"] * rate // 16000
+    u = complete()
+    speech_end = u.speech_end * rate // RATE
+    ends = await turn_ends(u, rate, CallConfig(turn_model="smart-turn"))
     assert len(ends) == 1
     after_ms = (ends[0] - speech_end) * 1000 / rate
     assert 0 < after_ms < HANGOVER_MS - 150  # the ~150 ms pause the model is asked at, not 500
-    ends_off, _ = await turn_ends(COMPLETE, rate, CallConfig(turn_model="off"))
+    ends_off = await turn_ends(u, rate, CallConfig(turn_model="off"))
     assert len(ends_off) == 1 and (ends_off[0] - speech_end) * 1000 / rate >= HANGOVER_MS
 
 
 @pytest.mark.parametrize("rate", [16000, 8000])
 async def test_mid_sentence_pause_does_not_end_the_turn(rate: int) -> None:
-    ends, info = await turn_ends(INCOMPLETE, rate, CallConfig(turn_model="smart-turn"))
-    (pause_start, pause_end), = info["pauses"]
-    scale = rate / 16000
-    assert not [p for p in ends if pause_start * scale <= p < pause_end * scale]
-    assert len(ends) == 1 and ends[0] > info["speech_end"] * scale  # ended once, after the whole sentence
+    u = incomplete()
+    assert u.pause is not None
+    pause_start, pause_end = (p * rate // RATE for p in u.pause)
+    ends = await turn_ends(u, rate, CallConfig(turn_model="smart-turn"))
+    assert not [p for p in ends if pause_start <= p < pause_end]
+    assert len(ends) == 1 and ends[0] > u.speech_end * rate // RATE  # ended once, after the whole sentence
     # the fixed hangover cuts this caller off in the pause (the fixture bites)
-    ends_off, _ = await turn_ends(INCOMPLETE, rate, CallConfig(turn_model="off"))
-    assert [p for p in ends_off if pause_start * scale <= p < pause_end * scale]
+    ends_off = await turn_ends(u, rate, CallConfig(turn_model="off"))
+    assert [p for p in ends_off if pause_start <= p < pause_end]
 
 
 async def test_held_turn_ends_after_max_wait() -> None:
     """A pause the model calls mid-sentence, and the caller never goes on: the turn ends at the max wait."""
-    pcm, _ = read_wav(TURN / INCOMPLETE)
-    info = FILES[INCOMPLETE]
-    first = pcm[: info["pauses"][0][0]]  # "The address is twelve" and nothing more
+    u = incomplete()
+    assert u.pause is not None
+    first = u.pcm[: u.pause[0]]  # "Weasels have eaten our" and nothing more
     cfg = CallConfig(turn_model="smart-turn", turn_max_wait_ms=1200)
 
     async def wait_for_model(step: int, call: CallSession) -> None:
@@ -135,10 +149,10 @@ async def test_without_the_model_the_fixed_hangover_ends_the_turn(monkeypatch: p
     monkeypatch.setattr(turn_model, "WEIGHTS_FILE", "pipecat/not/there.onnx")
     assert smart_turn_weights() is None and smart_turn_missing() is not None
     with caplog.at_level(logging.WARNING, logger="v2v.turn"):
-        ends, info = await turn_ends(COMPLETE, 16000, CallConfig(turn_model="smart-turn"))
+        ends = await turn_ends(complete(), 16000, CallConfig(turn_model="smart-turn"))
     assert any("no end-of-turn model" in r.getMessage() for r in caplog.records)
     assert len(ends) == 1
-    assert (ends[0] - info["speech_end"]) * 1000 / 16000 >= HANGOVER_MS
+    assert (ends[0] - complete().speech_end) * 1000 / 16000 >= HANGOVER_MS
 
 
 async def test_a_failing_model_falls_back_to_the_hangover(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,11 +164,11 @@ async def test_a_failing_model_falls_back_to_the_hangover(tmp_path: Path, monkey
     broken = SmartTurn(bad)
     monkeypatch.setattr(end_of_turn, "shared_smart_turn", lambda: broken)
     try:
-        ends, info = await turn_ends(COMPLETE, 16000, CallConfig(turn_model="smart-turn"))
+        ends = await turn_ends(complete(), 16000, CallConfig(turn_model="smart-turn"))
     finally:
         broken.close()
     assert len(ends) == 1
-    after_ms = (ends[0] - info["speech_end"]) * 1000 / 16000
+    after_ms = (ends[0] - complete().speech_end) * 1000 / 16000
     assert HANGOVER_MS <= after_ms < HANGOVER_MS + 60
 
 
@@ -167,12 +181,14 @@ def test_turn_model_flag_is_checked_at_start(monkeypatch: pytest.MonkeyPatch) ->
         ServerConfig(turn_model="semantic").validate()
     with pytest.raises(ValueError, match="max-wait"):
         ServerConfig(turn_model="smart-turn", turn_max_wait_ms=100).validate()
+    with pytest.raises(ValueError, match="turn-threshold"):
+        ServerConfig(turn_model="smart-turn", turn_threshold=1.5).validate()
     monkeypatch.setattr(turn_model, "WEIGHTS_FILE", "pipecat/not/there.onnx")
     with pytest.raises(ValueError, match=r"v2v\[turn\]"):
         ServerConfig(turn_model="smart-turn").validate()
 
 
-async def test_a_real_webrtc_call_through_serve_ends_its_turn_by_the_model() -> None:
+async def test_a_real_webrtc_call_through_serve_ends_its_turn_by_the_model(tmp_path: Path) -> None:
     """`v2v serve --model echo` with V2V_TURN_MODEL=smart-turn, a real WebRTC call (48 kHz Opus): the
     model ends the caller's turn and the echo model answers it."""
     from tests.serve_util import serve_and_call
@@ -180,7 +196,13 @@ async def test_a_real_webrtc_call_through_serve_ends_its_turn_by_the_model() -> 
     async def nothing() -> None:
         return None
 
-    summary, log = await serve_and_call("echo", {"V2V_TURN_MODEL": "smart-turn"}, TURN / COMPLETE, nothing)
+    wav = tmp_path / "complete.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(complete().pcm.tobytes())
+    summary, log = await serve_and_call("echo", {"V2V_TURN_MODEL": "smart-turn"}, wav, nothing)
     assert "Smart Turn loaded" in log
     assert "turn ended (model)" in log, log[-3000:]
     assert summary["first_reply_audio_s"] is not None
@@ -211,8 +233,7 @@ async def test_a_short_burst_over_the_reply_is_not_a_turn() -> None:
     assert res.of_type(ev.BotInterrupted) == []
     # a real barge-in (a whole sentence over the reply) interrupts and then becomes the next turn
     factory = ScriptedFactory(Script(reply_seconds=5.0))
-    pcm, _ = read_wav(TURN / COMPLETE)
-    res = await run_wav_call(factory, _barge_input(3.5, pcm), 16000, config=cfg, tail_s=3.0,
+    res = await run_wav_call(factory, _barge_input(3.5, complete().pcm), 16000, config=cfg, tail_s=3.0,
                              on_step=wait_for_model)
     assert res.of_type(ev.BotInterrupted)
     assert factory.names().count("commit_input") == 2

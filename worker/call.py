@@ -80,7 +80,7 @@ class CallConfig:
     turn_model: Literal["off", "smart-turn"] = "off"  # semantic end of turn (worker/end_of_turn.py)
     turn_max_wait_ms: int = 1500  # ... the longest silence a turn the model found incomplete is held
     turn_pause_ms: int = 150  # ... the VAD's hangover with a model: the pause at which it is asked
-    turn_threshold: float = 0.5  # ... probability of "complete" at or above which the turn ends there
+    turn_threshold: float = 0.9  # ... probability of "complete" at or above which the turn ends there
 
 
 class CallSession:

@@ -43,7 +43,8 @@ PAUSE_MS = 150  # silence after the last voiced frame at which the model is aske
 # CallConfig.turn_pause_ms)
 PRE_SPEECH_MS = 500  # audio before the turn's first onset the model hears (as Pipecat gives it)
 WINDOW_S = 8  # the model hears at most this much
-THRESHOLD = 0.5  # probability of "complete" at or above which the turn ends at the pause (as Pipecat)
+THRESHOLD = 0.9  # probability of "complete" at or above which the turn ends at the pause (Pipecat: 0.5; 0.9
+# was chosen on recorded human speech: bench/turn_human.py, BENCHMARKS.md "Turn-taking")
 DEFAULT_MAX_WAIT_MS = 1500
 
 Reason = Literal["model", "max-wait", "fallback"]
