@@ -197,7 +197,7 @@ async def main(fixtures: Path, split: str, quick: bool, thresholds: list[float])
             out["configs"][key] = {**res, "runs": runs}
     out["feed_cpu_ms_per_call_s"] = {str(r): feed_cpu(r) for r in (8000, 16000, 48000)}
     print("feed cpu", out["feed_cpu_ms_per_call_s"])
-    name = "turn" if fixtures == TURN_DIR else f"turn_{fixtures.name}_{split}"
+    name = "turn" if fixtures == TURN_DIR else f"{fixtures.name}_{split}"
     write_result(name if not quick else name + "_quick", out)
 
 
