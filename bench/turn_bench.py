@@ -160,7 +160,7 @@ def feed_cpu(rate: int, seconds: float = 60.0) -> float:
     return (time.process_time() - t) * 1000 / seconds
 
 
-async def main(fixtures: Path, split: str, quick: bool, thresholds: list[float]) -> None:
+async def main(fixtures: Path, split: str, quick: bool, thresholds: list[float], pause_ms: int = 150) -> None:
     """long: one loop over rates and configurations, printing as it goes."""
     meta = json.loads((fixtures / "turn.json").read_text())
     files = {k: v for k, v in meta["files"].items() if split == "all" or v.get("split", "dev") == split}
@@ -169,7 +169,7 @@ async def main(fixtures: Path, split: str, quick: bool, thresholds: list[float])
     await shared_smart_turn().ready()
     out: dict[str, Any] = {"fixtures": str(fixtures.relative_to(ROOT)) if fixtures.is_relative_to(ROOT) else str(fixtures),
                            "split": split, "n": len(files), "configs": {}}
-    configs = [("off", 150, 0.5)] + [("smart-turn", 150, th) for th in thresholds] + [("smart-turn", 150, PROBE)]
+    configs = [("off", 150, 0.5)] + [("smart-turn", pause_ms, th) for th in thresholds] + [("smart-turn", pause_ms, PROBE)]
     for rate in (16000, 8000):
         for mode, pause, th in configs:
             cfg = CallConfig(turn_detection="local", turn_model=mode, turn_pause_ms=pause,  # type: ignore[arg-type]  # a literal
@@ -180,7 +180,7 @@ async def main(fixtures: Path, split: str, quick: bool, thresholds: list[float])
                 pcm, r = read_wav(fixtures / name)
                 runs[name] = await run_one(resample_oneshot(pcm, r, rate), rate, cfg)
                 call_s += len(pcm) / r + TAIL_S
-            key = f"{mode}@{rate}" + (f"/p>={th}" if mode != "off" else "")
+            key = f"{mode}@{rate}" + (f"/p>={th}" + (f"/pause{pause}" if pause != 150 else "") if mode != "off" else "")
             res: dict[str, Any] = summarise(files, runs, rate)
             cpu = [d["cpu_ms"] for r in runs.values() for d in r["decisions"]]
             if cpu:
@@ -197,7 +197,7 @@ async def main(fixtures: Path, split: str, quick: bool, thresholds: list[float])
             out["configs"][key] = {**res, "runs": runs}
     out["feed_cpu_ms_per_call_s"] = {str(r): feed_cpu(r) for r in (8000, 16000, 48000)}
     print("feed cpu", out["feed_cpu_ms_per_call_s"])
-    name = "turn" if fixtures == TURN_DIR else f"{fixtures.name}_{split}"
+    name = ("turn" if fixtures == TURN_DIR else f"{fixtures.name}_{split}") + (f"_pause{pause_ms}" if pause_ms != 150 else "")
     write_result(name if not quick else name + "_quick", out)
 
 
@@ -207,6 +207,8 @@ if __name__ == "__main__":
                     help="a fixture dir with turn.json (default: the espeak set; bench/turn_human.py makes a human one)")
     ap.add_argument("--split", default="all", choices=("all", "dev", "test"), help="fixtures of this split only")
     ap.add_argument("--thresholds", default="0.9", help="comma-separated thresholds run for real (beside the probe)")
+    ap.add_argument("--pause-ms", type=int, default=150, help="the pause at which the model is asked")
     ap.add_argument("--quick", action="store_true", help="8 fixtures only")
     a = ap.parse_args()
-    asyncio.run(main(a.fixtures.resolve(), a.split, a.quick, [float(t) for t in a.thresholds.split(",") if t]))
+    asyncio.run(main(a.fixtures.resolve(), a.split, a.quick, [float(t) for t in a.thresholds.split(",") if t],
+                     a.pause_ms))
