@@ -157,3 +157,14 @@ def test_refer_of_a_dialog_we_dialled_has_our_from_and_their_to() -> None:
         f"User-Agent: {USER_AGENT}",
         "Subject: to a person",
     ])
+
+
+def test_refer_to_a_bare_number_goes_to_the_other_sides_domain() -> None:
+    """A bare target goes to the trunk's domain: the caller's From host for a call we answered, the
+    host we dialled for a call we placed (never our own address); URIs pass as they are."""
+    from v2v.signaling.sip.transfer import refer_to_uri
+
+    assert refer_to_uri("200", _inbound()) == "sip:200@198.51.100.7"
+    assert refer_to_uri("+15550000", _outbound()) == "sip:+15550000@trunk.example"
+    assert refer_to_uri("<sips:desk@pbx.example>", _outbound()) == "sips:desk@pbx.example"
+    assert refer_to_uri("tel:+15550000", _inbound()) == "tel:+15550000"

@@ -53,12 +53,13 @@ def sipfrag_status(body: bytes) -> tuple[int, str] | None:
 
 def refer_to_uri(target: str, d: Dialog) -> str:
     """``target`` as a Refer-To URI: a sip:/sips:/tel: URI as is; a bare number or name goes to the
-    caller's own domain (the trunk that sent the call: the host of its From URI)."""
+    other side's domain: the trunk that sent the call (the host of its From URI), or for a call we
+    dialled, the host we dialled (our INVITE's To URI)."""
     t = target.strip().strip("<>")
     if re.match(r"^(sips?|tel):", t, re.I):
         return t
     try:
-        host = SipUri.parse(d.invite.from_.uri).host
+        host = SipUri.parse((d.invite.to if d.we_called else d.invite.from_).uri).host
     except (SipParseError, ValueError):
         host = d.conn.remote[0]
     host = f"[{host}]" if ":" in host and not host.startswith("[") else host
