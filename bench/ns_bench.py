@@ -10,7 +10,7 @@ frames, start 30 ms, end 500 ms, settle 120 ms, rise 9 dB, eager onset 20 ms):
 - ``hpf``: the APM's high-pass filter only (to tell the filter's share from the suppressor's);
 - ``ns``: ``AudioProcessingModule(noise_suppression=True, high_pass_filter=True)``.
 
-At 16 kHz and at 8 kHz (the VAD runs at the line's rate):
+At 16 kHz and at 8 kHz (through G.711 mu-law, as a SIP call; the VAD runs at the line's rate):
 
 - noise-only lines: white, pink, mains hum (bench/eager_bench.py's), babble (six espeak voices
   from tests/fixtures summed at random offsets) at -45 / -35 / -30 dBFS, either steady from the
@@ -56,6 +56,7 @@ from tests.audio_fixtures import (  # noqa: E402  # after sys.path
     white_noise,
 )
 from tests.human_speech import allison, speech_bounds  # noqa: E402  # after sys.path
+from v2v.media.g711 import ulaw_decode, ulaw_encode  # noqa: E402  # after sys.path
 from v2v.media.vad import VadEvent, VoiceActivityDetector  # noqa: E402  # after sys.path
 from v2v.worker.call import CallConfig  # noqa: E402  # after sys.path
 
@@ -120,8 +121,10 @@ def noise(kind: str, n: int, dbfs: float, seed: int, rate: int) -> np.ndarray:
     return x.astype(np.float64) * 32768.0
 
 
-def to_pcm(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(x), -32768, 32767).astype(np.int16)
+def to_pcm(x: np.ndarray, rate: int = 16000) -> np.ndarray:
+    """Int16 samples of a line; at 8 kHz through G.711 mu-law and back, as a SIP call delivers them."""
+    pcm = np.clip(np.round(x), -32768, 32767).astype(np.int16)
+    return ulaw_decode(ulaw_encode(pcm)).astype(np.int16) if rate == 8000 else pcm
 
 
 # -- the suppressor and the VAD ---------------------------------------------------------------
@@ -168,7 +171,7 @@ def noise_only(rate: int, seconds: float, seeds: int) -> list[dict[str, Any]]:
                     x = noise(kind, n, level, 100 + seed, rate)
                     if onset == "abrupt":
                         x[: int(ABRUPT_S * rate)] = 0.0
-                    line = to_pcm(x)
+                    line = to_pcm(x, rate)
                     for v in VARIANTS:
                         evs = events(line, rate, v)
                         counts[v]["starts"] += sum(e.kind == "start" for e in evs)
@@ -224,7 +227,7 @@ def speech_mixes(rate: int, sets: dict[str, list[tuple[str, np.ndarray, int, int
                 if snr is not None:
                     speech_db = 10 * np.log10(np.mean((clip[c0:c1].astype(np.float64) / 32768.0) ** 2))
                     x += noise(kind, len(x), float(speech_db - snr), 7 + i, rate)
-                line = to_pcm(x)
+                line = to_pcm(x, rate)
                 for v in VARIANTS:
                     y = suppress(line, rate, v)
                     j = judge(vad(rate).process(y), s0, s1, rate, end_ms)
@@ -291,7 +294,7 @@ def rise_sweep(rate: int, sets: dict[str, list[tuple[str, np.ndarray, int, int]]
             for seed in range(seeds):
                 x = noise(kind, 6 * rate, level, 200 + seed, rate)
                 x[:rate] = 0.0
-                lines.append(to_pcm(x))
+                lines.append(to_pcm(x, rate))
     mixes = []
     for snr in (10.0, 5.0):
         for kind in FAMILIES["stationary"]:
@@ -299,7 +302,7 @@ def rise_sweep(rate: int, sets: dict[str, list[tuple[str, np.ndarray, int, int]]
                 x = np.concatenate([np.zeros(rate), clip.astype(np.float64), np.zeros(rate)])
                 speech_db = 10 * np.log10(np.mean((clip[c0:c1].astype(np.float64) / 32768.0) ** 2))
                 x += noise(kind, len(x), float(speech_db - snr), 7 + i, rate)
-                mixes.append((snr, to_pcm(x), rate + c0, rate + c1))
+                mixes.append((snr, to_pcm(x, rate), rate + c0, rate + c1))
     rows = []
     for v in ("off", "ns"):
         noisy = [suppress(x, rate, v) for x in lines]
