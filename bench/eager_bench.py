@@ -215,7 +215,11 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a short run (smoke test)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "eager.json"))
+    ap.add_argument("--rise-db", type=float, action="append", default=[],
+                    help="also run the shipped call with this vad_rise_db (repeatable)")
     args = ap.parse_args()
+    for r in args.rise_db:
+        VARIANTS[f"rise{r:g}"] = {"vad_rise_db": r}
     seconds, seeds, positions = (6.0, 1, 1) if args.quick else (12.0, 2, 2)
     t0 = time.time()
     result: dict[str, Any] = {"setup": {"rate": RATE, "noise_at_s": NOISE_AT, "levels_dbfs": LEVELS, "kinds": KINDS,

@@ -37,7 +37,12 @@ speech. With ``settle_ms`` > 0 the gate adapts before it decides:
   stationary noise is gated after ``settle_ms`` instead of ``noise_window_ms``;
 * evidence: a start also needs the current voiced run's levels to span at
   least ``rise_db`` (speech is modulated, a noise step is flat), so the step
-  never starts speech before the floor has settled on it.
+  never starts speech before the floor has settled on it. On a busy
+  background (at least ``busy_share`` of the frames heard while nobody was
+  speaking, over the last ``noise_window_ms``, were voiced: chatter, a TV) the
+  span needed is ``busy_rise_db``: babble is modulated too, and only a voice
+  well above it should start a turn. On a quiet or steady background the
+  smaller span lets speech 5-10 dB above steady noise start.
 
 Eager onset (``onset_ms`` set): after ``onset_ms`` of consecutive voiced
 frames an ``onset`` event (tentative speech, for a cheap reversible pause)
@@ -65,6 +70,7 @@ import webrtcvad
 SUPPORTED_RATES = (8000, 16000, 32000, 48000)
 SUPPORTED_FRAME_MS = (10, 20, 30)
 PREEMPHASIS = 0.97
+BUSY_MIN_FRAMES = 3  # voiced background frames that make a busy background, however few were heard
 _EMPTY = np.zeros(0, dtype=np.int16)
 
 
@@ -91,7 +97,9 @@ class VoiceActivityDetector:
         noise_margin_db: float = 6.0,
         noise_window_ms: int = 2000,
         settle_ms: int = 0,
-        rise_db: float = 9.0,
+        rise_db: float = 4.5,
+        busy_rise_db: float = 9.0,
+        busy_share: float = 0.05,
         onset_ms: int | None = None,
         drop_ms: int = 100,
     ) -> None:
@@ -119,6 +127,8 @@ class VoiceActivityDetector:
         self._window_frames = max(1, noise_window_ms // frame_ms)
         self.settle_frames = math.ceil(settle_ms / frame_ms)  # 0: no settling, no evidence needed
         self.rise_db = rise_db
+        self.busy_rise_db = busy_rise_db
+        self.busy_share = busy_share
         self.onset_frames = None if onset_ms is None else max(1, math.ceil(onset_ms / frame_ms))
         self.drop_frames = max(1, math.ceil(drop_ms / frame_ms))
         self._floor_power = (32768.0 * 10 ** (energy_floor_dbfs / 20)) ** 2  # mean square, int16 units
@@ -145,6 +155,8 @@ class VoiceActivityDetector:
         self._levels = _WindowMin(self._window_frames)
         self._recent: deque[float] = deque(maxlen=max(1, self.settle_frames))  # levels for settling
         self._run_lo = self._run_hi = 0.0  # level range of the current voiced run
+        self._bg: deque[bool] = deque(maxlen=self._window_frames)  # voiced flags of frames heard while not speaking
+        self._bg_voiced = 0  # how many of them are True
         self.tentative = False  # an onset was reported and neither a start nor a drop followed
         self._onset = 0
         self.settled = 0  # how many times the floor settled on a step of stationary noise
@@ -183,6 +195,8 @@ class VoiceActivityDetector:
             lv = levels[i]
             floor = self._floor(lv)
             voiced = loud[i] and lv - floor >= margin and is_speech(data[i * step : (i + 1) * step], rate)
+            if not self.speaking:
+                self._background(voiced)
             start, pos = pos, pos + fl
             if voiced:
                 self._voiced(lv, start, pos, events)
@@ -209,6 +223,21 @@ class VoiceActivityDetector:
                     self._silent = max(self._silent, self.drop_frames - 1)  # an onset on it: drop at once
         return floor
 
+    def _background(self, voiced: bool) -> None:
+        """Count the voiced frames among those heard while nobody speaks (a sliding window)."""
+        bg = self._bg
+        if len(bg) == bg.maxlen and bg[0]:
+            self._bg_voiced -= 1
+        bg.append(voiced)
+        self._bg_voiced += voiced
+
+    @property
+    def busy(self) -> bool:
+        """The background is busy (voice-like: babble, a TV): a start needs ``busy_rise_db``. The current
+        voiced run (the candidate itself) does not count; from the first frames on, 3 voiced ones will."""
+        voiced = self._bg_voiced - min(self._run, self._bg_voiced)
+        return voiced >= max(BUSY_MIN_FRAMES, self.busy_share * len(self._bg))
+
     def _voiced(self, lv: float, start: int, pos: int, events: list[VadEvent]) -> None:
         if self._run == 0:
             self._run_start = start
@@ -224,7 +253,8 @@ class VoiceActivityDetector:
             self.tentative = True
             self._onset = self._run_start
             events.append(VadEvent("onset", self._onset, pos))
-        if self._run >= self.start_frames and (not self.settle_frames or self._run_hi - self._run_lo >= self.rise_db):
+        rise = self.busy_rise_db if self.busy else self.rise_db
+        if self._run >= self.start_frames and (not self.settle_frames or self._run_hi - self._run_lo >= rise):
             self.speaking = True
             self._recent.clear()
             events.append(VadEvent("start", self._onset if self.tentative else self._run_start, pos))

@@ -46,11 +46,13 @@ async def test_delay_drifting_mid_call() -> None:
     assert res.count(ev.BotInterrupted) == 0
 
 
-async def test_delay_jumping_mid_call_costs_at_most_one_resumed_pause() -> None:
-    """An 80 ms jump: the canceller starts afresh; the assistant is never cut off."""
+async def test_delay_jumping_mid_call_costs_at_most_two_resumed_pauses() -> None:
+    """An 80 ms jump: the canceller starts afresh; the assistant is never cut off. (Two short resumed
+    pauses at most: with the VAD's start evidence at 4.5 dB, which hears speech 10 dB above steady
+    noise, the residual before the restart can start twice; at 9 dB it was once: BENCHMARKS.md.)"""
     room = Room(gain_db=-10, delays_ms=((0, 100), (5.0, 180)))
     res = await run_speakerphone(_assistant(), 12, room, aec="on")
-    assert res.count(ev.UserStartedSpeaking) <= 1
+    assert res.count(ev.UserStartedSpeaking) <= 2
     assert res.count(ev.BotInterrupted) == 0
     assert res.times(ev.UserStartedSpeaking)[0] > 5.0 if res.count(ev.UserStartedSpeaking) else True
 

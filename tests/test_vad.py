@@ -407,3 +407,46 @@ def test_exact_silence_levels_are_what_the_arithmetic_gives(rate: int, frame_ms:
         pos += step
     assert got == want
     assert want, "the speech and the noise burst must give events"
+
+
+def _speech_in(noise: np.ndarray, name: str, rate: int, snr_db: float) -> tuple[np.ndarray, int, int]:
+    """Fixture ``name`` 1 s into a line of ``noise`` (float, unit RMS) scaled to ``snr_db`` below the speech."""
+    pcm, r = load_fixture(name)
+    x = resample_oneshot(pcm, r, rate).astype(np.float64)
+    s0, s1 = (v * rate // r for v in (fixture_info(name)["speech"][0][0], fixture_info(name)["speech"][-1][1]))
+    speech_rms = np.sqrt(np.mean(x[s0:s1] ** 2))
+    line = np.concatenate([np.zeros(rate), x, np.zeros(rate)])
+    line += noise[: len(line)] * speech_rms * 10 ** (-snr_db / 20)
+    return to_int16(line / 32768.0), rate + s0, rate + s1
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_speech_7_db_above_steady_noise_starts(rate: int) -> None:
+    """As the call runs it: at least half the utterances 7 dB above steady white noise start a turn on the
+    speech (none before it); with the start evidence of a busy background (9 dB) for every line, almost
+    none did (the rule bites)."""
+    noise = white_noise(rate * 30, 0.0, 5).astype(np.float64)  # unit RMS (0 dBFS), longer than any line
+    heard = {4.5: 0, 9.0: 0}
+    for name in SPEECH:
+        line, s0, s1 = _speech_in(noise, name, rate, 7.0)
+        for rise in heard:
+            evs = VoiceActivityDetector(rate, settle_ms=120, onset_ms=20, rise_db=rise).process(line)
+            starts = [e for e in evs if e.kind == "start"]
+            assert all(e.sample >= s0 - rate // 100 for e in starts), (name, rise)  # never on the noise alone
+            heard[rise] += any(s0 - rate // 100 <= e.sample < s1 for e in starts)
+    assert heard[4.5] >= len(SPEECH) // 2
+    assert heard[4.5] >= heard[9.0] + 4
+
+
+def test_a_voice_like_background_is_busy_and_steady_noise_is_not() -> None:
+    """The busy-background detector alone (a start_ms no run reaches, so nothing starts): chatter (six
+    fixtures summed, -45 dBFS) makes the background busy; steady pink noise and silence do not."""
+    rate = 16000
+    stream = np.concatenate([resample_oneshot(*load_fixture(n), rate).astype(np.float64) for n in SPEECH])
+    babble = sum(np.roll(stream, k * len(stream) // 6) for k in range(6))
+    babble = to_int16(babble[: rate * 3] / np.sqrt(np.mean(babble**2)) * 10 ** (-45 / 20))
+    lines = {"babble": babble, "pink": to_int16(pink_noise(rate * 3, -35.0, 2)), "silence": np.zeros(rate * 3, np.int16)}
+    for name, line in lines.items():
+        vad = VoiceActivityDetector(rate, start_ms=5000, settle_ms=120, onset_ms=20)
+        assert not [e for e in vad.process(line) if e.kind == "start"]
+        assert vad.busy == (name == "babble"), name

@@ -63,7 +63,9 @@ class CallConfig:
     vad_start_ms: int = 30
     vad_end_ms: int = 500
     vad_settle_ms: int = 120  # a step of stationary noise becomes the VAD's floor after this (media/vad.py)
-    vad_rise_db: float = 9.0  # ... and a start needs its voiced run to span this much (speech is modulated)
+    vad_rise_db: float = 4.5  # ... and a start needs its voiced run to span this much (speech is modulated;
+    # 9 missed a third of the speech 10 dB above steady noise: bench/ns_bench.py, BENCHMARKS.md) ...
+    vad_busy_rise_db: float = 9.0  # ... or this much over a busy, voice-like background (chatter, a TV)
     vad_onset_ms: int | None = 20  # eager pause: this much voiced input pauses an audible assistant (None: off)
     min_interruption_ms: int = 300
     false_interruption_timeout_ms: int = 1000
@@ -272,7 +274,7 @@ class CallSession:
         self._vad = VoiceActivityDetector(
             vad_rate, aggressiveness=c.vad_aggressiveness, frame_ms=c.vad_frame_ms,
             start_ms=c.vad_start_ms, end_ms=c.vad_end_ms if self._eot is None else c.turn_pause_ms,
-            settle_ms=c.vad_settle_ms, rise_db=c.vad_rise_db, onset_ms=c.vad_onset_ms,
+            settle_ms=c.vad_settle_ms, rise_db=c.vad_rise_db, busy_rise_db=c.vad_busy_rise_db, onset_ms=c.vad_onset_ms,
         )
         self._vad_floor = self._vad.energy_floor_dbfs
         if c.aec != "off":
