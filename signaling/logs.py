@@ -113,6 +113,8 @@ class CallLog:
                 self.event("truncation", item=e.item_id, audio_end_ms=e.audio_end_ms)
         elif isinstance(e, ev.FalseInterruption):
             self.event("false-interruption", item=e.item_id)
+        elif isinstance(e, ev.TurnEnded):
+            self.event("turn-ended", logging.DEBUG, reason=e.reason)
         elif isinstance(e, ev.UserStartedSpeaking):
             self.event("user-started-speaking", logging.DEBUG, sample=e.sample)
         elif isinstance(e, ev.UserStoppedSpeaking):

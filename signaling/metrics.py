@@ -62,6 +62,8 @@ class ServerMetrics:
             "v2v_truncations_total", "Assistant items truncated at the played sample", registry=r
         )
         self.dtmf_digits = Counter("v2v_dtmf_digits_total", "DTMF digits received", registry=r)
+        self.turn_ends = Counter("v2v_turn_ends_total", "Caller turns ended by local turn detection, by how: "
+                                 "hangover (fixed silence), model, max-wait, fallback", ["reason"], registry=r)
         self.model_errors = Counter("v2v_model_errors_total", "Errors reported by model sessions", registry=r)
         # SIP over TLS and SDES-SRTP (signaling/sip/tls.py, signaling/sip/srtp.py)
         self.srtp_dropped = Counter("v2v_srtp_dropped_packets_total", "Inbound SRTP/SRTCP packets dropped, by "
@@ -129,6 +131,8 @@ class ServerMetrics:
             self.false_interruptions.inc()
         elif isinstance(event, ev.DtmfReceived):
             self.dtmf_digits.inc()
+        elif isinstance(event, ev.TurnEnded):
+            self.turn_ends.labels(reason=event.reason).inc()
         elif isinstance(event, ev.CallError):
             self.model_errors.inc()
         elif isinstance(event, ev.Metrics):

@@ -125,6 +125,32 @@ async def test_mid_sentence_pause_does_not_end_the_turn(rate: int) -> None:
     assert [p for p in ends_off if pause_start <= p < pause_end]
 
 
+async def test_each_turn_end_says_how_and_is_counted() -> None:
+    """TurnEnded carries how the turn ended (the metric v2v_turn_ends_total{reason} counts it): the model
+    on a complete sentence, the fixed hangover without the model, max-wait on a held one."""
+    from v2v.signaling.metrics import ServerMetrics
+
+    async def wait_for_model(step: int, call: CallSession) -> None:
+        if call._eot is not None and call._eot.pending is not None:
+            await call._eot.pending
+
+    metrics = ServerMetrics()
+    u = incomplete()
+    assert u.pause is not None
+    runs = {"model": (complete().pcm, "smart-turn"), "hangover": (complete().pcm, "off"),
+            "max-wait": (u.pcm[: u.pause[0]], "smart-turn")}
+    for reason, (pcm, mode) in runs.items():
+        res = await run_wav_call(EchoModelFactory(), pcm, RATE, config=CallConfig(turn_model=mode),  # type: ignore[arg-type]  # a literal
+                                 tail_s=2.5, on_step=wait_for_model)
+        ended = res.of_type(ev.TurnEnded)
+        assert [t.event.reason for t in ended] == [reason]
+        for t in ended:
+            metrics.observe(t.event)
+    text = metrics.render()[0].decode()
+    for reason in runs:
+        assert f'v2v_turn_ends_total{{reason="{reason}"}} 1.0' in text
+
+
 async def test_held_turn_ends_after_max_wait() -> None:
     """A pause the model calls mid-sentence, and the caller never goes on: the turn ends at the max wait."""
     u = incomplete()
@@ -156,20 +182,29 @@ async def test_without_the_model_the_fixed_hangover_ends_the_turn(monkeypatch: p
 
 
 async def test_a_failing_model_falls_back_to_the_hangover(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The model cannot load (a broken weights file): each pause ends the turn after the fixed hangover."""
+    """The model cannot load (a broken weights file): each pause ends the turn after the fixed hangover,
+    reported as a fallback."""
     from v2v.worker import end_of_turn
 
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"not an onnx model")
     broken = SmartTurn(bad)
     monkeypatch.setattr(end_of_turn, "shared_smart_turn", lambda: broken)
+
+    async def wait_for_model(step: int, call: CallSession) -> None:
+        if call._eot is not None and call._eot.pending is not None:
+            await call._eot.pending
+
     try:
-        ends = await turn_ends(complete(), 16000, CallConfig(turn_model="smart-turn"))
+        res = await run_wav_call(EchoModelFactory(), complete().pcm, RATE, config=CallConfig(turn_model="smart-turn"),
+                                 tail_s=2.5, on_step=wait_for_model)
     finally:
         broken.close()
+    ends = [t.position for t in res.of_type(ev.AgentStateChanged) if t.event.state == "thinking"]
     assert len(ends) == 1
     after_ms = (ends[0] - complete().speech_end) * 1000 / 16000
     assert HANGOVER_MS <= after_ms < HANGOVER_MS + 60
+    assert [t.event.reason for t in res.of_type(ev.TurnEnded)] == ["fallback"]
 
 
 def test_turn_model_flag_is_checked_at_start(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -345,6 +345,7 @@ class CallSession:
             elif self._eot is not None:
                 self._eot.speech_ended(onset)  # the model decides; it calls _end_turn_by
             elif not self.server_vad:
+                self.publish(ev.TurnEnded("hangover"))
                 self._spawn(self._end_turn(), "end-turn")
 
     def _user_started(self, onset: int) -> None:
@@ -363,6 +364,7 @@ class CallSession:
 
     def _end_turn_by(self, reason: str) -> None:
         log.debug("call %s: turn ended (%s)", self.call_id, reason)
+        self.publish(ev.TurnEnded(reason))
         self._spawn(self._end_turn(), "end-turn")
 
     async def _end_turn(self) -> None:

@@ -96,6 +96,7 @@ class EndOfTurn:
         self.turn_open = False
         self._onset16 = 0  # 16 kHz position of the open turn's first onset
         self._hold_until: int | None = None  # input position at which a held turn ends
+        self._hold_reason: Reason = "max-wait"  # ... and how that end is reported
         self._gen = 0  # bumped by every VAD start: a result for an older pause is stale
         self.pending: asyncio.Task | None = None
         self.decisions: deque[TurnDecision] = deque(maxlen=64)
@@ -108,7 +109,7 @@ class EndOfTurn:
         if len(x):
             self._append(x)
         if self._hold_until is not None and self.position >= self._hold_until:
-            self._finish("max-wait")
+            self._finish(self._hold_reason)
 
     def _append(self, x: np.ndarray) -> None:
         ring, k = self._ring, len(self._ring)
@@ -162,6 +163,7 @@ class EndOfTurn:
         if pred is None:
             self.decisions.append(TurnDecision(asked_at, voiced_end, None, False))
             self._hold_until = max(self.position, asked_at + self.fallback)
+            self._hold_reason = "fallback"
             return
         done = pred.probability >= self.threshold
         self.decisions.append(TurnDecision(asked_at, voiced_end, pred.probability, done, pred.cpu_ms, pred.wall_ms))
@@ -171,6 +173,7 @@ class EndOfTurn:
             self._finish("model")
         else:
             self._hold_until = max(self.position, voiced_end + self.max_wait)
+            self._hold_reason = "max-wait"
 
     def _finish(self, reason: Reason) -> None:
         self.turn_open = False

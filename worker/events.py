@@ -157,10 +157,19 @@ class CallEnded:
     reason: str
 
 
+@dataclass
+class TurnEnded:
+    """Local turn detection ended the caller's turn: ``hangover`` (the fixed silence), ``model`` (the
+    end-of-turn model said the caller is done), ``max-wait`` (held as mid-sentence, then silence), or
+    ``fallback`` (the model failed: the fixed silence)."""
+
+    reason: str
+
+
 CallEvent = (
     AgentStateChanged | UserStartedSpeaking | UserStoppedSpeaking | BotStartedSpeaking
     | BotStoppedSpeaking | BotInterrupted | ItemTruncated | FalseInterruption | UserTranscript
     | BotTranscript | BotOutput | BotLLMStarted | BotLLMStopped | BotLLMText | FunctionCallStarted
-    | FunctionCallInProgress | FunctionCallStopped | Metrics | CallError | DtmfReceived | CallEnded
+    | FunctionCallInProgress | FunctionCallStopped | Metrics | CallError | DtmfReceived | CallEnded | TurnEnded
 )
 
