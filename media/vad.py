@@ -257,6 +257,8 @@ class VoiceActivityDetector:
         if self._run >= self.start_frames and (not self.settle_frames or self._run_hi - self._run_lo >= rise):
             self.speaking = True
             self._recent.clear()
+            for _ in range(min(self._run, len(self._bg))):  # the run was the speaker, not the background
+                self._bg_voiced -= self._bg.pop()
             events.append(VadEvent("start", self._onset if self.tentative else self._run_start, pos))
             self.tentative = False
 

@@ -450,3 +450,19 @@ def test_a_voice_like_background_is_busy_and_steady_noise_is_not() -> None:
         vad = VoiceActivityDetector(rate, start_ms=5000, settle_ms=120, onset_ms=20)
         assert not [e for e in vad.process(line) if e.kind == "start"]
         assert vad.busy == (name == "babble"), name
+
+
+def test_the_callers_own_turn_does_not_make_the_background_busy() -> None:
+    """The voiced frames that led to a start were the caller, not the background: after a turn in steady
+    noise the background is still quiet, so the caller's next turn needs no more evidence than this one."""
+    rate = 16000
+    noise = white_noise(rate * 30, 0.0, 5).astype(np.float64)
+    ended = 0
+    for snr in (10.0, 7.0):
+        for name in SPEECH:
+            line, _, _ = _speech_in(noise, name, rate, snr)
+            vad = VoiceActivityDetector(rate, settle_ms=120, onset_ms=20)
+            if any(e.kind == "end" for e in vad.process(line)):
+                ended += 1
+                assert not vad.busy, (name, snr)
+    assert ended >= len(SPEECH)  # most of both sets ended a turn (the check ran)
