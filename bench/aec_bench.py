@@ -71,10 +71,11 @@ async def false_barge_ins(aec: str, seconds: float, seeds: int) -> list[dict[str
     return rows
 
 
-async def real_barge_ins(aec: str, positions: int) -> dict[str, Any]:
+async def barge_in_trials(positions: int, **kw: Any) -> list[tuple[float, Any]]:
+    """The callers talking over the echo (-6/-10 dB, every delay, ``positions`` start times each): per
+    trial, the caller's true onset time ``at`` and the run's result; ``kw`` goes to run_speakerphone."""
     speech = assistant_speech()
-    detected = total = 0
-    cut_ms: list[float] = []
+    out = []
     for gain in GAINS[:2]:
         for delay in DELAYS:
             for name in CALLERS:
@@ -83,14 +84,21 @@ async def real_barge_ins(aec: str, positions: int) -> dict[str, Any]:
                 for k in range(positions):
                     at = 2.5 + 1.3 * k
                     room = Room(gain_db=gain, delays_ms=((0, delay),), ir_seed=k)
-                    res = await run_speakerphone(speech, at + 3.0, room, rate=RATE, aec=aec, caller=caller,
-                                                 caller_at=at - onset)
-                    total += 1
-                    hits = [t for t in res.times(ev.BotInterrupted) if at <= t <= at + 2.0]
-                    detected += bool(hits)
-                    # the caller's true onset -> the VAD's decision (playout pauses in the same 20 ms step)
-                    lat = [(t - at) * 1000 for t in res.times(ev.UserStartedSpeaking) if t >= at]
-                    cut_ms += lat[:1]
+                    out.append((at, await run_speakerphone(speech, at + 3.0, room, rate=RATE, caller=caller,
+                                                           caller_at=at - onset, **kw)))
+    return out
+
+
+async def real_barge_ins(aec: str, positions: int) -> dict[str, Any]:
+    detected = total = 0
+    cut_ms: list[float] = []
+    for at, res in await barge_in_trials(positions, aec=aec):
+        total += 1
+        hits = [t for t in res.times(ev.BotInterrupted) if at <= t <= at + 2.0]
+        detected += bool(hits)
+        # the caller's true onset -> the VAD's decision (playout pauses in the same 20 ms step)
+        lat = [(t - at) * 1000 for t in res.times(ev.UserStartedSpeaking) if t >= at]
+        cut_ms += lat[:1]
     cut = np.asarray(cut_ms) if cut_ms else np.zeros(1)
     row = {"aec": aec, "trials": total, "detected": detected, "detected_pct": round(100 * detected / total, 1),
            "onset_to_pause_ms_p50": round(float(np.percentile(cut, 50)), 1), "onset_to_pause_ms_p95": round(float(np.percentile(cut, 95)), 1)}

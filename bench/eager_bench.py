@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.aec_bench import CALLERS, assistant_speech  # noqa: E402  # after sys.path
+from bench.aec_bench import CALLERS, assistant_speech, barge_in_trials  # noqa: E402  # after sys.path
 from tests.audio_fixtures import fixture_info, load_fixture, pink_noise, resample_oneshot, white_noise  # noqa: E402  # after sys.path
 from tests.speakerphone import Room, SpeakerphoneResult, run_speakerphone  # noqa: E402  # after sys.path
 from v2v.worker import events as ev  # noqa: E402  # after sys.path
@@ -182,27 +182,17 @@ async def echo_false_pauses(variant: str, seconds: float) -> dict[str, Any]:
 
 
 async def real_barge_ins(variant: str, positions: int) -> dict[str, Any]:
-    speech = assistant_speech()
     detected = total = 0
     pause_ms: list[float] = []
     start_ms: list[float] = []
-    for gain in (-6.0, -10.0):
-        for delay in (60, 150, 250):
-            for name in CALLERS:
-                caller, rate = load_fixture(name)
-                onset = fixture_info(name)["speech"][0][0] / rate
-                for k in range(positions):
-                    at = 2.5 + 1.3 * k
-                    room = Room(gain_db=gain, delays_ms=((0, delay),), ir_seed=k)
-                    res = await run_speakerphone(speech, at + 3.0, room, rate=RATE, aec="on", caller=caller,
-                                                 caller_at=at - onset, config=config(variant, "on"))
-                    total += 1
-                    detected += any(at <= t <= at + 2.0 for t in res.times(ev.BotInterrupted))
-                    # onset -> the step whose frame faded out (the barge_in Metrics event is published then)
-                    paused = [t for t, e in res.events if isinstance(e, ev.Metrics) and e.barge_in_ms is not None and t >= at]
-                    pause_ms += [(paused[0] - at) * 1000] if paused else []
-                    starts = [t for t in res.times(ev.UserStartedSpeaking) if t >= at]
-                    start_ms += [(starts[0] - at) * 1000] if starts else []
+    for at, res in await barge_in_trials(positions, aec="on", config=config(variant, "on")):
+        total += 1
+        detected += any(at <= t <= at + 2.0 for t in res.times(ev.BotInterrupted))
+        # onset -> the step whose frame faded out (the barge_in Metrics event is published then)
+        paused = [t for t, e in res.events if isinstance(e, ev.Metrics) and e.barge_in_ms is not None and t >= at]
+        pause_ms += [(paused[0] - at) * 1000] if paused else []
+        starts = [t for t in res.times(ev.UserStartedSpeaking) if t >= at]
+        start_ms += [(starts[0] - at) * 1000] if starts else []
     row = {"variant": variant, "trials": total, "detected": detected, "detected_pct": round(100 * detected / total, 1),
            "onset_to_pause_ms_p50": round(float(np.percentile(pause_ms, 50)), 1),
            "onset_to_pause_ms_p95": round(float(np.percentile(pause_ms, 95)), 1),

@@ -34,6 +34,7 @@ import re
 import sys
 import wave
 from pathlib import Path
+from typing import Any  # pocketsphinx.Decoder is untyped
 
 import numpy as np
 
@@ -88,14 +89,14 @@ def one_sentence(text: str) -> bool:
     return not re.search(r"\d|\.\.\.|[.?!]\s", text) and len(body.split()) >= 4
 
 
-def align(decoder: object, pcm: np.ndarray, text: str) -> list[tuple[str, int, int]]:
+def align(decoder: Any, pcm: np.ndarray, text: str) -> list[tuple[str, int, int]]:
     """Words of the transcript with [start, end) sample positions (pocketsphinx forced alignment)."""
     words = re.sub(r"[^a-z' ]", " ", text.lower()).split()
-    decoder.set_align_text(" ".join(words))  # type: ignore[attr-defined]  # pocketsphinx.Decoder
-    decoder.start_utt()  # type: ignore[attr-defined]
-    decoder.process_raw(pcm.tobytes(), full_utt=True)  # type: ignore[attr-defined]
-    decoder.end_utt()  # type: ignore[attr-defined]
-    segs = decoder.seg()  # type: ignore[attr-defined]
+    decoder.set_align_text(" ".join(words))
+    decoder.start_utt()
+    decoder.process_raw(pcm.tobytes(), full_utt=True)
+    decoder.end_utt()
+    segs = decoder.seg()
     if segs is None:
         raise RuntimeError("no alignment")
     return [(re.sub(r"\(\d+\)$", "", s.word), s.start_frame * FRAME, (s.end_frame + 1) * FRAME)

@@ -87,13 +87,15 @@ def test_smart_turn_matches_pipecats_own_inference() -> None:
         model.close()
 
 
+async def wait_for_model(step: int, call: CallSession) -> None:
+    """run_wav_call's per-step hook: wait for a pending model answer (lockstep)."""
+    eot = call._eot
+    if eot is not None and eot.pending is not None:
+        await eot.pending
+
+
 async def turn_ends(u: Utterance, rate: int, config: CallConfig) -> list[int]:
     """Input positions (at ``rate``) where the call ended a turn over utterance ``u``."""
-
-    async def wait_for_model(step: int, call: CallSession) -> None:
-        eot = call._eot
-        if eot is not None and eot.pending is not None:
-            await eot.pending  # the model's answer for the pause (lockstep)
 
     res = await run_wav_call(EchoModelFactory(), resample_oneshot(u.pcm, RATE, rate), rate, config=config,
                              tail_s=2.5, on_step=wait_for_model)
@@ -130,10 +132,6 @@ async def test_each_turn_end_says_how_and_is_counted() -> None:
     on a complete sentence, the fixed hangover without the model, max-wait on a held one."""
     from v2v.signaling.metrics import ServerMetrics
 
-    async def wait_for_model(step: int, call: CallSession) -> None:
-        if call._eot is not None and call._eot.pending is not None:
-            await call._eot.pending
-
     metrics = ServerMetrics()
     u = incomplete()
     assert u.pause is not None
@@ -157,10 +155,6 @@ async def test_held_turn_ends_after_max_wait() -> None:
     assert u.pause is not None
     first = u.pcm[: u.pause[0]]  # "Weasels have eaten our" and nothing more
     cfg = CallConfig(turn_model="smart-turn", turn_max_wait_ms=1200)
-
-    async def wait_for_model(step: int, call: CallSession) -> None:
-        if call._eot is not None and call._eot.pending is not None:
-            await call._eot.pending
 
     res = await run_wav_call(EchoModelFactory(), first, 16000, config=cfg, tail_s=2.5, on_step=wait_for_model)
     ends = [t.position for t in res.of_type(ev.AgentStateChanged) if t.event.state == "thinking"]
@@ -190,10 +184,6 @@ async def test_a_failing_model_falls_back_to_the_hangover(tmp_path: Path, monkey
     bad.write_bytes(b"not an onnx model")
     broken = SmartTurn(bad)
     monkeypatch.setattr(end_of_turn, "shared_smart_turn", lambda: broken)
-
-    async def wait_for_model(step: int, call: CallSession) -> None:
-        if call._eot is not None and call._eot.pending is not None:
-            await call._eot.pending
 
     try:
         res = await run_wav_call(EchoModelFactory(), complete().pcm, RATE, config=CallConfig(turn_model="smart-turn"),
@@ -250,10 +240,6 @@ async def test_a_short_burst_over_the_reply_is_not_a_turn() -> None:
     from tests.conftest import load_wav, manifest
     from tests.scripted import Script, ScriptedFactory
     from tests.test_call import _barge_input
-
-    async def wait_for_model(step: int, call: CallSession) -> None:
-        if call._eot is not None and call._eot.pending is not None:
-            await call._eot.pending
 
     cfg = CallConfig(turn_model="smart-turn")
     factory = ScriptedFactory(Script(reply_seconds=5.0))
